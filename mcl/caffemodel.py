@@ -1,0 +1,93 @@
+"""Reading and writing .caffemodel files with protobuf alone (no Caffe net needed).
+
+A .caffemodel is a binary NetParameter whose layers carry their blobs. Old
+models use the V1 `layers` field; both are read.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mcl.caffe_pb import caffe_pb2
+from mcl.fileio import atomic_write
+
+
+class ModelError(ValueError):
+    """A caffemodel that is missing, unreadable or does not fit the net it is used with."""
+
+
+def load(path) -> object:
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read caffemodel ({exc.strerror})") from None
+    net = caffe_pb2.NetParameter()
+    try:
+        net.ParseFromString(raw)
+    except Exception as exc:
+        raise ModelError(f"{path}: not a caffemodel (protobuf parse failed: {exc})") from None
+    if not net.layer and not net.layers:
+        raise ModelError(f"{path}: caffemodel holds no layers")
+    return net
+
+
+def save(net, path) -> None:
+    atomic_write(path, net.SerializeToString())
+
+
+def _layers(net):
+    return list(net.layer) if net.layer else list(net.layers)
+
+
+def blob_array(blob) -> np.ndarray:
+    shape = tuple(blob.shape.dim) if blob.HasField("shape") else tuple(
+        d for d in (blob.num, blob.channels, blob.height, blob.width))
+    data = np.asarray(blob.data if len(blob.data) else blob.double_data, dtype=np.float32)
+    return data.reshape(shape)
+
+
+def set_blob(blob, array: np.ndarray) -> None:
+    array = np.asarray(array, dtype=np.float32)
+    blob.ClearField("data")
+    blob.ClearField("double_data")
+    blob.ClearField("num"), blob.ClearField("channels"), blob.ClearField("height"), blob.ClearField("width")
+    blob.shape.ClearField("dim")
+    blob.shape.dim.extend(array.shape)
+    blob.data.extend(array.ravel().tolist())
+
+
+def blobs(net) -> dict[str, list[np.ndarray]]:
+    """Layer name -> its blobs as float32 arrays (layers without blobs left out)."""
+    return {layer.name: [blob_array(b) for b in layer.blobs] for layer in _layers(net) if len(layer.blobs)}
+
+
+def layer(net, name: str, path="caffemodel"):
+    for lay in _layers(net):
+        if lay.name == name:
+            return lay
+    raise ModelError(f"{path}: no layer named {name!r} (has {', '.join(l.name for l in _layers(net) if len(l.blobs))})")
+
+
+def copy_layer(net, src: str, dst: str, dst_type: str = "InnerProduct"):
+    """Append a copy of layer `src`'s blobs under the name `dst`, so Caffe copies them by name."""
+    source = layer(net, src)
+    new = net.layer.add()
+    new.name = dst
+    new.type = source.type or dst_type
+    for b in source.blobs:
+        new.blobs.add().CopyFrom(b)
+    return new
+
+
+def init_heads(net, clusters, shape_layer: str = "shape_pred"):
+    """A copy of `net` (WM) where every head shape_pred_<cluster> starts from WM's shape layer.
+
+    SPEC 5: "Each head of steps 4..3+m starts from WM's shape prediction layer".
+    Caffe copies weights by layer name, so the heads need blobs under their own names.
+    """
+    out = caffe_pb2.NetParameter()
+    out.CopyFrom(net)
+    for c in clusters:
+        copy_layer(out, shape_layer, f"{shape_layer}_{c}")
+    return out

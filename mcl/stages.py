@@ -1,0 +1,58 @@
+"""Algorithm 1 of the paper as a table: the stages, what each trains, its solver.
+
+SPEC 5. Every solver: SGD, batch 64, momentum 0.9, weight decay 0.0005,
+lr_policy "step", gamma 0.3, stepsize 30000. A schedule scale multiplies
+max_iter and stepsize and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BATCH_SIZE = 64
+MOMENTUM = 0.9
+WEIGHT_DECAY = 0.0005
+GAMMA = 0.3
+STEPSIZE = 30000
+ALPHA = 125.0  # Eq. 6: u_P = alpha * u_Q
+
+# The trunk's convolutions in order, with their widths; "D" is the layout's feature_dim.
+CONVS = (("conv11", 32), ("conv12", 32), ("conv21", 64), ("conv22", 64),
+         ("conv31", 96), ("conv32", 96), ("conv41", 128), ("conv42", 128), ("conv43", "D"))
+POOL_AFTER = {"conv12": "pool1", "conv22": "pool2", "conv32": "pool3"}
+# Step 2 fixes "the first six convolutional layers" (conv11..conv32).
+FIRST_SIX = tuple(name for name, _ in CONVS[:6])
+ALL_CONVS = tuple(name for name, _ in CONVS)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    step: str  # the paper's step number(s) in Algorithm 1
+    base_lr: float
+    max_iter: int
+    frozen: tuple[str, ...]  # conv layers whose conv, BatchNorm and Scale are fixed
+    weights: str  # which loss weights the stage trains with
+
+
+STAGES = {
+    "stage1": Stage("stage1", "1", 0.02, 180000, (), "uniform"),
+    "stage2": Stage("stage2", "2", 0.001, 60000, FIRST_SIX, "eq5"),
+    "stage3": Stage("stage3", "3", 0.001, 60000, (), "eq5"),
+    "heads": Stage("heads", "4..3+m", 0.001, 60000, ALL_CONVS, "eq9"),
+    # pre-BM (the ablation) is pre-trained like BM.
+    "pre_bm": Stage("pre_bm", "1 (pre-BM)", 0.02, 180000, (), "uniform"),
+}
+
+
+def get_stage(name: str) -> Stage:
+    if name not in STAGES:
+        raise ValueError(f"unknown stage {name!r}: choose one of {', '.join(STAGES)}")
+    return STAGES[name]
+
+
+def scaled(iterations: int, scale: float) -> int:
+    """A schedule length under the schedule scale (at least one iteration)."""
+    if scale <= 0:
+        raise ValueError(f"schedule scale must be positive, got {scale}")
+    return max(1, int(round(iterations * scale)))

@@ -1,0 +1,48 @@
+#!/usr/bin/env python3
+"""Write the nets and solvers of the paper's three configurations (5, 29, 68 points).
+
+Default: the committed reference copies under prototxt/<layout>/ and
+solvers/<layout>/ (schedule scale 1, seed 0, HDF5 input, uniform loss weights).
+With --run DIR: the files of one run, under DIR/nets and DIR/solvers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mcl.fileio import atomic_write  # noqa: E402
+from mcl.layouts import LAYOUTS, get_layout  # noqa: E402
+from mcl.runfiles import reference_files, run_files  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=".", help="repository root for the reference copies (default: .)")
+    ap.add_argument("--run", help="write one run's nets/ and solvers/ into this folder instead")
+    ap.add_argument("--layout", choices=sorted(LAYOUTS, key=int), action="append",
+                    help="layout(s) to write (default: all three; with --run exactly one)")
+    ap.add_argument("--scale", type=float, default=1.0, help="schedule scale for --run (default 1)")
+    ap.add_argument("--seed", type=int, default=0, help="solver random_seed for --run (default 0)")
+    ap.add_argument("--source", choices=("hdf5", "lmdb"), default="hdf5", help="train input for --run")
+    args = ap.parse_args(argv)
+    layouts = [get_layout(x) for x in (args.layout or sorted(LAYOUTS, key=int))]
+    if args.run:
+        if len(layouts) != 1:
+            ap.error("--run needs exactly one --layout")
+        files, root = run_files(layouts[0], args.scale, args.seed, args.source), Path(args.run)
+    else:
+        files, root = {}, Path(args.out)
+        for layout in layouts:
+            files.update(reference_files(layout))
+    for rel, text in sorted(files.items()):
+        atomic_write(root / rel, text)
+    print(f"wrote {len(files)} files under {root}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+"""Rewrite the loss_weight fields of a net's Eq. 4 loss layers from a weights file.
+
+The weights file is the JSON written by tools/compute_weights.py (or by hand):
+layout, n_points, and either "weights" (one u_j per landmark, for the weighting
+stages) or "clusters" (one vector per cluster, for the multi-center heads).
+A file whose layout or landmark count does not match the net is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mcl import loss_weights, netgen  # noqa: E402
+from mcl.fileio import atomic_write  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("net", help="net prototxt with Eq. 4 loss layers")
+    ap.add_argument("weights", help="weights JSON")
+    ap.add_argument("-o", "--out", help="output prototxt (default: rewrite NET in place)")
+    ap.add_argument("--rows", type=int, default=12, help="rows of the old/new table to print (default 12)")
+    args = ap.parse_args(argv)
+    try:
+        text = Path(args.net).read_text()
+        header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
+        try:
+            net = netgen.parse_net(text)
+        except Exception as exc:
+            raise loss_weights.WeightsError(f"{args.net}: not a net prototxt ({exc})") from None
+        doc = loss_weights.load(args.weights)
+        new, changes = loss_weights.rewrite(net, doc, args.weights)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = args.out or args.net
+    atomic_write(out, header + netgen.to_text(new))
+    print(loss_weights.change_table(changes, args.rows))
+    print(f"rewrote {len(changes)} loss weights of {args.net} -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

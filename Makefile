@@ -36,17 +36,79 @@ $(SETUP_STAMP): scripts/setup.sh requirements.txt $(wildcard patches/*.patch)
 test: | $(SETUP_STAMP)
 	$(PY) -m pytest
 
-# ---- data (SPEC 6): readers, augmentation, HDF5 + LMDB --------------------
-$(RUN)/data/manifest.json: | $(SETUP_STAMP)
-	$(PY) data_prep/prepare.py --dataset $(DATASET) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
-	  --layout $(LAYOUT) --seed $(SEED) --workers $(WORKERS) --out $(RUN)/data $(DATA_OPTS)
+# A settings file changes only when its settings do, so a changed setting
+# re-runs exactly what depends on it.
+SOURCE ?= hdf5
+HEADS ?= joint
+data_settings := dataset=$(DATASET) data_root=$(DATA_ROOT) layout=$(LAYOUT) seed=$(SEED) opts=$(DATA_OPTS)
+train_settings := layout=$(LAYOUT) scale=$(SCALE) seed=$(SEED) source=$(SOURCE)
+$(RUN)/.settings/%: FORCE
+	@mkdir -p $(@D)
+	@printf '%s\n' '$($*_settings)' | cmp -s - $@ || printf '%s\n' '$($*_settings)' > $@
+FORCE:
 
-data: $(RUN)/data/manifest.json
+# ---- data (SPEC 6): readers, augmentation, HDF5 + LMDB --------------------
+DATA := $(RUN)/data/manifest.json
+$(DATA): $(RUN)/.settings/data | $(SETUP_STAMP)
+	$(PY) data_prep/prepare.py --dataset $(DATASET) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
+	  --layout $(LAYOUT) --seed $(SEED) --workers $(WORKERS) --out $(RUN)/data --force $(DATA_OPTS)
+
+data: $(DATA)
 
 bench-data: | $(SETUP_STAMP)
 	$(PY) data_prep/bench_augment.py
 
-# ---- nets and solvers (SPEC 2-5) ------------------------------------------
+# ---- nets and solvers of the run (SPEC 2-5) ---------------------------------
+NETS := $(RUN)/nets/.generated
+$(NETS): $(RUN)/.settings/train | $(SETUP_STAMP)
+	$(PY) tools/make_nets.py --run $(RUN) --layout $(LAYOUT) --scale $(SCALE) --seed $(SEED) --source $(SOURCE)
+	@touch $@
+
+# ---- Algorithm 1 ---------------------------------------------------------------
+M := $(RUN)/models
+W := $(RUN)/weights
+HEADS_OUT_joint := $(M)/heads.caffemodel
+HEADS_OUT_separate := $(M)/heads_separate.json
+HEADS_OUT := $(HEADS_OUT_$(HEADS))
+
+# step 1: pre-train the basic model BM (u_j = 1)
+$(M)/bm.caffemodel: $(DATA) $(NETS)
+	$(PY) tools/run_stage.py --run $(RUN) --stage stage1 --out $@
+# Eq. 5: weights from BM's validation errors
+$(W)/bm_eq5.json: $(M)/bm.caffemodel
+	$(PY) tools/compute_weights.py --run $(RUN) --model $< --eq 5 --out $@
+# step 2: weighting fine-tuning with conv11..conv32 fixed
+$(M)/stage2.caffemodel: $(M)/bm.caffemodel $(W)/bm_eq5.json
+	$(PY) tools/run_stage.py --run $(RUN) --stage stage2 --init $< --loss-weights $(W)/bm_eq5.json --out $@
+# step 3: weighting fine-tuning of all layers -> the weighting model WM
+$(M)/wm.caffemodel: $(M)/stage2.caffemodel $(W)/bm_eq5.json
+	$(PY) tools/run_stage.py --run $(RUN) --stage stage3 --init $< --loss-weights $(W)/bm_eq5.json --out $@
+# Eq. 9: one weight vector per cluster from WM's validation errors
+$(W)/wm_eq9.json: $(M)/wm.caffemodel
+	$(PY) tools/compute_weights.py --run $(RUN) --model $< --eq 9 --out $@
+# steps 4..3+m: multi-center fine-tuning of the heads (joint, or HEADS=separate)
+$(HEADS_OUT): $(M)/wm.caffemodel $(W)/wm_eq9.json
+	$(PY) tools/run_stage.py --run $(RUN) --stage heads --init $< --loss-weights $(W)/wm_eq9.json \
+	  $(if $(filter separate,$(HEADS)),--separate) --out $@
+# step 3+m+1: assemble the heads into one shape layer -> AM
+$(M)/am.caffemodel: $(HEADS_OUT)
+	$(PY) tools/assemble.py --run $(RUN) --heads $< --out $@
+# evaluation of BM, WM and AM on the test split
+$(RUN)/eval/test.json: $(M)/bm.caffemodel $(M)/wm.caffemodel $(M)/am.caffemodel
+	$(PY) tools/evaluate.py --run $(RUN) --split test --model BM=models/bm.caffemodel \
+	  --model WM=models/wm.caffemodel --model AM=models/am.caffemodel:models/am_deploy.prototxt
+
+.PHONY: stage1 weights-bm stage2 stage3 weights-wm heads assemble evaluate
+stage1: $(M)/bm.caffemodel
+weights-bm: $(W)/bm_eq5.json
+stage2: $(M)/stage2.caffemodel
+stage3: $(M)/wm.caffemodel
+weights-wm: $(W)/wm_eq9.json
+heads: $(HEADS_OUT)
+assemble: $(M)/am.caffemodel
+evaluate: $(RUN)/eval/test.json
+
+# ---- the committed reference nets, diagrams, benchmarks -----------------------
 nets: | $(SETUP_STAMP)
 	$(PY) tools/make_nets.py --out .
 
@@ -56,7 +118,7 @@ diagrams: | $(SETUP_STAMP)
 bench-nets: | $(SETUP_STAMP)
 	$(PY) tools/bench_nets.py
 
-demo: data
+demo: evaluate
 
 clean-run:
 	rm -rf $(RUN)

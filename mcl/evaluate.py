@@ -1,0 +1,145 @@
+"""Running a model over a data split and the paper's metrics (SPEC 7).
+
+Errors are measured in original-image coordinates: each prediction is mapped
+back through its crop's transform and divided by the face's inter-ocular
+distance d (the layout's rule). A face's error is the mean over its landmarks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from mcl.layouts import Layout
+
+FAILURE_THRESHOLDS = (0.10, 0.08)
+AUC_LIMITS = (0.08, 0.10)
+
+
+class EvalError(ValueError):
+    """A split or model that cannot be evaluated (missing, empty, wrong layout)."""
+
+
+def split_files(run: Path, split: str) -> list[Path]:
+    """The HDF5 files of a split, from the list file Caffe reads (paths relative to the run)."""
+    listing = Path(run) / "data" / f"{split}.txt"
+    if not listing.exists():
+        raise EvalError(f"{listing}: list file of split {split!r} missing (run `make data`)")
+    files = [Path(run) / line.strip() for line in listing.read_text().splitlines() if line.strip()]
+    if not files:
+        raise EvalError(f"{listing}: split {split!r} is empty")
+    for f in files:
+        if not f.exists():
+            raise EvalError(f"{listing}: lists {f}, which does not exist")
+    return files
+
+
+def load_split(run: Path, split: str, limit: int | None = None) -> dict[str, np.ndarray]:
+    keys = ("data", "crop_to_image", "landmarks_image", "iod_image")
+    parts: dict[str, list] = {k: [] for k in keys}
+    files = split_files(run, split)
+    for f in files:
+        with h5py.File(f, "r") as h:
+            missing = [k for k in keys if k not in h]
+            if missing:
+                raise EvalError(f"{f}: lacks dataset(s) {', '.join(missing)} needed for evaluation")
+            for k in keys:
+                parts[k].append(h[k][...])
+    out = {k: np.concatenate(v) for k, v in parts.items()}
+    if len(out["data"]) == 0:
+        raise EvalError(f"split {split!r} of {run} holds no faces")
+    if limit is not None:
+        out = {k: v[:limit] for k, v in out.items()}
+    return out
+
+
+def predict(net, images: np.ndarray, outputs: list[str], batch: int = 64) -> dict[str, np.ndarray]:
+    """Forward `images` (N,1,50,50) through a pycaffe deploy net; crop-coordinate outputs."""
+    res = {o: [] for o in outputs}
+    for i in range(0, len(images), batch):
+        chunk = images[i:i + batch]
+        net.blobs["data"].reshape(*chunk.shape)
+        net.blobs["data"].data[...] = chunk
+        out = net.forward(blobs=outputs)
+        for o in outputs:
+            res[o].append(out[o].copy())
+    return {o: np.concatenate(v) for o, v in res.items()}
+
+
+def to_image(pred_crop: np.ndarray, crop_to_image: np.ndarray) -> np.ndarray:
+    """(N, 2n) crop coordinates -> (N, n, 2) image coordinates through each (2, 3) affine."""
+    pts = pred_crop.reshape(len(pred_crop), -1, 2).astype(np.float64)
+    A = crop_to_image[:, :, :2]
+    t = crop_to_image[:, :, 2]
+    return np.einsum("nij,nkj->nki", A, pts) + t[:, None, :]
+
+
+def landmark_errors(pred_img: np.ndarray, gt_img: np.ndarray, norm: np.ndarray) -> np.ndarray:
+    """(N, n) point-to-point errors divided by each face's normalising distance."""
+    return np.linalg.norm(pred_img - gt_img, axis=-1) / norm[:, None]
+
+
+def ced(face_errors: np.ndarray, limit: float, steps: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    x = np.linspace(0.0, limit, steps + 1)
+    y = (face_errors[None, :] <= x[:, None]).mean(axis=1)
+    return x, y
+
+
+def auc(face_errors: np.ndarray, limit: float) -> float:
+    x, y = ced(face_errors, limit)
+    return float(np.trapezoid(y, x) / limit)
+
+
+def metrics(errors: np.ndarray, layout: Layout) -> dict:
+    """Mean error, failure rates, AUCs and per-cluster / per-landmark errors (fractions of d)."""
+    face = errors.mean(axis=1)
+    out = {
+        "faces": int(len(face)),
+        "mean_error": float(face.mean()),
+        "failure_rate": {f"{t:.2f}": float((face > t).mean()) for t in FAILURE_THRESHOLDS},
+        "auc": {f"{t:.2f}": auc(face, t) for t in AUC_LIMITS},
+        "per_cluster": {name: float(errors[:, list(idx)].mean()) for name, idx in layout.clusters},
+        "per_landmark": [float(x) for x in errors.mean(axis=0)],
+    }
+    return out
+
+
+def evaluate_model(net, data: dict, layout: Layout, output: str = "shape_pred") -> dict:
+    """Inter-ocular metrics, and the outer-corner normalisation where the layout has it."""
+    pred = predict(net, data["data"], [output])[output]
+    if pred.shape[1] != 2 * layout.n_points:
+        raise EvalError(f"model predicts {pred.shape[1] // 2} landmarks, layout {layout.name} has {layout.n_points}")
+    pred_img = to_image(pred, data["crop_to_image"])
+    gt = data["landmarks_image"].reshape(len(pred_img), layout.n_points, 2)
+    res = {"inter_ocular": metrics(landmark_errors(pred_img, gt, data["iod_image"]), layout)}
+    if layout.outer_corners is not None:
+        res["outer_corners"] = metrics(landmark_errors(pred_img, gt, layout.outer_corner_distance(gt)), layout)
+    res["face_errors"] = [float(x) for x in landmark_errors(pred_img, gt, data["iod_image"]).mean(axis=1)]
+    return res
+
+
+def load_net(deploy: Path, model: Path):
+    """A pycaffe TEST net; a model of another layout or net is refused with its path."""
+    import caffe
+    from mcl.caffemodel import ModelError, load
+    caffe.set_mode_cpu()
+    for p in (deploy, model):
+        if not Path(p).exists():
+            raise EvalError(f"{p}: missing")
+    load(model)  # readable NetParameter, or a clear error naming the file
+    net = caffe.Net(str(deploy), caffe.TEST)
+    try:
+        net.copy_from(str(model))
+    except Exception as exc:  # Caffe raises on a blob shape mismatch
+        raise ModelError(f"{model}: does not fit {deploy} ({exc})") from None
+    return net
+
+
+def validation_errors(run: Path, model: Path, layout: Layout, split: str = "val") -> np.ndarray:
+    """b_j / w_j of Eq. 5 and Eq. 9: each landmark's mean normalised error on the split."""
+    data = load_split(run, split)
+    net = load_net(Path(run) / "nets" / "deploy.prototxt", model)
+    res = evaluate_model(net, data, layout)
+    return np.asarray(res["inter_ocular"]["per_landmark"]), res

@@ -1,0 +1,77 @@
+"""The run manifest: for every artifact of a run, what made it.
+
+`<run>/manifest.json` maps each artifact (path relative to the run) to its
+stage, settings, the checksums of its inputs and of itself, the Caffe version,
+schedule scale, seed and wall time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import re
+import time
+from pathlib import Path
+
+from mcl import __version__
+from mcl.fileio import atomic_write
+
+HEADER_RE = re.compile(r"layout (?P<layout>\w+), schedule scale (?P<scale>[0-9.eE+-]+), "
+                       r"seed (?P<seed>-?\d+), input (?P<input>\w+)")
+
+
+def sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def caffe_version() -> str:
+    try:
+        from mcl.caffe_check import caffe_version as v
+        return v()
+    except Exception as exc:  # recorded, not fatal: the manifest says what it could not learn
+        return f"unknown ({exc})"
+
+
+def record(run: Path, artifact: Path, stage: str, settings: dict, inputs: list[Path], wall_time_s: float,
+           **extra) -> dict:
+    run = Path(run)
+    entry = {
+        "stage": stage,
+        "settings": settings,
+        "inputs": {str(Path(p).resolve().relative_to(run.resolve()) if Path(p).resolve().is_relative_to(run.resolve())
+                       else p): sha256(p) for p in inputs},
+        "sha256": sha256(artifact),
+        "caffe_version": caffe_version(),
+        "mcl_version": __version__,
+        "python": platform.python_version(),
+        "wall_time_s": round(float(wall_time_s), 3),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **extra,
+    }
+    path = run / "manifest.json"
+    doc = json.loads(path.read_text()) if path.exists() else {"run": str(run.resolve()), "artifacts": {}}
+    doc["artifacts"][str(Path(artifact).resolve().relative_to(run.resolve()))] = entry
+    atomic_write(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    return entry
+
+
+def solver_settings(solver_path: Path) -> dict:
+    """The settings a stage ran with, read back from its solver (the header names scale and seed)."""
+    from google.protobuf import text_format
+
+    from mcl.caffe_pb import caffe_pb2
+    text = Path(solver_path).read_text()
+    s = text_format.Parse(text, caffe_pb2.SolverParameter())
+    header = text.splitlines()[0] if text.startswith("#") else ""
+    out = {k: float(f"{getattr(s, k):.7g}") if isinstance(getattr(s, k), float) else getattr(s, k) for k in ("base_lr", "max_iter", "stepsize", "gamma", "momentum", "weight_decay",
+                                      "random_seed", "snapshot")}
+    out["lr_policy"] = s.lr_policy
+    m = HEADER_RE.search(header)
+    if m:
+        out.update(layout=m["layout"], schedule_scale=float(m["scale"]), seed=int(m["seed"]), input=m["input"])
+    return out

@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Per-landmark loss weights from a model's validation errors.
+
+  --eq 5  after BM: u_j = n b_j / sum_k b_k (Eq. 5), b_j = landmark j's mean
+          normalised validation error under BM;
+  --eq 9  after WM: for each cluster P_i, u_P = alpha u_Q with group totals of
+          Eq. 7-8, spread inside each group in proportion to WM's errors (Eq. 9).
+Writes the weights JSON read by tools/set_loss_weights.py and tools/run_stage.py,
+and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mcl import loss_weights, manifest, netgen  # noqa: E402
+from mcl.evaluate import validation_errors  # noqa: E402
+from mcl.fileio import atomic_write  # noqa: E402
+from mcl.layouts import get_layout  # noqa: E402
+from mcl.stages import ALPHA  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", required=True, help="run folder (data/val.txt, nets/deploy.prototxt)")
+    ap.add_argument("--model", required=True, help="caffemodel to measure (BM for Eq. 5, WM for Eq. 9)")
+    ap.add_argument("--eq", type=int, choices=(5, 9), required=True, help="which equation")
+    ap.add_argument("--alpha", type=float, default=ALPHA, help=f"Eq. 6 alpha (default {ALPHA:g})")
+    ap.add_argument("--split", default="val", help="split the errors come from (default val: Omega_v)")
+    ap.add_argument("--out", required=True, help="weights JSON to write")
+    args = ap.parse_args(argv)
+    run = Path(args.run).resolve()
+    t0 = time.time()
+    try:
+        deploy = run / "nets" / "deploy.prototxt"
+        if not deploy.exists():
+            raise ValueError(f"{deploy}: missing (generate the run's nets with `make nets`)")
+        layout = get_layout(netgen.net_layout_name(netgen.parse_net(deploy.read_text())))
+        errors, res = validation_errors(run, Path(args.model), layout, args.split)
+        common = dict(errors=[float(e) for e in errors], split=args.split, faces=res["inter_ocular"]["faces"],
+                      model=str(Path(args.model).resolve()), mean_error=res["inter_ocular"]["mean_error"])
+        if args.eq == 5:
+            doc = loss_weights.document(layout, "eq5", weights=loss_weights.eq5(errors), **common)
+            rows = [("all", doc["weights"])]
+        else:
+            clusters = loss_weights.eq9(errors, layout, args.alpha)
+            doc = loss_weights.document(layout, "eq9", clusters=clusters, alpha=args.alpha, **common)
+            rows = list(doc["clusters"].items())
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    atomic_write(out, json.dumps(doc, indent=2) + "\n")
+    manifest.record(run, out.resolve(), f"weights-eq{args.eq}", {"eq": args.eq, "alpha": args.alpha, "split": args.split},
+                    [Path(args.model)] + sorted(Path(run).glob(f"data/{args.split}*.h5")), time.time() - t0)
+    print(f"Eq. {args.eq} weights from {res['inter_ocular']['faces']} {args.split} faces "
+          f"(mean error {100 * res['inter_ocular']['mean_error']:.2f}% of d):")
+    names = [f"{j + 1:>7d}" for j in range(layout.n_points)]
+    print(f"{'landmark':<14}" + "".join(names[:20]) + (" ..." if layout.n_points > 20 else ""))
+    print(f"{'error % d':<14}" + "".join(f"{100 * e:7.2f}" for e in errors[:20]))
+    for name, vec in rows:
+        print(f"{'u ' + name:<14}" + "".join(f"{u:7.3f}" for u in vec[:20]))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Train one stage of Algorithm 1 in real Caffe, resuming from its last snapshot.
+
+  stage1   pre-train BM (all layers, u_j = 1)                     -> models/bm.caffemodel
+  stage2   weighting fine-tuning part 1 (conv11..conv32 fixed)     -> models/stage2.caffemodel
+  stage3   weighting fine-tuning part 2 (all layers) -> WM          -> models/wm.caffemodel
+  heads    multi-center fine-tuning, all heads jointly             -> models/heads.caffemodel
+  heads --separate   one run per head (head_<cluster>)             -> models/heads_separate.json
+  pre_bm   the pre-BM ablation (pool4 + fc5 + fc6)                 -> models/pre_bm.caffemodel
+
+With --loss-weights the stage's net gets those u_j (Eq. 5 or Eq. 9) first.
+The full Caffe log goes to <run>/logs/<stage>.log; progress is shown as a bar.
+Interrupted (Ctrl-C or killed), the next run resumes from the latest snapshot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mcl import caffemodel, loss_weights, manifest, netgen  # noqa: E402
+from mcl.fileio import atomic_write  # noqa: E402
+from mcl.train import StageError, StageSpec, run_stage, snapshots  # noqa: E402
+
+DEFAULT_OUT = {"stage1": "bm", "stage2": "stage2", "stage3": "wm", "heads": "heads", "pre_bm": "pre_bm"}
+
+
+def rewrite_weights(net_path: Path, weights_path: Path) -> None:
+    text = net_path.read_text()
+    header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
+    new, changes = loss_weights.rewrite(netgen.parse_net(text), loss_weights.load(weights_path), weights_path)
+    atomic_write(net_path, header + netgen.to_text(new))
+    print(loss_weights.change_table(changes, limit=8))
+    print(f"loss weights of {net_path.name} set from {weights_path}")
+
+
+def fingerprint(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.name.encode())
+        h.update(manifest.sha256(p).encode())
+    return h.hexdigest()
+
+
+def prepare_snapshots(spec: StageSpec, inputs: list[Path]) -> None:
+    """Snapshots made from other inputs (another init model, other weights) are discarded."""
+    fp = fingerprint(inputs)
+    stamp = spec.snapshot_prefix.parent / f"{spec.name}.inputs"
+    if stamp.exists() and stamp.read_text() != fp:
+        for _, state in snapshots(spec):
+            state.unlink(missing_ok=True)
+            state.with_suffix(".caffemodel").unlink(missing_ok=True)
+        print(f"[{spec.name}] inputs changed since the last snapshots: starting afresh")
+    atomic_write(stamp, fp)
+
+
+def train_one(run: Path, name: str, init: Path | None, out: Path, weights: Path | None, stage: str) -> dict:
+    net_path = run / "nets" / f"{name}_train.prototxt"
+    solver_path = run / "solvers" / f"{name}_solver.prototxt"
+    for p in (net_path, solver_path):
+        if not p.exists():
+            raise StageError(f"{p}: missing (generate the run's nets with `make nets`)")
+    if weights is not None:
+        rewrite_weights(net_path, weights)
+    spec = StageSpec(run, name, init, out)
+    inputs = [solver_path, net_path] + ([init] if init else [])
+    prepare_snapshots(spec, inputs)
+    t0 = time.time()
+    summary = run_stage(spec)
+    wall = time.time() - t0
+    last = summary["last"] or {}
+    entry = manifest.record(run, out, stage, manifest.solver_settings(solver_path),
+                            inputs + ([weights] if weights else []), wall,
+                            resumed_from_iter=summary["resumed_from"], final_loss=last.get("loss"),
+                            log=str(spec.log_path.relative_to(run)))
+    print(f"[{name}] done in {wall:.1f} s -> {out}")
+    return entry
+
+
+def heads_init(run: Path, wm: Path, clusters) -> Path:
+    """WM with its shape layer copied to every head (SPEC 5: heads start from WM's layer)."""
+    path = run / "snapshots" / "heads_init.caffemodel"
+    caffemodel.save(caffemodel.init_heads(caffemodel.load(wm), clusters), path)
+    return path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", required=True, help="run folder (holds data/, nets/, solvers/)")
+    ap.add_argument("--stage", required=True, choices=sorted(DEFAULT_OUT), help="stage to train")
+    ap.add_argument("--init", help="caffemodel to start from (the previous stage's model)")
+    ap.add_argument("--loss-weights", help="weights JSON (Eq. 5 for stage2/3, Eq. 9 for heads)")
+    ap.add_argument("--separate", action="store_true", help="heads: one run per head instead of one joint run")
+    ap.add_argument("--out", help="output caffemodel (default models/<bm|stage2|wm|heads|pre_bm>.caffemodel)")
+    args = ap.parse_args(argv)
+    run = Path(args.run).resolve()
+    init = Path(args.init).resolve() if args.init else None
+    weights = Path(args.loss_weights).resolve() if args.loss_weights else None
+    try:
+        if init is not None and not init.exists():
+            raise StageError(f"{init}: the model this stage starts from is missing")
+        if args.stage != "heads":
+            out = Path(args.out) if args.out else run / "models" / f"{DEFAULT_OUT[args.stage]}.caffemodel"
+            train_one(run, args.stage, init, out.resolve(), weights, args.stage)
+            return 0
+        if init is None:
+            raise StageError("heads: --init (the weighting model WM) is required")
+        from mcl.layouts import get_layout
+        layout = get_layout(netgen.net_layout_name(netgen.parse_net((run / "nets" / "deploy.prototxt").read_text())))
+        hinit = heads_init(run, init, layout.cluster_names)
+        if not args.separate:
+            out = Path(args.out) if args.out else run / "models" / "heads.caffemodel"
+            train_one(run, "heads", hinit, out.resolve(), weights, "heads")
+            return 0
+        models = {}
+        for c in layout.cluster_names:
+            out_c = run / "models" / f"head_{c}.caffemodel"
+            if not out_c.exists():
+                train_one(run, f"head_{c}", hinit, out_c, weights, "heads")
+            models[c] = str(out_c.relative_to(run))
+        listing = Path(args.out) if args.out else run / "models" / "heads_separate.json"
+        atomic_write(listing, json.dumps({"layout": layout.name, "heads": models}, indent=2) + "\n")
+        print(f"[heads] {len(models)} separate head runs -> {listing}")
+    except (StageError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the next run resumes from the last snapshot", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -39,9 +39,10 @@ test: | $(SETUP_STAMP)
 # A settings file changes only when its settings do, so a changed setting
 # re-runs exactly what depends on it.
 SOURCE ?= hdf5
+BATCH ?= 64
 HEADS ?= joint
 data_settings := dataset=$(DATASET) data_root=$(DATA_ROOT) layout=$(LAYOUT) seed=$(SEED) opts=$(DATA_OPTS)
-train_settings := layout=$(LAYOUT) scale=$(SCALE) seed=$(SEED) source=$(SOURCE)
+train_settings := layout=$(LAYOUT) scale=$(SCALE) seed=$(SEED) source=$(SOURCE) batch=$(BATCH)
 $(RUN)/.settings/%: FORCE
 	@mkdir -p $(@D)
 	@printf '%s\n' '$($*_settings)' | cmp -s - $@ || printf '%s\n' '$($*_settings)' > $@
@@ -61,7 +62,7 @@ bench-data: | $(SETUP_STAMP)
 # ---- nets and solvers of the run (SPEC 2-5) ---------------------------------
 NETS := $(RUN)/nets/.generated
 $(NETS): $(RUN)/.settings/train | $(SETUP_STAMP)
-	$(PY) tools/make_nets.py --run $(RUN) --layout $(LAYOUT) --scale $(SCALE) --seed $(SEED) --source $(SOURCE)
+	$(PY) tools/make_nets.py --run $(RUN) --layout $(LAYOUT) --scale $(SCALE) --seed $(SEED) --source $(SOURCE) --batch $(BATCH)
 	@touch $@
 
 # ---- Algorithm 1 ---------------------------------------------------------------

@@ -91,3 +91,23 @@ def init_heads(net, clusters, shape_layer: str = "shape_pred"):
     for c in clusters:
         copy_layer(out, shape_layer, f"{shape_layer}_{c}")
     return out
+
+
+def check_fits(model, net, path, require_all: bool = True) -> None:
+    """Raise ModelError unless `model`'s blobs fit pycaffe `net` layer by layer.
+
+    Caffe's copy_from aborts the process on a shape mismatch, so this check runs
+    first. With `require_all`, every layer of the net with parameters must be in
+    the model (a model that leaves layers at their random init is the wrong model).
+    """
+    have = blobs(model)
+    for name, params in net.params.items():
+        if name not in have:
+            if require_all:
+                raise ModelError(f"{path}: has no layer {name!r} that the net needs (a model of another net?)")
+            continue
+        want = [tuple(p.data.shape) for p in params]
+        got = [a.shape for a in have[name]]
+        if len(want) != len(got) or any(int(np.prod(w)) != int(np.prod(g)) for w, g in zip(want, got)):
+            raise ModelError(f"{path}: does not fit the net: layer {name!r} holds blobs {got}, the net needs {want} "
+                             "(a model of another layout or net?)")

@@ -123,17 +123,15 @@ def evaluate_model(net, data: dict, layout: Layout, output: str = "shape_pred") 
 def load_net(deploy: Path, model: Path):
     """A pycaffe TEST net; a model of another layout or net is refused with its path."""
     import caffe
-    from mcl.caffemodel import ModelError, load
+    from mcl.caffemodel import check_fits, load
     caffe.set_mode_cpu()
     for p in (deploy, model):
         if not Path(p).exists():
             raise EvalError(f"{p}: missing")
-    load(model)  # readable NetParameter, or a clear error naming the file
     net = caffe.Net(str(deploy), caffe.TEST)
-    try:
-        net.copy_from(str(model))
-    except Exception as exc:  # Caffe raises on a blob shape mismatch
-        raise ModelError(f"{model}: does not fit {deploy} ({exc})") from None
+    # A separate head run holds one head: the heads deploy net's other heads may be absent.
+    check_fits(load(model), net, model, require_all="heads_deploy" not in Path(deploy).name)
+    net.copy_from(str(model))
     return net
 
 

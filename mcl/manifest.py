@@ -16,9 +16,10 @@ from pathlib import Path
 
 from mcl import __version__
 from mcl.fileio import atomic_write
+from mcl.stages import BATCH_SIZE
 
 HEADER_RE = re.compile(r"layout (?P<layout>\w+), schedule scale (?P<scale>[0-9.eE+-]+), "
-                       r"seed (?P<seed>-?\d+), input (?P<input>\w+)")
+                       r"seed (?P<seed>-?\d+), input (?P<input>\w+)(, batch (?P<batch>\d+))?")
 
 
 def sha256(path) -> str:
@@ -73,5 +74,6 @@ def solver_settings(solver_path: Path) -> dict:
     out["lr_policy"] = s.lr_policy
     m = HEADER_RE.search(header)
     if m:
-        out.update(layout=m["layout"], schedule_scale=float(m["scale"]), seed=int(m["seed"]), input=m["input"])
+        out.update(layout=m["layout"], schedule_scale=float(m["scale"]), seed=int(m["seed"]), input=m["input"],
+                   batch_size=int(m["batch"] or BATCH_SIZE))
     return out

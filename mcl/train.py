@@ -96,6 +96,12 @@ def _worker(spec: StageSpec, stop_after: int | None) -> int:
             solver.net._forward(0, n_data - 1)
         print(json.dumps({"event": "resumed", "iter": start, "from": str(state)}), flush=True)
     elif spec.init is not None:
+        from mcl.caffemodel import ModelError, check_fits, load
+        try:  # Caffe would abort on a shape mismatch: check first, report by name
+            check_fits(load(spec.init), solver.net, spec.init, require_all=False)
+        except ModelError as exc:
+            print(json.dumps({"event": "error", "message": str(exc)}), flush=True)
+            return 3
         solver.net.copy_from(str(spec.init))
         print(json.dumps({"event": "init", "from": str(spec.init)}), flush=True)
 
@@ -158,7 +164,9 @@ def run_stage(spec: StageSpec, progress: bool = True, stop_after: int | None = N
                     ev = json.loads(line)
                 except json.JSONDecodeError:
                     continue
-                if ev["event"] == "resumed":
+                if ev["event"] == "error":
+                    summary["error"] = ev["message"]
+                elif ev["event"] == "resumed":
                     summary["resumed_from"] = ev["iter"]
                     print(f"[{spec.name}] resuming from iteration {ev['iter']} ({ev['from']})", flush=True)
                 elif ev["event"] == "iter":
@@ -182,6 +190,8 @@ def run_stage(spec: StageSpec, progress: bool = True, stop_after: int | None = N
     summary["wall_time_s"] = time.time() - t0
     if rc == 130:
         raise StageError(f"{spec.name}: interrupted; a snapshot was written and the next run resumes from it")
+    if "error" in summary:
+        raise StageError(summary["error"])
     if rc != 0:
         raise StageError(f"{spec.name}: Caffe failed (exit {rc}); see {spec.log_path}")
     for _, state in snapshots(spec)[1:]:  # a finished stage keeps only its last snapshot

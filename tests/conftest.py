@@ -60,10 +60,15 @@ def normalise(images: np.ndarray) -> np.ndarray:
 def write_hdf5(run: Path, split: str, images, points, iod) -> Path:
     data = run / "data"
     data.mkdir(parents=True, exist_ok=True)
+    n = len(images)
+    crop_to_image = np.tile(np.array([[2.0, 0.0, 10.0], [0.0, 2.0, 20.0]]), (n, 1, 1))  # crops at half size
     with h5py.File(data / f"{split}.h5", "w") as f:
         f["data"] = normalise(images)
-        f["landmarks"] = points.reshape(len(points), -1)
+        f["landmarks"] = points.reshape(n, -1)
         f["inv_iod"] = (1.0 / iod).astype(np.float32)
+        f["crop_to_image"] = crop_to_image
+        f["landmarks_image"] = points.astype(np.float64) * 2.0 + np.array([10.0, 20.0])
+        f["iod_image"] = iod.astype(np.float64) * 2.0
     (data / f"{split}.txt").write_text(f"data/{split}.h5\n")
     return data / f"{split}.txt"
 

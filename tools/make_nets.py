@@ -27,13 +27,15 @@ def main(argv=None) -> int:
                     help="layout(s) to write (default: all three; with --run exactly one)")
     ap.add_argument("--scale", type=float, default=1.0, help="schedule scale for --run (default 1)")
     ap.add_argument("--seed", type=int, default=0, help="solver random_seed for --run (default 0)")
+    ap.add_argument("--batch", type=int, default=64,
+                    help="batch size for --run (default 64, the paper's; smaller for smoke runs)")
     ap.add_argument("--source", choices=("hdf5", "lmdb"), default="hdf5", help="train input for --run")
     args = ap.parse_args(argv)
     layouts = [get_layout(x) for x in (args.layout or sorted(LAYOUTS, key=int))]
     if args.run:
         if len(layouts) != 1:
             ap.error("--run needs exactly one --layout")
-        files, root = run_files(layouts[0], args.scale, args.seed, args.source), Path(args.run)
+        files, root = run_files(layouts[0], args.scale, args.seed, args.source, args.batch), Path(args.run)
     else:
         files, root = {}, Path(args.out)
         for layout in layouts:

@@ -1,0 +1,228 @@
+"""The staged pipeline (Algorithm 1) in real Caffe on tiny schedules: weights of Eq. 5/9,
+stages chained through their tools, assembly, interrupt-and-resume, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, synthetic_batch, write_hdf5
+from mcl import assemble, caffemodel, loss_weights, netgen
+from mcl.layouts import LAYOUTS, get_layout
+from mcl.stages import ALPHA
+from mcl.train import StageError, StageSpec, run_stage
+
+PY = sys.executable
+
+
+def tool(name, *args, check=True):
+    proc = subprocess.run([PY, str(ROOT / "tools" / name), *map(str, args)], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        pytest.fail(f"{name} {' '.join(map(str, args))} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def new_run(path, layout, scale=0.0002, batch=8):
+    """A run folder with small train/val/test splits and its nets (stage1: 36 iterations)."""
+    for split, n, seed in (("train", 96, 1), ("val", 24, 2), ("test", 24, 3)):
+        write_hdf5(path, split, *synthetic_batch(n, layout.n_points, seed))
+    tool("make_nets.py", "--run", path, "--layout", layout.name, "--scale", scale, "--seed", 1, "--batch", batch)
+    return path
+
+
+# ---- weights (pure) ------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS, key=int))
+def test_weights_satisfy_eq5_to_eq9(name):
+    layout = get_layout(name)
+    errors = np.random.default_rng(int(name)).uniform(0.01, 0.2, layout.n_points)
+    u = loss_weights.eq5(errors)
+    assert u.mean() == pytest.approx(1.0)
+    np.testing.assert_allclose(u / errors, (u / errors)[0])  # proportional to b_j
+    per_cluster = loss_weights.eq9(errors, layout, ALPHA)
+    assert list(per_cluster) == list(layout.cluster_names)
+    for cname, members in layout.clusters:
+        w = per_cluster[cname]
+        in_p = np.zeros(layout.n_points, bool)
+        in_p[list(members)] = True
+        size_p, size_q = in_p.sum(), (~in_p).sum()
+        u_p, u_q = w[in_p].sum() / size_p, w[~in_p].sum() / size_q  # group means
+        assert size_p * u_p + size_q * u_q == pytest.approx(layout.n_points)  # Eq. 7
+        assert u_p == pytest.approx(ALPHA * u_q)  # Eq. 6
+        assert (u_p, u_q) == pytest.approx(loss_weights.eq8(layout.n_points, size_p, ALPHA))  # Eq. 8
+        for mask in (in_p, ~in_p):  # Eq. 9: proportional to w_j inside each group
+            np.testing.assert_allclose(w[mask] / errors[mask], (w[mask] / errors[mask])[0])
+
+
+def test_eq5_refuses_bad_errors():
+    with pytest.raises(loss_weights.WeightsError, match="finite"):
+        loss_weights.eq5([0.1, np.nan, 0.2])
+
+
+# ---- the chain of stages through the tools -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def chained(tmp_path_factory):
+    layout = get_layout(5)
+    run = new_run(tmp_path_factory.mktemp("chain"), layout)
+    m, w = run / "models", run / "weights"
+    tool("run_stage.py", "--run", run, "--stage", "stage1")
+    tool("compute_weights.py", "--run", run, "--model", m / "bm.caffemodel", "--eq", 5, "--out", w / "bm_eq5.json")
+    tool("run_stage.py", "--run", run, "--stage", "stage2", "--init", m / "bm.caffemodel", "--loss-weights", w / "bm_eq5.json")
+    tool("run_stage.py", "--run", run, "--stage", "stage3", "--init", m / "stage2.caffemodel", "--loss-weights", w / "bm_eq5.json")
+    tool("compute_weights.py", "--run", run, "--model", m / "wm.caffemodel", "--eq", 9, "--out", w / "wm_eq9.json")
+    tool("run_stage.py", "--run", run, "--stage", "heads", "--init", m / "wm.caffemodel", "--loss-weights", w / "wm_eq9.json")
+    out = tool("assemble.py", "--run", run, "--heads", m / "heads.caffemodel")
+    assert "self-check on" in out.stdout and "exact" in out.stdout
+    return run, layout
+
+
+def test_chain_writes_every_artifact_with_a_complete_manifest(chained):
+    run, layout = chained
+    artifacts = ["models/bm.caffemodel", "weights/bm_eq5.json", "models/stage2.caffemodel", "models/wm.caffemodel",
+                 "weights/wm_eq9.json", "models/heads.caffemodel", "models/am.caffemodel"]
+    doc = json.loads((run / "manifest.json").read_text())["artifacts"]
+    for a in artifacts:
+        assert (run / a).exists(), a
+        e = doc[a]
+        assert e["caffe_version"] == "1.0.0" and e["wall_time_s"] >= 0 and e["inputs"] and len(e["sha256"]) == 64
+    for a in ("models/bm.caffemodel", "models/wm.caffemodel", "models/heads.caffemodel"):
+        s = doc[a]["settings"]
+        assert (s["schedule_scale"], s["seed"], s["layout"], s["batch_size"]) == (0.0002, 1, "5", 8)
+    assert doc["models/bm.caffemodel"]["settings"]["base_lr"] == 0.02
+    assert doc["models/wm.caffemodel"]["settings"]["base_lr"] == 0.001
+    assert (run / "logs" / "stage1.log").read_text().count("Iteration") > 0  # Caffe's own log
+    # The nets trained with the weights the tools computed.
+    u = json.loads((run / "weights/bm_eq5.json").read_text())["weights"]
+    net = netgen.parse_net((run / "nets/stage3_train.prototxt").read_text())
+    np.testing.assert_array_equal(loss_weights.read_back(net, layout)[None], np.float32(u))
+
+
+def test_am_is_the_splice_of_the_heads_and_costs_what_bm_costs(chained, caffe):
+    run, layout = chained
+    heads = caffemodel.blobs(caffemodel.load(run / "models/heads.caffemodel"))
+    am = caffemodel.blobs(caffemodel.load(run / "models/am.caffemodel"))
+    owner = layout.cluster_of()
+    for j in range(layout.n_points):
+        Wi, bi = heads[netgen.head_layer_name(layout.cluster_names[owner[j]])]
+        np.testing.assert_array_equal(am["shape_pred"][0][2 * j:2 * j + 2], Wi[2 * j:2 * j + 2])
+        np.testing.assert_array_equal(am["shape_pred"][1][2 * j:2 * j + 2], bi[2 * j:2 * j + 2])
+    bm = caffe.Net(str(run / "nets/deploy.prototxt"), str(run / "models/bm.caffemodel"), caffe.TEST)
+    amn = caffe.Net(str(run / "models/am_deploy.prototxt"), str(run / "models/am.caffemodel"), caffe.TEST)
+    assert {k: [b.data.shape for b in v] for k, v in bm.params.items()} == \
+           {k: [b.data.shape for b in v] for k, v in amn.params.items()}
+    assert {k: v.data.shape for k, v in bm.blobs.items()} == {k: v.data.shape for k, v in amn.blobs.items()}
+    # The shared layers are WM's: the head stage fixed them.
+    wm = caffemodel.blobs(caffemodel.load(run / "models/wm.caffemodel"))
+    for name in ("conv11", "conv43", "conv43_bn"):
+        for a, b in zip(am[name], wm[name]):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_assembly_refuses_a_tampered_self_check(chained, caffe):
+    run, layout = chained
+    heads_model = caffemodel.load(run / "models/heads.caffemodel")
+    am = assemble.assemble({c: (heads_model, "heads") for c in layout.cluster_names}, layout)
+    shape = caffemodel.layer(am, "shape_pred")
+    W = caffemodel.blob_array(shape.blobs[0])
+    W[0, 0] += 1e-3
+    caffemodel.set_blob(shape.blobs[0], W)
+    caffemodel.save(am, run / "tampered.caffemodel")
+    from mcl.evaluate import load_net
+    nets = {c: load_net(run / "nets/heads_deploy.prototxt", run / "models/heads.caffemodel") for c in layout.cluster_names[:1]}
+    nets.update({c: nets[layout.cluster_names[0]] for c in layout.cluster_names})
+    am_net = load_net(run / "models/am_deploy.prototxt", run / "tampered.caffemodel")
+    with pytest.raises(caffemodel.ModelError, match="differs from its heads"):
+        assemble.verify(nets, am_net, np.random.default_rng(0).uniform(-1, 1, (4, 1, 50, 50)).astype(np.float32), layout)
+
+
+def test_separate_head_runs_assemble_like_the_joint_run(chained, tmp_path):
+    run, layout = chained
+    sep = tmp_path / "sep"
+    shutil.copytree(run, sep)
+    m, w = sep / "models", sep / "weights"
+    for p in (m / "heads.caffemodel", m / "am.caffemodel", m / "am_deploy.prototxt"):
+        p.unlink()
+    out = tool("run_stage.py", "--run", sep, "--stage", "heads", "--separate", "--init", m / "wm.caffemodel",
+               "--loss-weights", w / "wm_eq9.json")
+    assert f"{layout.m} separate head runs" in out.stdout
+    tool("assemble.py", "--run", sep, "--heads", m / "heads_separate.json")
+    joint = caffemodel.blobs(caffemodel.load(run / "models/am.caffemodel"))["shape_pred"]
+    separate = caffemodel.blobs(caffemodel.load(m / "am.caffemodel"))["shape_pred"]
+    for a, b in zip(joint, separate):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+# ---- interruption ---------------------------------------------------------------------------
+
+def test_killed_stage_resumes_to_the_same_weights(tmp_path):
+    layout = get_layout(5)
+    a = new_run(tmp_path / "a", layout)
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    run_stage(StageSpec(a, "stage1", None, a / "models/bm.caffemodel"), progress=False)
+    spec_b = StageSpec(b, "stage1", None, b / "models/bm.caffemodel")
+    with pytest.raises(StageError, match="Caffe failed"):
+        run_stage(spec_b, progress=False, stop_after=20)  # dies after iteration 20, last snapshot at 18
+    assert not spec_b.out.exists()  # nothing under the final name
+    summary = run_stage(spec_b, progress=False)
+    assert summary["resumed_from"] == 18
+    ma, mb = (caffemodel.blobs(caffemodel.load(p)) for p in (a / "models/bm.caffemodel", spec_b.out))
+    assert ma.keys() == mb.keys()
+    for name in ma:
+        for x, y in zip(ma[name], mb[name]):
+            np.testing.assert_array_equal(x, y, err_msg=name)
+
+
+def test_ctrl_c_snapshots_and_resumes(tmp_path):
+    import signal
+    import time
+    layout = get_layout(5)
+    run = new_run(tmp_path / "r", layout, scale=0.001)  # 180 iterations: long enough to interrupt
+    proc = subprocess.Popen([PY, str(ROOT / "tools/run_stage.py"), "--run", str(run), "--stage", "stage1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not list((run / "snapshots").glob("stage1_iter_*.solverstate")) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode in (2, 130), (out, err)
+    assert "interrupted" in err and not (run / "models/bm.caffemodel").exists()
+    out = tool("run_stage.py", "--run", run, "--stage", "stage1", "--out", run / "models/bm.caffemodel")
+    assert "resuming from iteration" in out.stdout and (run / "models/bm.caffemodel").exists()
+
+
+# ---- bad inputs --------------------------------------------------------------------------------
+
+def test_bad_inputs_are_named(chained, tmp_path):
+    run, layout = chained
+    r = tool("run_stage.py", "--run", run, "--stage", "stage2", "--init", tmp_path / "nope.caffemodel",
+             "--out", tmp_path / "x.caffemodel", check=False)
+    assert r.returncode == 2 and "nope.caffemodel" in r.stderr and "missing" in r.stderr
+    other = tmp_path / "w68.json"
+    other.write_text(json.dumps(loss_weights.document(get_layout(68), "eq5", weights=[1.0] * 68)))
+    r = tool("run_stage.py", "--run", run, "--stage", "stage2", "--init", run / "models/bm.caffemodel",
+             "--loss-weights", other, "--out", tmp_path / "x.caffemodel", check=False)
+    assert r.returncode == 2 and "layout 68" in r.stderr and "layout 5" in r.stderr
+    assert not (tmp_path / "x.caffemodel").exists()
+    # A caffemodel of another layout (68-point BM) does not fit this run's 5-point deploy net.
+    big = new_run(tmp_path / "big", get_layout(68), scale=0.00001, batch=2)
+    run_stage(StageSpec(big, "stage1", None, big / "models/bm.caffemodel"), progress=False)
+    r = tool("compute_weights.py", "--run", run, "--model", big / "models/bm.caffemodel", "--eq", 5,
+             "--out", tmp_path / "w.json", check=False)
+    assert r.returncode == 2 and "bm.caffemodel" in r.stderr and "does not fit" in r.stderr
+    assert not (tmp_path / "w.json").exists()
+    r = tool("run_stage.py", "--run", run, "--stage", "stage2", "--init", big / "models/bm.caffemodel",
+             "--out", tmp_path / "x.caffemodel", check=False)
+    assert r.returncode == 2 and "bm.caffemodel" in r.stderr and "does not fit" in r.stderr
+    empty = tmp_path / "empty"
+    shutil.copytree(run, empty, ignore=shutil.ignore_patterns("snapshots"))
+    (empty / "data/val.txt").write_text("")
+    r = tool("compute_weights.py", "--run", empty, "--model", run / "models/bm.caffemodel", "--eq", 5,
+             "--out", tmp_path / "w.json", check=False)
+    assert r.returncode == 2 and "val.txt" in r.stderr and "empty" in r.stderr

@@ -37,16 +37,22 @@ test: | $(SETUP_STAMP)
 	$(PY) -m pytest
 
 # A settings file changes only when its settings do, so a changed setting
-# re-runs exactly what depends on it.
+# re-runs exactly what depends on it. They are refreshed while this Makefile is
+# read, and only when a pipeline target is asked for.
 SOURCE ?= hdf5
 BATCH ?= 64
 HEADS ?= joint
 data_settings := dataset=$(DATASET) data_root=$(DATA_ROOT) layout=$(LAYOUT) seed=$(SEED) opts=$(DATA_OPTS)
 train_settings := layout=$(LAYOUT) scale=$(SCALE) seed=$(SEED) source=$(SOURCE) batch=$(BATCH)
-$(RUN)/.settings/%: FORCE
-	@mkdir -p $(@D)
-	@printf '%s\n' '$($*_settings)' | cmp -s - $@ || printf '%s\n' '$($*_settings)' > $@
-FORCE:
+PIPELINE_GOALS := data stage1 weights-bm stage2 stage3 weights-wm heads assemble evaluate demo
+define refresh_settings
+$(shell mkdir -p $(RUN)/.settings && printf '%s\n' '$($(1)_settings)' | cmp -s - $(RUN)/.settings/$(1) \
+  || printf '%s\n' '$($(1)_settings)' > $(RUN)/.settings/$(1))
+endef
+ifneq ($(filter $(PIPELINE_GOALS) $(RUN)/%,$(MAKECMDGOALS)),)
+$(call refresh_settings,data)
+$(call refresh_settings,train)
+endif
 
 # ---- data (SPEC 6): readers, augmentation, HDF5 + LMDB --------------------
 DATA := $(RUN)/data/manifest.json

@@ -13,6 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# SPEC 1: the network's input, a 50 x 50 grayscale patch, pixel p -> (p - 128) * 0.0078125
+# (in Caffe terms transform_param { mean_value: 128 scale: 0.0078125 }).
+INPUT_SIZE = 50
+PIXEL_MEAN = 128.0
+PIXEL_SCALE = 0.0078125
+
 
 @dataclass(frozen=True)
 class Layout:

@@ -16,12 +16,9 @@ from dataclasses import dataclass
 from google.protobuf import text_format
 
 from mcl.caffe_pb import caffe_pb2
-from mcl.layouts import Layout
+from mcl.layouts import INPUT_SIZE, PIXEL_MEAN, PIXEL_SCALE, Layout
 from mcl.stages import BATCH_SIZE, CONVS, POOL_AFTER, Stage
 
-INPUT_SIZE = 50
-PIXEL_MEAN = 128.0
-PIXEL_SCALE = 0.0078125  # SPEC 1: (p - 128) * 0.0078125
 SHAPE_LAYER = "shape_pred"  # the shape prediction layer (InnerProduct D -> 2n)
 FEATURE_TOP = "pool4"  # x: global average of conv43
 NET_NAME_RE = re.compile(r"^mcl_(?P<layout>\d+)_(?P<what>[a-z0-9_]+)$")

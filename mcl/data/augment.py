@@ -28,9 +28,9 @@ import cv2
 import numpy as np
 
 from mcl.data.readers import OUTSIDE_TOLERANCE, DataError, Sample, check_in_image, load_image
-from mcl.layouts import Layout
+from mcl.layouts import INPUT_SIZE, Layout
 
-CROP = 50  # SPEC 1: 50 x 50 grayscale face patches
+CROP = INPUT_SIZE  # SPEC 1: 50 x 50 grayscale face patches
 AUGMENT_STREAM = 1  # seed-sequence stream of the augmentation (the synthetic set uses others)
 
 

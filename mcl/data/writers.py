@@ -27,8 +27,7 @@ import numpy as np
 from mcl.data.augment import CROP, CropSet
 from mcl.data.readers import DataError
 
-PIXEL_MEAN = 128  # SPEC 1: p -> (p - 128) * 0.0078125
-PIXEL_SCALE = 0.0078125
+from mcl.layouts import PIXEL_MEAN, PIXEL_SCALE
 HDF5_MAX_MB = 256
 LMDB_COMMIT_EVERY = 4096
 

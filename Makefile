@@ -12,6 +12,11 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 SETUP_STAMP := .venv/.mcl-setup.stamp
 
+# `make demo` alone: the synthetic faces at a schedule that finishes in minutes, in runs/demo.
+ifeq ($(MAKECMDGOALS),demo)
+SCALE ?= 0.002
+RUN ?= runs/demo
+endif
 DATASET ?= synth
 DATA_ROOT ?=
 SEED ?= 0
@@ -126,6 +131,7 @@ bench-nets: | $(SETUP_STAMP)
 	$(PY) tools/bench_nets.py
 
 demo: evaluate
+	@echo "demo done: $(RUN)/eval/test.md (report), $(RUN)/eval/test_ced.png (CED), $(RUN)/manifest.json"
 
 clean-run:
 	rm -rf $(RUN)

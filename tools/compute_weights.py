@@ -62,10 +62,10 @@ def main(argv=None) -> int:
     print(f"Eq. {args.eq} weights from {res['inter_ocular']['faces']} {args.split} faces "
           f"(mean error {100 * res['inter_ocular']['mean_error']:.2f}% of d):")
     names = [f"{j + 1:>7d}" for j in range(layout.n_points)]
-    print(f"{'landmark':<14}" + "".join(names[:20]) + (" ..." if layout.n_points > 20 else ""))
-    print(f"{'error % d':<14}" + "".join(f"{100 * e:7.2f}" for e in errors[:20]))
+    print(f"{'landmark':<17}" + "".join(names[:20]) + (" ..." if layout.n_points > 20 else ""))
+    print(f"{'error % d':<17}" + "".join(f"{100 * e:7.2f}" for e in errors[:20]))
     for name, vec in rows:
-        print(f"{'u ' + name:<14}" + "".join(f"{u:7.3f}" for u in vec[:20]))
+        print(f"{'u ' + name:<17}" + "".join(f"{u:7.3f}" for u in vec[:20]))
     print(f"wrote {out}")
     return 0
 

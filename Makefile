@@ -45,7 +45,7 @@ test: | $(SETUP_STAMP)
 # re-runs exactly what depends on it. They are refreshed while this Makefile is
 # read, and only when a pipeline target is asked for.
 SOURCE ?= hdf5
-BATCH ?= 64
+BATCH ?=
 HEADS ?= joint
 data_settings := dataset=$(DATASET) data_root=$(DATA_ROOT) layout=$(LAYOUT) seed=$(SEED) opts=$(DATA_OPTS)
 train_settings := layout=$(LAYOUT) scale=$(SCALE) seed=$(SEED) source=$(SOURCE) batch=$(BATCH)
@@ -73,7 +73,7 @@ bench-data: | $(SETUP_STAMP)
 # ---- nets and solvers of the run (SPEC 2-5) ---------------------------------
 NETS := $(RUN)/nets/.generated
 $(NETS): $(RUN)/.settings/train | $(SETUP_STAMP)
-	$(PY) tools/make_nets.py --run $(RUN) --layout $(LAYOUT) --scale $(SCALE) --seed $(SEED) --source $(SOURCE) --batch $(BATCH)
+	$(PY) tools/make_nets.py --run $(RUN) --layout $(LAYOUT) --scale $(SCALE) --seed $(SEED) --source $(SOURCE) $(if $(BATCH),--batch $(BATCH))
 	@touch $@
 
 # ---- Algorithm 1 ---------------------------------------------------------------

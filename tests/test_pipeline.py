@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, synthetic_batch, write_hdf5
+from conftest import ROOT, synthetic_batch, write_hdf5, write_lmdb
 from mcl import assemble, caffemodel, loss_weights, netgen
 from mcl.layouts import LAYOUTS, get_layout
 from mcl.stages import ALPHA
@@ -27,11 +27,14 @@ def tool(name, *args, check=True):
     return proc
 
 
-def new_run(path, layout, scale=0.0002, batch=8):
+def new_run(path, layout, scale=0.0002, batch=8, source="hdf5"):
     """A run folder with small train/val/test splits and its nets (stage1: 36 iterations)."""
     for split, n, seed in (("train", 96, 1), ("val", 24, 2), ("test", 24, 3)):
         write_hdf5(path, split, *synthetic_batch(n, layout.n_points, seed))
-    tool("make_nets.py", "--run", path, "--layout", layout.name, "--scale", scale, "--seed", 1, "--batch", batch)
+    if source == "lmdb":
+        write_lmdb(path, "train", *synthetic_batch(96, layout.n_points, 1))
+    tool("make_nets.py", "--run", path, "--layout", layout.name, "--scale", scale, "--seed", 1, "--batch", batch,
+         "--source", source)
     return path
 
 
@@ -160,9 +163,10 @@ def test_separate_head_runs_assemble_like_the_joint_run(chained, tmp_path):
 
 # ---- interruption ---------------------------------------------------------------------------
 
-def test_killed_stage_resumes_to_the_same_weights(tmp_path):
+@pytest.mark.parametrize("source", ["hdf5", "lmdb"])
+def test_killed_stage_resumes_to_the_same_weights(tmp_path, source):
     layout = get_layout(5)
-    a = new_run(tmp_path / "a", layout)
+    a = new_run(tmp_path / "a", layout, source=source)
     b = tmp_path / "b"
     shutil.copytree(a, b)
     run_stage(StageSpec(a, "stage1", None, a / "models/bm.caffemodel"), progress=False)

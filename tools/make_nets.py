@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mcl.fileio import atomic_write  # noqa: E402
 from mcl.layouts import LAYOUTS, get_layout  # noqa: E402
 from mcl.runfiles import reference_files, run_files  # noqa: E402
+from mcl.stages import BATCH_SIZE  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -27,8 +28,8 @@ def main(argv=None) -> int:
                     help="layout(s) to write (default: all three; with --run exactly one)")
     ap.add_argument("--scale", type=float, default=1.0, help="schedule scale for --run (default 1)")
     ap.add_argument("--seed", type=int, default=0, help="solver random_seed for --run (default 0)")
-    ap.add_argument("--batch", type=int, default=64,
-                    help="batch size for --run (default 64, the paper's; smaller for smoke runs)")
+    ap.add_argument("--batch", type=int, default=BATCH_SIZE,
+                    help=f"batch size for --run (default {BATCH_SIZE}, the paper's; smaller for smoke runs)")
     ap.add_argument("--source", choices=("hdf5", "lmdb"), default="hdf5", help="train input for --run")
     args = ap.parse_args(argv)
     layouts = [get_layout(x) for x in (args.layout or sorted(LAYOUTS, key=int))]

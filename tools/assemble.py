@@ -36,6 +36,7 @@ def main(argv=None) -> int:
     run = Path(args.run).resolve()
     out = Path(args.out).resolve() if args.out else run / "models" / "am.caffemodel"
     deploy_out = out.with_name(out.stem + "_deploy.prototxt")
+    tmp = out.with_name(f".{out.name}.tmp")
     t0 = time.time()
     try:
         layout = get_layout(netgen.net_layout_name(netgen.parse_net((run / "nets" / "deploy.prototxt").read_text())))
@@ -44,6 +45,8 @@ def main(argv=None) -> int:
             listing = json.loads(heads_path.read_text())
             if listing.get("layout") != layout.name:
                 raise caffemodel.ModelError(f"{heads_path}: heads of layout {listing.get('layout')}, run is {layout.name}")
+            if not isinstance(listing.get("heads"), dict):
+                raise caffemodel.ModelError(f"{heads_path}: no 'heads' mapping of cluster -> caffemodel")
             heads = {c: (caffemodel.load(run / p), run / p) for c, p in listing["heads"].items()}
             inputs = [run / p for p in listing["heads"].values()]
         else:
@@ -51,7 +54,6 @@ def main(argv=None) -> int:
             heads = {c: (model, heads_path) for c in layout.cluster_names}
             inputs = [heads_path]
         am = assemble.assemble(heads, layout)
-        tmp = out.with_name(f".{out.name}.tmp")
         caffemodel.save(am, tmp)
         text = (f"# MCL-Caffe assembled model (AM): layout {layout.name}, heads from {heads_path.name}.\n"
                 + netgen.to_text(netgen.deploy_net(layout)))
@@ -67,7 +69,8 @@ def main(argv=None) -> int:
             nets[c] = same if same is not None else load_net(heads_deploy, path)
         res = assemble.verify(nets, am_net, images, layout)
         tmp.replace(out)
-    except (caffemodel.ModelError, EvalError, ValueError, OSError, KeyError) as exc:
+    except (caffemodel.ModelError, EvalError, ValueError, OSError) as exc:
+        tmp.unlink(missing_ok=True)  # a model that failed its self-check never looks finished
         print(f"error: {exc}", file=sys.stderr)
         return 2
     manifest.record(run, out, "assemble", {"heads": str(heads_path)}, inputs, time.time() - t0,

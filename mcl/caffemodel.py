@@ -69,27 +69,28 @@ def layer(net, name: str, path="caffemodel"):
     raise ModelError(f"{path}: no layer named {name!r} (has {', '.join(l.name for l in _layers(net) if len(l.blobs))})")
 
 
-def copy_layer(net, src: str, dst: str, dst_type: str = "InnerProduct"):
+def copy_layer(net, src: str, dst: str):
     """Append a copy of layer `src`'s blobs under the name `dst`, so Caffe copies them by name."""
     source = layer(net, src)
     new = net.layer.add()
     new.name = dst
-    new.type = source.type or dst_type
+    new.type = source.type
     for b in source.blobs:
         new.blobs.add().CopyFrom(b)
     return new
 
 
-def init_heads(net, clusters, shape_layer: str = "shape_pred"):
+def init_heads(net, clusters):
     """A copy of `net` (WM) where every head shape_pred_<cluster> starts from WM's shape layer.
 
     SPEC 5: "Each head of steps 4..3+m starts from WM's shape prediction layer".
     Caffe copies weights by layer name, so the heads need blobs under their own names.
     """
+    from mcl.netgen import SHAPE_LAYER, head_layer_name
     out = caffe_pb2.NetParameter()
     out.CopyFrom(net)
     for c in clusters:
-        copy_layer(out, shape_layer, f"{shape_layer}_{c}")
+        copy_layer(out, SHAPE_LAYER, head_layer_name(c))
     return out
 
 

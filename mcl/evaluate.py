@@ -135,7 +135,7 @@ def load_net(deploy: Path, model: Path):
     return net
 
 
-def validation_errors(run: Path, model: Path, layout: Layout, split: str = "val") -> np.ndarray:
+def validation_errors(run: Path, model: Path, layout: Layout, split: str = "val") -> tuple[np.ndarray, dict]:
     """b_j / w_j of Eq. 5 and Eq. 9: each landmark's mean normalised error on the split."""
     data = load_split(run, split)
     net = load_net(Path(run) / "nets" / "deploy.prototxt", model)

@@ -178,6 +178,23 @@ def rewrite(net, doc: dict, path="weights") -> tuple[object, list[Change]]:
     return out, changes
 
 
+def rewrite_file(net_path, weights_path, out_path=None) -> list[Change]:
+    """Rewrite the loss weights of the prototxt at `net_path` (in place unless `out_path`),
+    keeping its comment header; written under a temporary name and renamed."""
+    from pathlib import Path
+
+    from mcl.fileio import atomic_write
+    text = Path(net_path).read_text()
+    header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
+    try:
+        net = netgen.parse_net(text)
+    except Exception as exc:
+        raise WeightsError(f"{net_path}: not a net prototxt ({exc})") from None
+    new, changes = rewrite(net, load(weights_path), weights_path)
+    atomic_write(out_path or net_path, header + netgen.to_text(new))
+    return changes
+
+
 def read_back(net, layout: Layout) -> dict[str | None, np.ndarray]:
     return {c: np.array([lay.loss_weight[0] for lay in layers], dtype=np.float32)
             for c, layers in loss_layers(net, layout).items()}

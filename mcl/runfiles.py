@@ -62,6 +62,17 @@ def run_files(layout: Layout, scale: float = 1.0, seed: int = 0, source: str = "
     return files
 
 
+def run_layout(run) -> Layout:
+    """The layout a run folder was generated for, read from its deploy net's name."""
+    from pathlib import Path
+
+    from mcl.layouts import get_layout
+    deploy = Path(run) / "nets" / "deploy.prototxt"
+    if not deploy.exists():
+        raise ValueError(f"{deploy}: missing (generate the run's nets with `make nets` / tools/make_nets.py --run)")
+    return get_layout(netgen.net_layout_name(netgen.parse_net(deploy.read_text())))
+
+
 def reference_files(layout: Layout) -> dict[str, str]:
     """The committed copies: nets/X -> prototxt/<layout>/X, solvers/X -> solvers/<layout>/X."""
     out = {}

@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 from mcl import assemble, caffemodel, manifest, netgen  # noqa: E402
 from mcl.evaluate import EvalError, load_net, load_split  # noqa: E402
 from mcl.fileio import atomic_write  # noqa: E402
-from mcl.layouts import get_layout  # noqa: E402
+from mcl.runfiles import run_layout  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     tmp = out.with_name(f".{out.name}.tmp")
     t0 = time.time()
     try:
-        layout = get_layout(netgen.net_layout_name(netgen.parse_net((run / "nets" / "deploy.prototxt").read_text())))
+        layout = run_layout(run)
         heads_path = Path(args.heads)
         if heads_path.suffix == ".json":
             listing = json.loads(heads_path.read_text())

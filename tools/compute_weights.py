@@ -19,10 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mcl import loss_weights, manifest, netgen  # noqa: E402
+from mcl import loss_weights, manifest  # noqa: E402
 from mcl.evaluate import validation_errors  # noqa: E402
 from mcl.fileio import atomic_write  # noqa: E402
-from mcl.layouts import get_layout  # noqa: E402
+from mcl.runfiles import run_layout  # noqa: E402
 from mcl.stages import ALPHA  # noqa: E402
 
 
@@ -38,10 +38,7 @@ def main(argv=None) -> int:
     run = Path(args.run).resolve()
     t0 = time.time()
     try:
-        deploy = run / "nets" / "deploy.prototxt"
-        if not deploy.exists():
-            raise ValueError(f"{deploy}: missing (generate the run's nets with `make nets`)")
-        layout = get_layout(netgen.net_layout_name(netgen.parse_net(deploy.read_text())))
+        layout = run_layout(run)
         errors, res = validation_errors(run, Path(args.model), layout, args.split)
         common = dict(errors=[float(e) for e in errors], split=args.split, faces=res["inter_ocular"]["faces"],
                       model=str(Path(args.model).resolve()), mean_error=res["inter_ocular"]["mean_error"])

@@ -28,7 +28,7 @@ from mcl import manifest, netgen  # noqa: E402
 from mcl.caffemodel import ModelError  # noqa: E402
 from mcl.evaluate import EvalError, ced, evaluate_model, load_net, load_split  # noqa: E402
 from mcl.fileio import atomic_write  # noqa: E402
-from mcl.layouts import get_layout  # noqa: E402
+from mcl.runfiles import run_layout  # noqa: E402
 
 
 def forward_ms(net, repeats: int) -> float:
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else run / "eval" / args.split
     t0 = time.time()
     try:
-        layout = get_layout(netgen.net_layout_name(netgen.parse_net((run / "nets" / "deploy.prototxt").read_text())))
+        layout = run_layout(run)
         data = load_split(run, args.split)
         results, inputs = {}, []
         for spec in args.model:

@@ -24,18 +24,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mcl import caffemodel, loss_weights, manifest, netgen  # noqa: E402
+from mcl import caffemodel, loss_weights, manifest  # noqa: E402
 from mcl.fileio import atomic_write  # noqa: E402
+from mcl.runfiles import run_layout  # noqa: E402
 from mcl.train import StageError, StageSpec, run_stage, snapshots  # noqa: E402
 
 DEFAULT_OUT = {"stage1": "bm", "stage2": "stage2", "stage3": "wm", "heads": "heads", "pre_bm": "pre_bm"}
 
 
 def rewrite_weights(net_path: Path, weights_path: Path) -> None:
-    text = net_path.read_text()
-    header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
-    new, changes = loss_weights.rewrite(netgen.parse_net(text), loss_weights.load(weights_path), weights_path)
-    atomic_write(net_path, header + netgen.to_text(new))
+    changes = loss_weights.rewrite_file(net_path, weights_path)
     print(loss_weights.change_table(changes, limit=8))
     print(f"loss weights of {net_path.name} set from {weights_path}")
 
@@ -111,8 +109,7 @@ def main(argv=None) -> int:
             return 0
         if init is None:
             raise StageError("heads: --init (the weighting model WM) is required")
-        from mcl.layouts import get_layout
-        layout = get_layout(netgen.net_layout_name(netgen.parse_net((run / "nets" / "deploy.prototxt").read_text())))
+        layout = run_layout(run)
         hinit = heads_init(run, init, layout.cluster_names)
         if not args.separate:
             out = Path(args.out) if args.out else run / "models" / "heads.caffemodel"

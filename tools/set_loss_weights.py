@@ -15,8 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mcl import loss_weights, netgen  # noqa: E402
-from mcl.fileio import atomic_write  # noqa: E402
+from mcl import loss_weights  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -26,20 +25,12 @@ def main(argv=None) -> int:
     ap.add_argument("-o", "--out", help="output prototxt (default: rewrite NET in place)")
     ap.add_argument("--rows", type=int, default=12, help="rows of the old/new table to print (default 12)")
     args = ap.parse_args(argv)
+    out = args.out or args.net
     try:
-        text = Path(args.net).read_text()
-        header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
-        try:
-            net = netgen.parse_net(text)
-        except Exception as exc:
-            raise loss_weights.WeightsError(f"{args.net}: not a net prototxt ({exc})") from None
-        doc = loss_weights.load(args.weights)
-        new, changes = loss_weights.rewrite(net, doc, args.weights)
+        changes = loss_weights.rewrite_file(args.net, args.weights, out)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out = args.out or args.net
-    atomic_write(out, header + netgen.to_text(new))
     print(loss_weights.change_table(changes, args.rows))
     print(f"rewrote {len(changes)} loss weights of {args.net} -> {out}")
     return 0

@@ -47,8 +47,15 @@ test: | $(SETUP_STAMP)
 SOURCE ?= hdf5
 BATCH ?=
 HEADS ?= joint
+# [interp] BatchNorm statistics of every stage's product: recomputed (default) or running (Caffe's raw).
+BN_STATS ?= recomputed
+BN_BATCHES ?= 60
+# [interp] BatchNorm of the layers a step fixes: global (frozen whole, default) or batch.
+FROZEN_BN_STAGE2 ?= global
+FROZEN_BN_HEADS ?= global
 data_settings := dataset=$(DATASET) data_root=$(DATA_ROOT) layout=$(LAYOUT) seed=$(SEED) opts=$(DATA_OPTS)
-train_settings := layout=$(LAYOUT) scale=$(SCALE) seed=$(SEED) source=$(SOURCE) batch=$(BATCH)
+train_settings := layout=$(LAYOUT) scale=$(SCALE) seed=$(SEED) source=$(SOURCE) batch=$(BATCH) frozen_bn=$(FROZEN_BN_STAGE2),$(FROZEN_BN_HEADS)
+bn_settings := bn_stats=$(BN_STATS) bn_batches=$(BN_BATCHES)
 PIPELINE_GOALS := data stage1 weights-bm stage2 stage3 weights-wm heads assemble evaluate demo
 define refresh_settings
 $(shell mkdir -p $(RUN)/.settings && printf '%s\n' '$($(1)_settings)' | cmp -s - $(RUN)/.settings/$(1) \
@@ -57,6 +64,7 @@ endef
 ifneq ($(filter $(PIPELINE_GOALS) $(RUN)/%,$(MAKECMDGOALS)),)
 $(call refresh_settings,data)
 $(call refresh_settings,train)
+$(call refresh_settings,bn)
 endif
 
 # ---- data (SPEC 6): readers, augmentation, HDF5 + LMDB --------------------
@@ -73,10 +81,16 @@ bench-data: | $(SETUP_STAMP)
 # ---- nets and solvers of the run (SPEC 2-5) ---------------------------------
 NETS := $(RUN)/nets/.generated
 $(NETS): $(RUN)/.settings/train | $(SETUP_STAMP)
-	$(PY) tools/make_nets.py --run $(RUN) --layout $(LAYOUT) --scale $(SCALE) --seed $(SEED) --source $(SOURCE) $(if $(BATCH),--batch $(BATCH))
+	$(PY) tools/make_nets.py --run $(RUN) --layout $(LAYOUT) --scale $(SCALE) --seed $(SEED) --source $(SOURCE) $(if $(BATCH),--batch $(BATCH)) \
+	  --frozen-bn-stage2 $(FROZEN_BN_STAGE2) --frozen-bn-heads $(FROZEN_BN_HEADS)
 	@touch $@
 
 # ---- Algorithm 1 ---------------------------------------------------------------
+# Every stage ends with the BatchNorm statistics step (mcl/bnstats.py): Caffe's model
+# is kept as models/<name>.raw.caffemodel beside the stage's product.
+# A changed BN_STATS re-runs only that step where Caffe's model is still current.
+STAGE_OPTS := --bn-stats $(BN_STATS) --bn-batches $(BN_BATCHES)
+BN := $(RUN)/.settings/bn
 M := $(RUN)/models
 W := $(RUN)/weights
 HEADS_OUT_joint := $(M)/heads.caffemodel
@@ -84,24 +98,24 @@ HEADS_OUT_separate := $(M)/heads_separate.json
 HEADS_OUT := $(HEADS_OUT_$(HEADS))
 
 # step 1: pre-train the basic model BM (u_j = 1)
-$(M)/bm.caffemodel: $(DATA) $(NETS)
-	$(PY) tools/run_stage.py --run $(RUN) --stage stage1 --out $@
+$(M)/bm.caffemodel: $(DATA) $(NETS) $(BN)
+	$(PY) tools/run_stage.py --run $(RUN) --stage stage1 --out $@ $(STAGE_OPTS)
 # Eq. 5: weights from BM's validation errors
 $(W)/bm_eq5.json: $(M)/bm.caffemodel
 	$(PY) tools/compute_weights.py --run $(RUN) --model $< --eq 5 --out $@
 # step 2: weighting fine-tuning with conv11..conv32 fixed
-$(M)/stage2.caffemodel: $(M)/bm.caffemodel $(W)/bm_eq5.json
-	$(PY) tools/run_stage.py --run $(RUN) --stage stage2 --init $< --loss-weights $(W)/bm_eq5.json --out $@
+$(M)/stage2.caffemodel: $(M)/bm.caffemodel $(W)/bm_eq5.json $(BN)
+	$(PY) tools/run_stage.py --run $(RUN) --stage stage2 --init $< --loss-weights $(W)/bm_eq5.json --out $@ $(STAGE_OPTS)
 # step 3: weighting fine-tuning of all layers -> the weighting model WM
-$(M)/wm.caffemodel: $(M)/stage2.caffemodel $(W)/bm_eq5.json
-	$(PY) tools/run_stage.py --run $(RUN) --stage stage3 --init $< --loss-weights $(W)/bm_eq5.json --out $@
+$(M)/wm.caffemodel: $(M)/stage2.caffemodel $(W)/bm_eq5.json $(BN)
+	$(PY) tools/run_stage.py --run $(RUN) --stage stage3 --init $< --loss-weights $(W)/bm_eq5.json --out $@ $(STAGE_OPTS)
 # Eq. 9: one weight vector per cluster from WM's validation errors
 $(W)/wm_eq9.json: $(M)/wm.caffemodel
 	$(PY) tools/compute_weights.py --run $(RUN) --model $< --eq 9 --out $@
 # steps 4..3+m: multi-center fine-tuning of the heads (joint, or HEADS=separate)
-$(HEADS_OUT): $(M)/wm.caffemodel $(W)/wm_eq9.json
+$(HEADS_OUT): $(M)/wm.caffemodel $(W)/wm_eq9.json $(BN)
 	$(PY) tools/run_stage.py --run $(RUN) --stage heads --init $< --loss-weights $(W)/wm_eq9.json \
-	  $(if $(filter separate,$(HEADS)),--separate) --out $@
+	  $(if $(filter separate,$(HEADS)),--separate) --out $@ $(STAGE_OPTS)
 # step 3+m+1: assemble the heads into one shape layer -> AM
 $(M)/am.caffemodel: $(HEADS_OUT)
 	$(PY) tools/assemble.py --run $(RUN) --heads $< --out $@

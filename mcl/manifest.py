@@ -16,10 +16,11 @@ from pathlib import Path
 
 from mcl import __version__
 from mcl.fileio import atomic_write
+from mcl.netgen import FROZEN_BN_DEFAULT
 from mcl.stages import BATCH_SIZE
 
 HEADER_RE = re.compile(r"layout (?P<layout>\w+), schedule scale (?P<scale>[0-9.eE+-]+), "
-                       r"seed (?P<seed>-?\d+), input (?P<input>\w+)(, batch (?P<batch>\d+))?")
+                       r"seed (?P<seed>-?\d+), input (?P<input>\w+)(, batch (?P<batch>\d+))?(, frozen BatchNorm (?P<fbn>\w+))?")
 
 
 def sha256(path) -> str:
@@ -44,8 +45,7 @@ def record(run: Path, artifact: Path, stage: str, settings: dict, inputs: list[P
     entry = {
         "stage": stage,
         "settings": settings,
-        "inputs": {str(Path(p).resolve().relative_to(run.resolve()) if Path(p).resolve().is_relative_to(run.resolve())
-                       else p): sha256(p) for p in inputs},
+        "inputs": input_checksums(run, inputs),
         "sha256": sha256(artifact),
         "caffe_version": caffe_version(),
         "mcl_version": __version__,
@@ -56,9 +56,37 @@ def record(run: Path, artifact: Path, stage: str, settings: dict, inputs: list[P
     }
     path = run / "manifest.json"
     doc = json.loads(path.read_text()) if path.exists() else {"run": str(run.resolve()), "artifacts": {}}
-    doc["artifacts"][str(Path(artifact).resolve().relative_to(run.resolve()))] = entry
+    doc["artifacts"][_key(run, artifact)] = entry
     atomic_write(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
     return entry
+
+
+def input_checksums(run: Path, inputs: list[Path]) -> dict[str, str]:
+    """Input path (relative to the run where it lies inside it) -> sha256, as an entry records them."""
+    root = Path(run).resolve()
+    return {str(Path(p).resolve().relative_to(root) if Path(p).resolve().is_relative_to(root) else p): sha256(p)
+            for p in inputs}
+
+
+def entry(run: Path, artifact: Path) -> dict | None:
+    """The manifest entry of `artifact`, or None if the run's manifest does not list it."""
+    path = Path(run) / "manifest.json"
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())["artifacts"].get(_key(run, artifact))
+
+
+def _key(run: Path, artifact: Path) -> str:
+    """An artifact's name in the manifest: relative to the run, or absolute when it lies outside."""
+    p, root = Path(artifact).resolve(), Path(run).resolve()
+    return str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
+
+
+def is_current(run: Path, artifact: Path, inputs: list[Path]) -> bool:
+    """Whether `artifact` is intact and was made from exactly these inputs, as the manifest says."""
+    e = entry(run, artifact)
+    return (e is not None and Path(artifact).exists() and sha256(artifact) == e["sha256"]
+            and e["inputs"] == input_checksums(run, inputs))
 
 
 def solver_settings(solver_path: Path) -> dict:
@@ -76,4 +104,8 @@ def solver_settings(solver_path: Path) -> dict:
     if m:
         out.update(layout=m["layout"], schedule_scale=float(m["scale"]), seed=int(m["seed"]), input=m["input"],
                    batch_size=int(m["batch"] or BATCH_SIZE))
+        stage = Path(solver_path).name[: -len("_solver.prototxt")]
+        stage = "heads" if stage.startswith("head") else stage
+        if stage in FROZEN_BN_DEFAULT:
+            out["frozen_bn"] = m["fbn"] or FROZEN_BN_DEFAULT[stage]
     return out

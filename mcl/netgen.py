@@ -23,9 +23,17 @@ SHAPE_LAYER = "shape_pred"  # the shape prediction layer (InnerProduct D -> 2n)
 FEATURE_TOP = "pool4"  # x: global average of conv43
 NET_NAME_RE = re.compile(r"^mcl_(?P<layout>\d+)_(?P<what>[a-z0-9_]+)$")
 
-# Interpretation (documented): the BatchNorm of a fixed layer uses its stored
-# statistics (use_global_stats) so that "fixed" also holds for what it computes.
-FROZEN_BN_USES_GLOBAL_STATS = True
+# [interp] SPEC 5: what a *fixed* layer's BatchNorm does in training, per step.
+#   global: use_global_stats, the layer is frozen whole (its stored statistics are
+#           used and never move). "Fix Theta_S" reads most naturally this way, and
+#           the stored statistics are the ones the previous stage's product carries
+#           (recomputed for its final weights by the statistics step, mcl/bnstats.py).
+#   batch:  Caffe's TRAIN default (the authors' deploy nets set no batch_norm_param):
+#           batch statistics, and the stored averages keep moving.
+# Joint and separate heads stay equal under both: the trunk's weights are fixed and
+# every run reads the same batches, so its statistics move identically in each.
+FROZEN_BN_SETTINGS = ("global", "batch")
+FROZEN_BN_DEFAULT = {"stage2": "global", "heads": "global"}
 
 
 @dataclass(frozen=True)
@@ -76,7 +84,7 @@ def _learnable(layer, frozen: bool) -> None:
         _param(layer, 2, 0)
 
 
-def _conv_block(net, name: str, bottom: str, num_output: int, frozen: bool) -> str:
+def _conv_block(net, name: str, bottom: str, num_output: int, frozen: bool, frozen_bn: str = "global") -> str:
     conv = _layer(net, name, "Convolution", [bottom], [name])
     _learnable(conv, frozen)
     cp = conv.convolution_param
@@ -89,7 +97,7 @@ def _conv_block(net, name: str, bottom: str, num_output: int, frozen: bool) -> s
     bn = _layer(net, f"{name}_bn", "BatchNorm", [name], [name])
     for _ in range(3):  # mean, variance, moving-average factor: never learned
         _param(bn, 0, 0)
-    if frozen and FROZEN_BN_USES_GLOBAL_STATS:
+    if frozen and frozen_bn == "global":
         bn.batch_norm_param.use_global_stats = True
     scale = _layer(net, f"{name}_bn_scale", "Scale", [name], [name])
     _learnable(scale, frozen)
@@ -153,7 +161,13 @@ def _input_layer(net) -> str:
 
 # ---- trunk and heads ---------------------------------------------------------
 
-def trunk(net, bottom: str, layout: Layout, frozen=(), variant: str = "bm") -> str:
+def check_frozen_bn(setting: str) -> str:
+    if setting not in FROZEN_BN_SETTINGS:
+        raise ValueError(f"frozen BatchNorm setting must be one of {', '.join(FROZEN_BN_SETTINGS)}, got {setting!r}")
+    return setting
+
+
+def trunk(net, bottom: str, layout: Layout, frozen=(), variant: str = "bm", frozen_bn: str = "global") -> str:
     """The shared layers up to the feature x; returns x's top name.
 
     bm:     conv11..conv43 (D) -> global average pooling (pool4) -> x of size D.
@@ -164,7 +178,7 @@ def trunk(net, bottom: str, layout: Layout, frozen=(), variant: str = "bm") -> s
         if variant == "pre_bm" and name == "conv43":
             break
         num_output = layout.feature_dim if width == "D" else width
-        top = _conv_block(net, name, top, num_output, name in frozen)
+        top = _conv_block(net, name, top, num_output, name in frozen, check_frozen_bn(frozen_bn))
         if name in POOL_AFTER:
             top = _max_pool(net, POOL_AFTER[name], top)
     if variant == "bm":
@@ -218,7 +232,7 @@ def _new_net(layout: Layout, what: str):
 
 
 def train_net(layout: Layout, stage: Stage, data: DataSpec = DataSpec(), weights=None,
-              variant: str = "bm"):
+              variant: str = "bm", frozen_bn: str = "global"):
     """A single-head train net (BM of step 1, the weighting stages 2 and 3, pre-BM).
 
     `weights` are the u_j of Eq. 4 (default all 1, as for BM).
@@ -227,7 +241,7 @@ def train_net(layout: Layout, stage: Stage, data: DataSpec = DataSpec(), weights
     _check_weights(layout, weights)
     net = _new_net(layout, f"{stage.name}_{data.source}")
     image, landmarks, inv_iod = _data_layers(net, layout, data)
-    x = trunk(net, image, layout, stage.frozen, variant)
+    x = trunk(net, image, layout, stage.frozen, variant, frozen_bn)
     out = "fc6" if variant == "pre_bm" else SHAPE_LAYER
     _inner_product(net, out, x, 2 * layout.n_points)
     eq4_loss(net, out, landmarks, inv_iod, weights)
@@ -235,7 +249,7 @@ def train_net(layout: Layout, stage: Stage, data: DataSpec = DataSpec(), weights
 
 
 def heads_net(layout: Layout, stage: Stage, clusters=None, data: DataSpec = DataSpec(),
-              weights: dict | None = None):
+              weights: dict | None = None, frozen_bn: str = "global"):
     """Multi-center fine-tuning (steps 4..3+m): the fixed trunk and one head per cluster.
 
     Each head is an InnerProduct D -> 2n with its own loss layers weighted by
@@ -249,7 +263,7 @@ def heads_net(layout: Layout, stage: Stage, clusters=None, data: DataSpec = Data
     what = "heads" if len(clusters) == layout.m else "head_" + "_".join(clusters)
     net = _new_net(layout, f"{what}_{data.source}")
     image, landmarks, inv_iod = _data_layers(net, layout, data)
-    x = trunk(net, image, layout, stage.frozen)
+    x = trunk(net, image, layout, stage.frozen, frozen_bn=frozen_bn)
     gt_slices = None
     for c in clusters:
         _check_weights(layout, weights[c])

@@ -140,20 +140,23 @@ def frozen_layers_of(frozen_convs):
     return {x for c in frozen_convs for x in (c, f"{c}_bn", f"{c}_bn_scale")}
 
 
-@pytest.mark.parametrize("stage_name", ["stage1", "stage2", "stage3", "heads"])
-def test_frozen_layers_stay_bit_identical(bm_run, monkeypatch, caffe, stage_name):
+@pytest.mark.parametrize("stage_name,frozen_bn", [("stage1", "global"), ("stage2", "global"), ("stage3", "global"),
+                                                   ("heads", "global"), ("stage2", "batch"), ("heads", "batch")])
+def test_frozen_layers_stay_bit_identical(bm_run, monkeypatch, caffe, stage_name, frozen_bn):
+    """Fixed convs and Scales never move; a fixed BatchNorm's statistics stay under
+    `global` and move under `batch` (SPEC 5's two readings)."""
     run, layout = bm_run
     monkeypatch.chdir(run)
     stage = STAGES[stage_name]
     data = netgen.DataSpec(batch_size=8)
     if stage_name == "heads":
-        proto = netgen.heads_net(layout, stage, data=data)
+        proto = netgen.heads_net(layout, stage, data=data, frozen_bn=frozen_bn)
         init = caffemodel.init_heads(caffemodel.load(run / "bm.caffemodel"), layout.cluster_names)
         caffemodel.save(init, run / "heads_init.caffemodel")
         weights = run / "heads_init.caffemodel"
     else:
-        proto, weights = netgen.train_net(layout, stage, data), run / "bm.caffemodel"
-    solver = solver_for(caffe, run, layout, stage_name, proto)
+        proto, weights = netgen.train_net(layout, stage, data, frozen_bn=frozen_bn), run / "bm.caffemodel"
+    solver = solver_for(caffe, run, layout, stage_name, proto, tag=f"{stage_name}_{frozen_bn}")
     solver.net.copy_from(str(weights))
     before = params_of(solver.net)
     solver.step(3)
@@ -162,12 +165,16 @@ def test_frozen_layers_stay_bit_identical(bm_run, monkeypatch, caffe, stage_name
     assert frozen == frozen_layers_of({"stage2": FIRST_SIX, "heads": ALL_CONVS}.get(stage_name, ()))
     changed = {name for name in before if any(not np.array_equal(a, b) for a, b in zip(before[name], after[name]))}
     for name in before:
-        if name in frozen:
+        if name in frozen and name.endswith("_bn") and frozen_bn == "batch":
+            assert name in changed, f"{stage_name}: fixed BatchNorm {name} kept its statistics under 'batch'"
+        elif name in frozen:
             assert name not in changed, f"{stage_name}: fixed layer {name} changed"
         elif not name.endswith("_bn"):
             assert name in changed, f"{stage_name}: trainable layer {name} did not change"
     if stage_name == "heads":
-        assert changed == {netgen.head_layer_name(c) for c in layout.cluster_names}
+        heads = {netgen.head_layer_name(c) for c in layout.cluster_names}
+        bns = {f"{c}_bn" for c in ALL_CONVS} if frozen_bn == "batch" else set()
+        assert changed == heads | bns
 
 
 def test_batchnorm_blobs_are_never_updated_by_the_solver(bm_run, monkeypatch, caffe):
@@ -238,7 +245,10 @@ def test_committed_solvers_are_scale_one():
 
 # ---- joint multi-center training equals separate runs --------------------------------------
 
-def test_joint_heads_equal_separate_head_runs(bm_run, monkeypatch, caffe):
+@pytest.mark.parametrize("frozen_bn", ["global", "batch"])
+def test_joint_heads_equal_separate_head_runs(bm_run, monkeypatch, caffe, frozen_bn):
+    """Under both readings of a fixed BatchNorm: the trunk's weights are fixed and every
+    run reads the same batches, so its statistics (moving or not) agree too."""
     run, layout = bm_run
     monkeypatch.chdir(run)
     init = caffemodel.init_heads(caffemodel.load(run / "bm.caffemodel"), layout.cluster_names)
@@ -246,14 +256,14 @@ def test_joint_heads_equal_separate_head_runs(bm_run, monkeypatch, caffe):
     data = netgen.DataSpec(batch_size=8)
     rng = np.random.default_rng(2)
     weights = {c: rng.uniform(0.1, 3, layout.n_points) for c in layout.cluster_names}
-    joint = solver_for(caffe, run, layout, "heads", netgen.heads_net(layout, STAGES["heads"], data=data, weights=weights),
-                       seed=9, tag="joint")
+    joint = solver_for(caffe, run, layout, "heads", netgen.heads_net(layout, STAGES["heads"], data=data, weights=weights,
+                                                                     frozen_bn=frozen_bn), seed=9, tag="joint")
     joint.net.copy_from(str(run / "joint_init.caffemodel"))
     joint.step(6)
     for c in layout.cluster_names:
         single = solver_for(caffe, run, layout, "heads",
-                            netgen.heads_net(layout, STAGES["heads"], [c], data=data, weights=weights),
-                            seed=9, tag=f"single_{c}")
+                            netgen.heads_net(layout, STAGES["heads"], [c], data=data, weights=weights,
+                                             frozen_bn=frozen_bn), seed=9, tag=f"single_{c}")
         single.net.copy_from(str(run / "joint_init.caffemodel"))
         start = single.net.params[netgen.head_layer_name(c)][0].data.copy()
         single.step(6)
@@ -261,6 +271,9 @@ def test_joint_heads_equal_separate_head_runs(bm_run, monkeypatch, caffe):
         assert not np.array_equal(start, single.net.params[name][0].data)
         for a, b in zip(joint.net.params[name], single.net.params[name]):
             np.testing.assert_allclose(a.data, b.data, atol=1e-5, rtol=0)
+        for conv in ALL_CONVS:  # the trunk's statistics: the same in every run
+            for a, b in zip(joint.net.params[f"{conv}_bn"], single.net.params[f"{conv}_bn"]):
+                np.testing.assert_array_equal(a.data, b.data)
 
 
 # ---- loss-weight rewriting -------------------------------------------------------------

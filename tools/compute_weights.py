@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mcl import loss_weights, manifest  # noqa: E402
+from mcl import bnstats, loss_weights, manifest  # noqa: E402
 from mcl.evaluate import validation_errors  # noqa: E402
 from mcl.fileio import atomic_write  # noqa: E402
 from mcl.runfiles import run_layout  # noqa: E402
@@ -41,7 +41,8 @@ def main(argv=None) -> int:
         layout = run_layout(run)
         errors, res = validation_errors(run, Path(args.model), layout, args.split)
         common = dict(errors=[float(e) for e in errors], split=args.split, faces=res["inter_ocular"]["faces"],
-                      model=str(Path(args.model).resolve()), mean_error=res["inter_ocular"]["mean_error"])
+                      model=str(Path(args.model).resolve()), mean_error=res["inter_ocular"]["mean_error"],
+                      bn_stats=bnstats.model_setting(run, Path(args.model)))
         if args.eq == 5:
             doc = loss_weights.document(layout, "eq5", weights=loss_weights.eq5(errors), **common)
             rows = [("all", doc["weights"])]

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from mcl import manifest, netgen  # noqa: E402
+from mcl import bnstats, manifest, netgen  # noqa: E402
 from mcl.caffemodel import ModelError  # noqa: E402
 from mcl.evaluate import EvalError, ced, evaluate_model, load_net, load_split  # noqa: E402
 from mcl.fileio import atomic_write  # noqa: E402
@@ -44,11 +44,13 @@ def forward_ms(net, repeats: int) -> float:
 def report(results: dict, layout, split: str) -> str:
     lines = [f"# Evaluation: layout {layout.name}, split {split}", "",
              "Errors in % of the inter-ocular distance (SPEC 7); failure: face mean error > 10% (and > 8%).", "",
-             "| model | faces | mean error | failure 10% | failure 8% | AUC@0.08 | AUC@0.10 | ms/face | FPS |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "BatchNorm statistics: `recomputed` for the final weights by the statistics step, `running` as "
+             "Caffe's running averages left them (mcl/bnstats.py).", "",
+             "| model | BatchNorm statistics | faces | mean error | failure 10% | failure 8% | AUC@0.08 | AUC@0.10 | ms/face | FPS |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         m = r["inter_ocular"]
-        lines.append(f"| {name} | {m['faces']} | {100 * m['mean_error']:.2f} | {100 * m['failure_rate']['0.10']:.2f} | "
+        lines.append(f"| {name} | {r.get('bn_stats') or 'unknown'} | {m['faces']} | {100 * m['mean_error']:.2f} | {100 * m['failure_rate']['0.10']:.2f} | "
                      f"{100 * m['failure_rate']['0.08']:.2f} | {m['auc']['0.08']:.4f} | {m['auc']['0.10']:.4f} | "
                      f"{r['speed_ms']:.2f} | {1000 / r['speed_ms']:.0f} |")
     lines += ["", "Per-cluster mean error (%):", "",
@@ -113,6 +115,7 @@ def main(argv=None) -> int:
             r = evaluate_model(net, data, layout, output)
             r["speed_ms"] = forward_ms(net, args.speed_repeats)
             r["model"], r["deploy"] = str(model_path), str(deploy_path)
+            r["bn_stats"] = bnstats.model_setting(run, model_path)
             results[name] = r
             inputs.append(model_path)
             print(f"{name:>8}: mean error {100 * r['inter_ocular']['mean_error']:.2f}%  "

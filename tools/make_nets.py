@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mcl.fileio import atomic_write  # noqa: E402
 from mcl.layouts import LAYOUTS, get_layout  # noqa: E402
+from mcl.netgen import FROZEN_BN_DEFAULT, FROZEN_BN_SETTINGS  # noqa: E402
 from mcl.runfiles import reference_files, run_files  # noqa: E402
 from mcl.stages import BATCH_SIZE  # noqa: E402
 
@@ -31,12 +32,18 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=BATCH_SIZE,
                     help=f"batch size for --run (default {BATCH_SIZE}, the paper's; smaller for smoke runs)")
     ap.add_argument("--source", choices=("hdf5", "lmdb"), default="hdf5", help="train input for --run")
+    for step in FROZEN_BN_DEFAULT:
+        ap.add_argument(f"--frozen-bn-{step}", choices=FROZEN_BN_SETTINGS, default=FROZEN_BN_DEFAULT[step],
+                        help=f"[interp] BatchNorm of the layers {step} fixes: global (use_global_stats, frozen whole) "
+                             f"or batch (Caffe's TRAIN default, statistics keep moving); default "
+                             f"{FROZEN_BN_DEFAULT[step]}")
     args = ap.parse_args(argv)
+    fbn = {step: getattr(args, f"frozen_bn_{step}") for step in FROZEN_BN_DEFAULT}
     layouts = [get_layout(x) for x in (args.layout or sorted(LAYOUTS, key=int))]
     if args.run:
         if len(layouts) != 1:
             ap.error("--run needs exactly one --layout")
-        files, root = run_files(layouts[0], args.scale, args.seed, args.source, args.batch), Path(args.run)
+        files, root = run_files(layouts[0], args.scale, args.seed, args.source, args.batch, fbn), Path(args.run)
     else:
         files, root = {}, Path(args.out)
         for layout in layouts:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mcl import caffemodel, loss_weights, manifest  # noqa: E402
+from mcl import bnstats, caffemodel, loss_weights, manifest  # noqa: E402
 from mcl.fileio import atomic_write  # noqa: E402
 from mcl.runfiles import run_layout  # noqa: E402
 from mcl.train import StageError, StageSpec, run_stage, snapshots  # noqa: E402
@@ -58,7 +58,8 @@ def prepare_snapshots(spec: StageSpec, inputs: list[Path]) -> None:
     atomic_write(stamp, fp)
 
 
-def train_one(run: Path, name: str, init: Path | None, out: Path, weights: Path | None, stage: str) -> dict:
+def train_one(run: Path, name: str, init: Path | None, out: Path, weights: Path | None, stage: str,
+              bn_stats: str = bnstats.DEFAULT, bn_batches: int = bnstats.DEFAULT_BATCHES) -> dict:
     net_path = run / "nets" / f"{name}_train.prototxt"
     solver_path = run / "solvers" / f"{name}_solver.prototxt"
     for p in (net_path, solver_path):
@@ -66,18 +67,34 @@ def train_one(run: Path, name: str, init: Path | None, out: Path, weights: Path 
             raise StageError(f"{p}: missing (generate the run's nets with `make nets`)")
     if weights is not None:
         rewrite_weights(net_path, weights)
-    spec = StageSpec(run, name, init, out)
+    # Caffe's model goes to <out>.raw.caffemodel; the statistics step makes <out> from it.
+    raw = bnstats.raw_path(out)
+    spec = StageSpec(run, name, init, raw)
     inputs = [solver_path, net_path] + ([init] if init else [])
-    prepare_snapshots(spec, inputs)
-    t0 = time.time()
-    summary = run_stage(spec)
-    wall = time.time() - t0
+    settings = manifest.solver_settings(solver_path)
+    data_manifest = run / "data" / "manifest.json"  # the training data, where data_prep wrote them
+    raw_inputs = inputs + ([weights] if weights else []) + ([data_manifest] if data_manifest.exists() else [])
+    if manifest.is_current(run, raw, raw_inputs):  # only the statistics step is asked for again
+        e = manifest.entry(run, raw)
+        summary, wall = {"resumed_from": e.get("resumed_from_iter", 0), "last": {"loss": e.get("final_loss")}}, 0.0
+        print(f"[{name}] Caffe's model {raw.name} is current for these inputs: training skipped")
+    else:
+        prepare_snapshots(spec, inputs)
+        t0 = time.time()
+        summary = run_stage(spec)
+        wall = time.time() - t0
+        manifest.record(run, raw, stage, settings, raw_inputs, wall, resumed_from_iter=summary["resumed_from"],
+                        final_loss=(summary["last"] or {}).get("loss"), log=str(spec.log_path.relative_to(run)),
+                        bn_stats="running")
     last = summary["last"] or {}
-    entry = manifest.record(run, out, stage, manifest.solver_settings(solver_path),
-                            inputs + ([weights] if weights else []), wall,
-                            resumed_from_iter=summary["resumed_from"], final_loss=last.get("loss"),
-                            log=str(spec.log_path.relative_to(run)))
-    print(f"[{name}] done in {wall:.1f} s -> {out}")
+    t1 = time.time()
+    stats = bnstats.finish_stage(run, net_path, raw, out, bn_stats, bn_batches)
+    entry = manifest.record(run, out, stage, settings, raw_inputs + [raw],
+                            wall + time.time() - t1, resumed_from_iter=summary["resumed_from"],
+                            final_loss=last.get("loss"), log=str(spec.log_path.relative_to(run)), **stats)
+    how = (f"BatchNorm statistics recomputed over {stats['bn_batches']} training batches" if bn_stats == "recomputed"
+           else "Caffe's running BatchNorm statistics kept")
+    print(f"[{name}] done in {wall:.1f} s, {how} ({time.time() - t1:.1f} s) -> {out}")
     return entry
 
 
@@ -96,7 +113,15 @@ def main(argv=None) -> int:
     ap.add_argument("--loss-weights", help="weights JSON (Eq. 5 for stage2/3, Eq. 9 for heads)")
     ap.add_argument("--separate", action="store_true", help="heads: one run per head instead of one joint run")
     ap.add_argument("--out", help="output caffemodel (default models/<bm|stage2|wm|heads|pre_bm>.caffemodel)")
+    ap.add_argument("--bn-stats", choices=bnstats.SETTINGS, default=bnstats.DEFAULT,
+                    help="BatchNorm statistics of the product: recomputed with the final weights over training "
+                         "batches (default), or running (Caffe's raw running averages); the raw model is kept "
+                         "beside it as <out>.raw.caffemodel")
+    ap.add_argument("--bn-batches", type=int, default=bnstats.DEFAULT_BATCHES,
+                    help=f"training batches the statistics are recomputed over (default {bnstats.DEFAULT_BATCHES}, "
+                         "at most one pass over the split)")
     args = ap.parse_args(argv)
+    bn = dict(bn_stats=args.bn_stats, bn_batches=args.bn_batches)
     run = Path(args.run).resolve()
     init = Path(args.init).resolve() if args.init else None
     weights = Path(args.loss_weights).resolve() if args.loss_weights else None
@@ -105,7 +130,7 @@ def main(argv=None) -> int:
             raise StageError(f"{init}: the model this stage starts from is missing")
         if args.stage != "heads":
             out = Path(args.out) if args.out else run / "models" / f"{DEFAULT_OUT[args.stage]}.caffemodel"
-            train_one(run, args.stage, init, out.resolve(), weights, args.stage)
+            train_one(run, args.stage, init, out.resolve(), weights, args.stage, **bn)
             return 0
         if init is None:
             raise StageError("heads: --init (the weighting model WM) is required")
@@ -113,18 +138,18 @@ def main(argv=None) -> int:
         hinit = heads_init(run, init, layout.cluster_names)
         if not args.separate:
             out = Path(args.out) if args.out else run / "models" / "heads.caffemodel"
-            train_one(run, "heads", hinit, out.resolve(), weights, "heads")
+            train_one(run, "heads", hinit, out.resolve(), weights, "heads", **bn)
             return 0
         models = {}
         for c in layout.cluster_names:
             out_c = run / "models" / f"head_{c}.caffemodel"
             if not out_c.exists():
-                train_one(run, f"head_{c}", hinit, out_c, weights, "heads")
+                train_one(run, f"head_{c}", hinit, out_c, weights, "heads", **bn)
             models[c] = str(out_c.relative_to(run))
         listing = Path(args.out) if args.out else run / "models" / "heads_separate.json"
         atomic_write(listing, json.dumps({"layout": layout.name, "heads": models}, indent=2) + "\n")
         print(f"[heads] {len(models)} separate head runs -> {listing}")
-    except (StageError, ValueError, OSError) as exc:
+    except (StageError, ValueError, OSError) as exc:  # bnstats.StatsError and ModelError are ValueErrors
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""BatchNorm statistics of a stage's model: recompute them, or measure what they change.
+
+Every stage already ends with this step (tools/run_stage.py --bn-stats); the tool
+lets a user apply it to any model of a run, or compare Caffe's raw model with the
+stage's product:
+
+  tools/bn_stats.py --run RUN --stage stage1 --compare
+      the Eq. 4 loss on the first training batches in Caffe's TRAIN phase (batch
+      statistics) and TEST phase (stored statistics), and the test-split mean
+      error, for models/bm.raw.caffemodel (Caffe's running averages) and
+      models/bm.caffemodel (the product);
+  tools/bn_stats.py --run RUN --stage stage1 --model M --out OUT
+      M with its statistics recomputed over the stage's training batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mcl import bnstats  # noqa: E402
+from mcl.caffemodel import ModelError  # noqa: E402
+from mcl.evaluate import EvalError, evaluate_model, load_net, load_split  # noqa: E402
+from mcl.fileio import atomic_write  # noqa: E402
+from mcl.runfiles import run_layout  # noqa: E402
+
+PRODUCT = {"stage1": "bm", "stage2": "stage2", "stage3": "wm", "heads": "heads", "pre_bm": "pre_bm"}
+
+
+def compare(run: Path, stage: str, model: Path, batches: int, split: str) -> dict:
+    layout = run_layout(run)
+    net = run / "nets" / f"{stage}_train.prototxt"
+    deploy = run / "nets" / ("pre_bm_deploy.prototxt" if stage == "pre_bm" else
+                             "heads_deploy.prototxt" if stage == "heads" else "deploy.prototxt")
+    output = "fc6" if stage == "pre_bm" else f"shape_pred_{layout.cluster_names[0]}" if stage == "heads" else "shape_pred"
+    data = load_split(run, split)
+    rows = {}
+    for label, path in (("running (raw)", bnstats.raw_path(model)), ("product", model)):
+        if not path.exists():
+            raise EvalError(f"{path}: missing")
+        r = bnstats.phase_losses(run, net, path, batches)
+        ev = evaluate_model(load_net(deploy, path), data, layout, output)
+        r["mean_error"] = ev["inter_ocular"]["mean_error"]
+        r["failure_rate"] = ev["inter_ocular"]["failure_rate"]["0.10"]
+        r["model"], r["bn_stats"] = str(path), bnstats.model_setting(run, path)
+        rows[label] = r
+    return {"stage": stage, "split": split, "batches": batches, "output": output, "rows": rows}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", required=True, help="run folder")
+    ap.add_argument("--stage", required=True, choices=sorted(PRODUCT), help="the stage whose train net is used")
+    ap.add_argument("--model", help="caffemodel (default models/<product of the stage>.caffemodel)")
+    ap.add_argument("--compare", action="store_true", help="compare the raw model with the product")
+    ap.add_argument("--out", help="write the model with recomputed statistics here")
+    ap.add_argument("--batches", type=int, default=bnstats.DEFAULT_BATCHES,
+                    help=f"training batches to recompute over (default {bnstats.DEFAULT_BATCHES}); with --compare, "
+                         "batches the losses are averaged over (default 4)")
+    ap.add_argument("--split", default="test", help="split of the mean error with --compare (default test)")
+    ap.add_argument("--json", help="with --compare: also write the figures as JSON here")
+    args = ap.parse_args(argv)
+    run = Path(args.run).resolve()
+    model = Path(args.model).resolve() if args.model else run / "models" / f"{PRODUCT[args.stage]}.caffemodel"
+    if not args.compare and not args.out:
+        ap.error("give --compare or --out")
+    try:
+        if args.out:
+            r = bnstats.recompute(run, run / "nets" / f"{args.stage}_train.prototxt", model, Path(args.out),
+                                  args.batches)
+            print(f"wrote {args.out}: {r['bn_layers']} BatchNorm layers recomputed over {r['bn_batches']} batches")
+        if args.compare:
+            batches = args.batches if "--batches" in (argv or sys.argv) else 4
+            doc = compare(run, args.stage, model, batches, args.split)
+            print(f"{args.stage}: Eq. 4 loss on the first {batches} training batches, {args.split} mean error")
+            print(f"{'model':<16}{'TRAIN phase':>13}{'TEST phase':>12}{'ratio':>8}{'mean error %':>14}{'failure %':>11}")
+            for label, r in doc["rows"].items():
+                print(f"{label:<16}{r['train_phase']:>13.4f}{r['test_phase']:>12.4f}"
+                      f"{r['test_phase'] / r['train_phase']:>8.2f}{100 * r['mean_error']:>14.2f}"
+                      f"{100 * r['failure_rate']:>11.1f}")
+            if args.json:
+                atomic_write(Path(args.json), json.dumps(doc, indent=2) + "\n")
+    except (bnstats.StatsError, EvalError, ModelError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mcl.caffe_pb import caffe_pb2
+from mcl.port.proto import caffe_pb2
 
 PHASES = {"TRAIN": caffe_pb2.TRAIN, "TEST": caffe_pb2.TEST}
 INPUT_TYPES = ("Input", "HDF5Data", "Data")
@@ -282,14 +282,29 @@ class BatchNorm(Layer):
         self.register_buffer("factor", torch.zeros(1))
         return [tuple(shape)]
 
+    frozen = False
+
+    def freeze(self) -> None:
+        """Keep mean and var as tensors of their own (an exported graph then holds constants)."""
+        mean, var = self.stored_stats()
+        self.register_buffer("frozen_mean", mean.detach().clone(), persistent=False)
+        self.register_buffer("frozen_var", var.detach().clone(), persistent=False)
+        self.frozen = True
+
+    def stored_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, var) from the blobs: blob / s, and 0 where s == 0."""
+        s = self.factor[0]
+        inv = torch.where(s == 0, torch.zeros_like(s), 1.0 / s)
+        return self.mean_sum * inv, self.var_sum * inv
+
     def _view(self, v, x):
         return v.view((1, -1) + (1,) * (x.dim() - 2)) if x.dim() > 1 else v
 
     def forward(self, x):
         if self.use_global_stats:
-            s = self.factor[0]
-            inv = torch.where(s == 0, torch.zeros_like(s), 1.0 / s)
-            mean, var = self.mean_sum * inv, self.var_sum * inv
+            mean, var = (self.frozen_mean, self.frozen_var) if self.frozen else self.stored_stats()
+            if x.dim() >= 2:
+                return F.batch_norm(x, mean, var, None, None, False, 0.0, self.eps)
         else:
             dims = [0] + list(range(2, x.dim()))
             mean = x.mean(dim=dims)
@@ -692,7 +707,13 @@ class CaffeNet(nn.Module):
             raise NetError(f"{what}: the net's blob shapes are unknown until it knows its input shapes "
                            f"({', '.join(self.input_names)}): pass input_shapes or call setup()")
 
-    def forward(self, inputs: dict[str, torch.Tensor], upto: str | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, inputs: dict[str, torch.Tensor], upto: str | None = None,
+                record: list | None = None) -> dict[str, torch.Tensor]:
+        """Every blob by top name (an in-place top: its last value), up to and including layer `upto`.
+
+        `record`, if given, receives (layer, top, value) after every layer: the values of
+        in-place tops as each layer leaves them, as Caffe's net.forward(end=layer) shows them.
+        """
         if not self.is_setup:
             self.setup({n: tuple(inputs[n].shape) for n in self.input_names if n in inputs})
         if upto is not None and upto not in self._keys:
@@ -709,9 +730,22 @@ class CaffeNet(nn.Module):
                     out = (out,)
                 for t, v in zip(s.tops, out):
                     blobs[t] = v
+                    if record is not None:
+                        record.append((s.name, t, v))
             if s.name == upto:
                 break
         return blobs
+
+    def freeze_batchnorm(self) -> CaffeNet:
+        """Inference form: every BatchNorm with stored statistics keeps mean and var precomputed.
+
+        Blobs loaded afterwards are not seen by the frozen layers: call it after loading.
+        """
+        for s in self.specs:
+            mod = self.layer(s.name)
+            if isinstance(mod, BatchNorm) and mod.use_global_stats:
+                mod.freeze()
+        return self
 
     # ---- Caffe blobs in and out ----------------------------------------------------
 

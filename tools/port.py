@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""Port a trained Caffe model out to NumPy, PyTorch and ONNX (`export`), or a PyTorch
+state_dict back into a caffemodel (`back`). Needs protobuf, torch, onnx and
+onnxruntime; Caffe only for the check against Caffe itself (else OpenCV dnn).
+
+  tools/port.py export --prototxt runs/synth-68/models/am_deploy.prototxt \\
+      --caffemodel runs/synth-68/models/am.caffemodel --out runs/synth-68/port
+  tools/port.py back --prototxt port/am.prototxt --state-dict port/am.pt --out am_again.caffemodel
+
+Bad input (unreadable or truncated caffemodel, a pair whose layer names or blob
+shapes disagree, an unsupported layer, a BatchNorm with scale factor 0) exits 2
+with the file and layer named, and writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def run_crop_scale(run: str | None) -> float | None:
+    if not run:
+        return None
+    manifest = Path(run) / "data" / "manifest.json"
+    if not manifest.exists():
+        return None
+    return json.loads(manifest.read_text()).get("settings", {}).get("crop_scale")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("export", help="caffemodel -> .npz, .pt (+ .prototxt), .onnx, each with a JSON card")
+    e.add_argument("--prototxt", required=True, help="deploy net (Input layer or input_shape)")
+    e.add_argument("--caffemodel", required=True, help="trained blobs (V2 `layer` or V1 `layers`)")
+    e.add_argument("--out", required=True, help="output folder")
+    e.add_argument("--name", help="file stem of the outputs (default: the caffemodel's)")
+    e.add_argument("--formats", default="npz,pt,onnx", help="comma-separated: npz, pt, onnx")
+    e.add_argument("--fold", action="store_true",
+                   help="fold BatchNorm and Scale into the convolution before them (equal within 1e-4)")
+    e.add_argument("--reference", default="auto", choices=("auto", "caffe", "opencv"),
+                   help="engine every export is checked against (auto: Caffe where pycaffe loads, else OpenCV)")
+    e.add_argument("--allow-zero-bn-factor", action="store_true",
+                   help="port a BatchNorm whose scale factor is 0 as Caffe computes it (x / sqrt(eps))")
+    e.add_argument("--opset", type=int, default=17, help="ONNX opset (13 or later)")
+    e.add_argument("--run", help="run folder: its data manifest's crop_scale goes into the cards")
+    e.add_argument("--crop-scale", type=float, help="test-crop scale recorded in the cards (overrides --run)")
+    b = sub.add_parser("back", help="PyTorch state_dict -> caffemodel")
+    b.add_argument("--prototxt", required=True, help="the net the state_dict is of (e.g. the port's .prototxt)")
+    b.add_argument("--state-dict", required=True, help=".pt holding the state_dict")
+    b.add_argument("--out", required=True, help="caffemodel to write")
+    args = p.parse_args(argv)
+
+    from mcl import torchnet
+    from mcl.fileio import atomic_write
+    from mcl.port import convert
+
+    try:
+        if args.command == "back":
+            atomic_write(args.out, convert.back_to_caffe(args.prototxt, args.state_dict))
+            print(f"port: wrote {args.out}")
+            return 0
+        formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+        bad = [f for f in formats if f not in ("npz", "pt", "onnx")]
+        if bad or not formats:
+            p.error(f"--formats: unknown {', '.join(bad) or '(none given)'}; choose from npz, pt, onnx")
+        crop_scale = args.crop_scale if args.crop_scale is not None else run_crop_scale(args.run)
+        result = convert.port(args.prototxt, args.caffemodel, args.name, formats, args.fold, args.reference,
+                              args.allow_zero_bn_factor, crop_scale, args.opset)
+    except (convert.PortError, torchnet.NetError) as exc:
+        print(f"port: error: {exc}", file=sys.stderr)
+        return 2
+    for path in convert.write(result, args.out):
+        print(f"port: wrote {path}")
+    for engine, diffs in result.diffs.items():
+        worst = max(diffs.values()) if all(isinstance(v, float) for v in diffs.values()) else diffs
+        print(f"port: {engine:>16} vs {result.reference}: max |diff| {worst}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

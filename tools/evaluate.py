@@ -1,137 +1,80 @@
 #!/usr/bin/env python3
-"""Evaluate models on a split: mean error, failure rate, AUC, CED, per-cluster errors, speed.
+"""Evaluate models and predictions files on a split: mean error, failure rate, AUC, CED, per-cluster errors, speed.
 
   tools/evaluate.py --run RUN --model bm=models/bm.caffemodel --model am=models/am.caffemodel
+  tools/evaluate.py --run RUN --predictions authors=ibug_results.txt --model AM=models/am.caffemodel:models/am_deploy.prototxt
 
 Errors are in original-image coordinates, normalised by the inter-ocular
 distance of SPEC 7 (and, labelled as such, by the outer eye corners where the
-layout has them). Speed is the forward pass at batch 1 on one thread, as the
-paper measures it. Writes <out>.json, <out>.md (a readable report) and
-<out>_ced.png.
+layout has them). A predictions file holds one face per line, in the order of
+the split's faces, 2n numbers x1 y1 x2 y2 ... in original-image pixels,
+1-based like .pts files (--coords-base 0 for 0-based files). Speed is the
+forward pass at batch 1, one BLAS thread, one pinned core, as the paper
+measures it (mcl/speed.py). Writes <out>.json, <out>.md (a readable report),
+<out>_ced.png and <out>_overlays_<name>.png (best and worst faces). Bad input
+exits 2 naming the file (and line); nothing is written then.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # the paper's single-core speed
+os.environ.setdefault("GLOG_minloglevel", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-
-from mcl import bnstats, manifest, netgen  # noqa: E402
+from mcl import manifest, report  # noqa: E402
 from mcl.caffemodel import ModelError  # noqa: E402
-from mcl.evaluate import EvalError, ced, evaluate_model, load_net, load_split  # noqa: E402
-from mcl.fileio import atomic_write  # noqa: E402
+from mcl.evaluate import EvalError, parse_model, parse_named_file, run_evaluation  # noqa: E402
+from mcl.predictions import write_predictions  # noqa: E402
 from mcl.runfiles import run_layout  # noqa: E402
-
-
-def forward_ms(net, repeats: int) -> float:
-    net.blobs["data"].reshape(1, 1, 50, 50)
-    net.blobs["data"].data[...] = 0
-    net.forward()
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        net.forward()
-    return (time.perf_counter() - t0) / repeats * 1000
-
-
-def report(results: dict, layout, split: str) -> str:
-    lines = [f"# Evaluation: layout {layout.name}, split {split}", "",
-             "Errors in % of the inter-ocular distance (SPEC 7); failure: face mean error > 10% (and > 8%).", "",
-             "BatchNorm statistics: `recomputed` for the final weights by the statistics step, `running` as "
-             "Caffe's running averages left them (mcl/bnstats.py).", "",
-             "| model | BatchNorm statistics | faces | mean error | failure 10% | failure 8% | AUC@0.08 | AUC@0.10 | ms/face | FPS |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, r in results.items():
-        m = r["inter_ocular"]
-        lines.append(f"| {name} | {r.get('bn_stats') or 'unknown'} | {m['faces']} | {100 * m['mean_error']:.2f} | {100 * m['failure_rate']['0.10']:.2f} | "
-                     f"{100 * m['failure_rate']['0.08']:.2f} | {m['auc']['0.08']:.4f} | {m['auc']['0.10']:.4f} | "
-                     f"{r['speed_ms']:.2f} | {1000 / r['speed_ms']:.0f} |")
-    lines += ["", "Per-cluster mean error (%):", "",
-              "| model | " + " | ".join(layout.cluster_names) + " |", "|---" * (layout.m + 1) + "|"]
-    for name, r in results.items():
-        pc = r["inter_ocular"]["per_cluster"]
-        lines.append(f"| {name} | " + " | ".join(f"{100 * pc[c]:.2f}" for c in layout.cluster_names) + " |")
-    if layout.outer_corners is not None:
-        lines += ["", "Normalised by the outer eye corners instead (as later papers report):", ""]
-        for name, r in results.items():
-            m = r["outer_corners"]
-            lines.append(f"- {name}: mean error {100 * m['mean_error']:.2f}%, failure {100 * m['failure_rate']['0.10']:.2f}%")
-    return "\n".join(lines) + "\n"
-
-
-def plot_ced(results: dict, path: Path, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
-    worst = max(float(np.percentile(r["face_errors"], 98)) for r in results.values())
-    limit = max(0.15, float(np.ceil(worst * 20) / 20))  # at least 15%, else up to the 98th percentile
-    for name, r in results.items():
-        x, y = ced(np.asarray(r["face_errors"]), limit)
-        ax.plot(100 * x, 100 * y, label=f"{name} ({100 * r['inter_ocular']['mean_error']:.2f}%)")
-    ax.axvline(10, color="grey", lw=0.8, ls="--")
-    ax.set(xlabel="mean error (% of inter-ocular distance)", ylabel="faces (%)", title=title, xlim=(0, 100 * limit), ylim=(0, 100))
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="run folder")
-    ap.add_argument("--model", action="append", required=True, metavar="NAME=CAFFEMODEL[:DEPLOY]",
-                    help="a model to evaluate (deploy default: nets/deploy.prototxt); repeatable")
+    ap.add_argument("--model", action="append", default=[], metavar="NAME=CAFFEMODEL[:DEPLOY[:OUTPUT]]",
+                    help="a model to evaluate (deploy default nets/deploy.prototxt, output default shape_pred); "
+                         "paths relative to the run; repeatable")
+    ap.add_argument("--predictions", action="append", default=[], metavar="NAME=FILE",
+                    help="a predictions file to score like a model; repeatable, mixable with --model")
+    ap.add_argument("--coords-base", type=int, choices=(0, 1), default=1,
+                    help="coordinate base of predictions files read and written (default 1, like .pts)")
+    ap.add_argument("--write-predictions", metavar="DIR",
+                    help="also write each model's predictions as DIR/<name>.txt in the predictions-file format")
     ap.add_argument("--split", default="test", help="split to evaluate (default test)")
-    ap.add_argument("--speed-repeats", type=int, default=50, help="forward passes timed per model (default 50)")
+    ap.add_argument("--speed-repeats", type=int, default=30,
+                    help="forward passes timed per model (default 30; 0: no timing)")
+    ap.add_argument("--overlays", type=int, default=8,
+                    help="best and worst faces drawn per result (default 8; 0: no overlays)")
     ap.add_argument("--out", help="output stem (default <run>/eval/<split>)")
     args = ap.parse_args(argv)
     run = Path(args.run).resolve()
     out = Path(args.out) if args.out else run / "eval" / args.split
     t0 = time.time()
     try:
+        if args.speed_repeats < 0 or args.overlays < 0:
+            raise EvalError("--speed-repeats and --overlays must not be negative")
+        models = [parse_model(spec, run) for spec in args.model]
+        files = [parse_named_file(spec) for spec in args.predictions]
+        ev = run_evaluation(run, args.split, models, files, args.coords_base, args.speed_repeats)
         layout = run_layout(run)
-        data = load_split(run, args.split)
-        results, inputs = {}, []
-        for spec in args.model:
-            if "=" not in spec:
-                raise ValueError(f"--model {spec!r}: expected NAME=CAFFEMODEL[:DEPLOY]")
-            name, rest = spec.split("=", 1)
-            model, _, deploy = rest.partition(":")
-            model_path = run / model  # an absolute path stays as it is
-            deploy_path = run / (deploy or "nets/deploy.prototxt")
-            net = load_net(deploy_path, model_path)
-            output = "fc6" if "pre_bm" in deploy_path.name else netgen.SHAPE_LAYER
-            r = evaluate_model(net, data, layout, output)
-            r["speed_ms"] = forward_ms(net, args.speed_repeats)
-            r["model"], r["deploy"] = str(model_path), str(deploy_path)
-            r["bn_stats"] = bnstats.model_setting(run, model_path)
-            results[name] = r
-            inputs.append(model_path)
-            print(f"{name:>8}: mean error {100 * r['inter_ocular']['mean_error']:.2f}%  "
-                  f"failure {100 * r['inter_ocular']['failure_rate']['0.10']:.2f}%  {r['speed_ms']:.2f} ms/face")
     except (EvalError, ModelError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"layout": layout.name, "split": args.split, "threads": os.environ.get("OPENBLAS_NUM_THREADS"),
-           "results": results}
-    atomic_write(out.with_suffix(".json"), json.dumps(doc, indent=2) + "\n")
-    atomic_write(out.with_suffix(".md"), report(results, layout, args.split))
-    plot_ced(results, out.with_name(out.name + "_ced.png"), f"CED, layout {layout.name}, {args.split}")
-    manifest.record(run, out.with_suffix(".json"), "evaluate", {"split": args.split}, inputs, time.time() - t0)
-    print(report(results, layout, args.split))
-    print(f"wrote {out.with_suffix('.json')}, {out.with_suffix('.md')}, {out.name}_ced.png")
+    written = report.write_evaluation(out, ev.doc, layout, ev.data, ev.predictions, args.overlays)
+    if args.write_predictions:
+        for m in models:
+            written.append(write_predictions(Path(args.write_predictions) / f"{m.name}.txt", ev.predictions[m.name],
+                                             args.coords_base))
+    settings = {"split": args.split, "test_crop": ev.doc["protocol"]["test_crop"], "coords_base": args.coords_base,
+                "speed_repeats": args.speed_repeats}
+    manifest.record(run, out.with_suffix(".json"), "evaluate", settings, ev.inputs, time.time() - t0)
+    print(report.evaluation_markdown(ev.doc, layout))
+    print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 

@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mcl.data.augment import AugmentSettings  # noqa: E402
+from mcl.data.augment import DEFAULT_TEST_CROP, TEST_CROPS, AugmentSettings  # noqa: E402
 from mcl.data.pipeline import DEFAULT_CROP_SCALE, FORMATS, PrepareSettings, prepare  # noqa: E402
 from mcl.data.readers import DATASETS, OUTSIDE_TOLERANCE, DataError  # noqa: E402
 from mcl.data.synth import SynthSettings  # noqa: E402
@@ -64,6 +64,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--crop-scale", type=float, default=None,
                    help="crop side / larger box side (default per dataset: "
                         + ", ".join(f"{k} {v}" for k, v in DEFAULT_CROP_SCALE.items()) + ")")
+    g.add_argument("--test-crop", choices=TEST_CROPS, default=DEFAULT_TEST_CROP,
+                   help="protocol of the val/test box crops (SPEC 1): ours (a square of crop-scale x the larger "
+                        "box side, edges repeated) or authors (the authors' release: 1.1 x the larger box side, "
+                        "scale 49/side, gray outside the picture; --crop-scale is then not used for them)")
     g.add_argument("--outside-tolerance", type=float, default=OUTSIDE_TOLERANCE,
                    help="landmarks further outside the picture than this share of the box side are bad")
     g.add_argument("--coords-base", type=int, choices=(0, 1), default=1,
@@ -93,7 +97,8 @@ def main(argv=None) -> int:
         dataset=args.dataset, out=args.out, data_root=args.data_root, layout=args.layout, seed=args.seed,
         workers=args.workers, test_split=args.test_split, val_fraction=args.val_fraction,
         skip_bad=args.skip_bad, formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
-        force=args.force, augment=augment, crop_scale=args.crop_scale, tolerance=args.outside_tolerance,
+        force=args.force, augment=augment, crop_scale=args.crop_scale, test_crop=args.test_crop,
+        tolerance=args.outside_tolerance,
         coords_base=args.coords_base, n_train=args.n_train, n_test=args.n_test,
         synth=SynthSettings(size=args.synth_size, occlusion_prob=args.occlusion_prob),
         h5_max_mb=args.h5_max_mb, progress=not args.quiet)

@@ -123,12 +123,38 @@ def tight_box(points: np.ndarray) -> np.ndarray:
     return np.concatenate([lo, hi], axis=-1)
 
 
-def box_crop_affine(box: np.ndarray, crop_scale: float) -> np.ndarray:
-    """Picture -> crop for a val/test face: a square of side crop_scale x the box's
-    larger side, centred on the box (SPEC 1: test crops use the dataset's boxes)."""
+# Test-crop protocols (SPEC 1). `ours`: a square of side crop_scale x the box's larger
+# side mapped onto the whole patch (side s -> 50 pixels), edge pixels repeated outside
+# the picture. `authors`: the authors' released demo, read from their binary: side 1.1 x
+# the larger side, scale 49/s about the centre, gray (128) outside the picture.
+TEST_CROPS = ("ours", "authors")
+DEFAULT_TEST_CROP = "ours"
+AUTHORS_SIDE = 1.1
+AUTHORS_GRAY = 128
+
+
+def check_test_crop(protocol: str) -> str:
+    if protocol not in TEST_CROPS:
+        raise ValueError(f"test-crop protocol must be one of {', '.join(TEST_CROPS)}, not {protocol!r}")
+    return protocol
+
+
+def effective_crop_scale(crop_scale: float, protocol: str = DEFAULT_TEST_CROP) -> float:
+    """Picture pixels the 50-pixel patch spans, per pixel of the box's larger side."""
+    if check_test_crop(protocol) == "authors":
+        return AUTHORS_SIDE * CROP / (CROP - 1)
+    return crop_scale
+
+
+def box_crop_affine(box: np.ndarray, crop_scale: float, protocol: str = DEFAULT_TEST_CROP) -> np.ndarray:
+    """Picture -> crop for a val/test face: a square centred on the box (SPEC 1: test
+    crops use the dataset's boxes), sized by the test-crop protocol (crop_scale is
+    ignored by `authors`)."""
     x1, y1, x2, y2 = box
-    side = max(x2 - x1, y2 - y1) * crop_scale
-    s = CROP / side
+    if check_test_crop(protocol) == "authors":
+        s = (CROP - 1) / (max(x2 - x1, y2 - y1) * AUTHORS_SIDE)
+    else:
+        s = CROP / (max(x2 - x1, y2 - y1) * crop_scale)
     half = (CROP - 1) / 2
     return np.array([[s, 0.0, half - s * (x1 + x2) / 2], [0.0, s, half - s * (y1 + y2) / 2]])
 
@@ -165,7 +191,10 @@ def _compose(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return np.concatenate([lin, (np.einsum("...ij,j->...i", A[..., :2], B[:, 2]) + A[..., 2])[..., None]], axis=-1)
 
 
-def _warp(source: np.ndarray, A: np.ndarray) -> np.ndarray:
+def _warp(source: np.ndarray, A: np.ndarray, gray_border: int | None = None) -> np.ndarray:
+    if gray_border is not None:
+        return cv2.warpAffine(source, A, (CROP, CROP), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                              borderValue=gray_border)
     return cv2.warpAffine(source, A, (CROP, CROP), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
@@ -229,11 +258,12 @@ def augment_face(image: np.ndarray, sample: Sample, layout: Layout, settings: Au
     return _finish(A, flipped, images, sample, layout, ids)
 
 
-def crop_face(image: np.ndarray, sample: Sample, layout: Layout, crop_scale: float) -> CropSet:
-    """The val/test crop of one face: its box, no augmentation."""
-    A = box_crop_affine(sample.box, crop_scale)[None]
+def crop_face(image: np.ndarray, sample: Sample, layout: Layout, crop_scale: float,
+              protocol: str = DEFAULT_TEST_CROP) -> CropSet:
+    """The val/test crop of one face: its box, no augmentation, under a test-crop protocol."""
+    A = box_crop_affine(sample.box, crop_scale, protocol)[None]
     source, to_source = _source_for_scale(image, float(A[0, 0, 0]))
-    crop = _warp(source, _compose(A, invert_affine(to_source))[0])
+    crop = _warp(source, _compose(A, invert_affine(to_source))[0], AUTHORS_GRAY if protocol == "authors" else None)
     return _finish(A, np.zeros(1, bool), crop[None], sample, layout, [sample.sample_id])
 
 
@@ -250,6 +280,7 @@ class CropJob:
     crop_scale: float = 1.25
     skip_bad: bool = False
     tolerance: float = OUTSIDE_TOLERANCE
+    test_crop: str = DEFAULT_TEST_CROP  # protocol of box crops (val/test)
 
     @property
     def copies(self) -> int:
@@ -296,7 +327,7 @@ def _crop_chunk(args: tuple[CropJob, int, list[tuple[int, Sample]]]) -> tuple[in
             skipped.append((pos, {"id": sample.sample_id, "reason": str(err)}))
             continue
         if job.augment is None:
-            cs = crop_face(image, sample, job.layout, job.crop_scale)
+            cs = crop_face(image, sample, job.layout, job.crop_scale, job.test_crop)
         else:
             cs = augment_face(image, sample, job.layout, job.augment, job.ratio,
                               face_rng(job.seed, AUGMENT_STREAM, index))

@@ -26,7 +26,8 @@ import numpy as np
 
 from mcl import __version__
 from mcl.data import synth
-from mcl.data.augment import AugmentSettings, CropJob, CropSet, crop_samples, train_crop_ratio
+from mcl.data.augment import (DEFAULT_TEST_CROP, TEST_CROPS, AugmentSettings, CropJob, CropSet, crop_samples,
+                              effective_crop_scale, train_crop_ratio)
 from mcl.data.readers import (DATASETS, DEFAULT_LAYOUT, MTFL_BOX_SCALE, OUTSIDE_TOLERANCE, DataError, Sample,
                               W300_SPLITS, load_image, read_dataset)
 from mcl.data.sheet import contact_sheet, draw_face
@@ -54,6 +55,9 @@ INTERPRETATIONS = [
     "train_crop_ratio (the median box-crop / tight-box ratio of the training faces) x extent, so training and test "
     "crops frame faces alike",
     "landmarks more than outside_tolerance x box side outside the picture make a sample bad",
+    "test_crop names the protocol of the val/test box crops: `ours` (crop_scale, edges repeated) or `authors` "
+    "(the authors' release: side 1.1 x the larger box side, scale 49/side, gray outside); training crops frame "
+    "faces to match it",
 ]
 
 
@@ -72,6 +76,7 @@ class PrepareSettings:
     force: bool = False
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     crop_scale: float | None = None  # default: DEFAULT_CROP_SCALE[dataset]
+    test_crop: str = DEFAULT_TEST_CROP  # val/test crop protocol: ours | authors (SPEC 1)
     tolerance: float = OUTSIDE_TOLERANCE
     coords_base: int = 1  # generic format: 1 (MATLAB style) or 0
     n_train: int = 600  # synthetic set only
@@ -98,6 +103,8 @@ def _check(st: PrepareSettings) -> None:
                         "use --test-split challenging")
     if st.workers < 1:
         raise DataError("--workers must be at least 1")
+    if st.test_crop not in TEST_CROPS:
+        raise DataError(f"--test-crop must be one of {', '.join(TEST_CROPS)}, not {st.test_crop!r}")
 
 
 def _bar(st: PrepareSettings, total: int, desc: str):
@@ -160,8 +167,9 @@ def _prepare_into(tmp: str, st: PrepareSettings, list_prefix: str) -> dict:
     if not faces:
         raise DataError(f"{root}: no usable training faces")
     train_idx, val_idx = split_validation(len(faces), st.val_fraction, st.seed)
-    ratio = train_crop_ratio([faces[i] for i in train_idx], crop_scale)
-    base = dict(layout=layout, seed=st.seed, crop_scale=crop_scale, skip_bad=st.skip_bad, tolerance=st.tolerance)
+    ratio = train_crop_ratio([faces[i] for i in train_idx], effective_crop_scale(crop_scale, st.test_crop))
+    base = dict(layout=layout, seed=st.seed, crop_scale=crop_scale, skip_bad=st.skip_bad, tolerance=st.tolerance,
+                test_crop=st.test_crop)
     jobs = {
         "train": (CropJob(augment=st.augment, ratio=ratio, **base), [(int(i), faces[i]) for i in train_idx]),
         "val": (CropJob(augment=None, **base), [(int(i), faces[i]) for i in val_idx]),
@@ -188,7 +196,7 @@ def _prepare_into(tmp: str, st: PrepareSettings, list_prefix: str) -> dict:
 
     settings = {
         "layout": layout.name, "seed": st.seed, "val_fraction": st.val_fraction, "crop_scale": crop_scale,
-        "train_crop_ratio": ratio, "augment": asdict(st.augment), "formats": list(st.formats),
+        "test_crop": st.test_crop, "train_crop_ratio": ratio, "augment": asdict(st.augment), "formats": list(st.formats),
         "h5_max_mb": st.h5_max_mb, "skip_bad": st.skip_bad, "outside_tolerance": st.tolerance,
     }
     if st.dataset in ("ibug", "synth"):

@@ -134,6 +134,28 @@ heads: $(HEADS_OUT)
 assemble: $(M)/am.caffemodel
 evaluate: $(RUN)/eval/test.json
 
+# ---- porting the model out of Caffe (docs/PORT.md) ------------------------------
+# Defaults: the run's AM. `make port` never trains: without the model it says so.
+PROTOTXT ?= $(M)/am_deploy.prototxt
+CAFFEMODEL ?= $(M)/am.caffemodel
+OUT ?= $(RUN)/port
+PORT_OPTS ?=
+BENCH_PORT_OPTS ?=
+PORT_ONNX := $(OUT)/$(basename $(notdir $(CAFFEMODEL))).onnx
+
+$(PORT_ONNX): $(wildcard $(PROTOTXT) $(CAFFEMODEL)) | $(SETUP_STAMP)
+	@test -f $(PROTOTXT) -a -f $(CAFFEMODEL) || { echo "port: $(PROTOTXT) or $(CAFFEMODEL) missing" \
+	  "(make assemble first, or give PROTOTXT= CAFFEMODEL=)" >&2; exit 2; }
+	$(PY) tools/port.py export --prototxt $(PROTOTXT) --caffemodel $(CAFFEMODEL) --out $(OUT) \
+	  $(if $(wildcard $(RUN)/data/manifest.json),--run $(RUN)) $(PORT_OPTS)
+
+port: $(PORT_ONNX)
+
+bench-port: | $(SETUP_STAMP)
+	$(PY) tools/bench_port.py $(if $(wildcard $(M)/am.caffemodel),--run $(RUN)) $(BENCH_PORT_OPTS)
+
+.PHONY: port bench-port
+
 # ---- the committed reference nets, diagrams, benchmarks -----------------------
 nets: | $(SETUP_STAMP)
 	$(PY) tools/make_nets.py --out .

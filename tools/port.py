@@ -77,8 +77,10 @@ def main(argv=None) -> int:
     for path in convert.write(result, args.out):
         print(f"port: wrote {path}")
     for engine, diffs in result.diffs.items():
-        worst = max(diffs.values()) if all(isinstance(v, float) for v in diffs.values()) else diffs
-        print(f"port: {engine:>16} vs {result.reference}: max |diff| {worst}")
+        if all(isinstance(v, float) for v in diffs.values()):
+            print(f"port: {engine:>16} vs {result.reference}: max |diff| {max(diffs.values()):.3g}")
+        else:
+            print(f"port: {engine:>16} could not run the net: {diffs}")
     return 0
 
 

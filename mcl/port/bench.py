@@ -1,0 +1,385 @@
+"""Forward speed of the 68-point AM in Caffe, OpenCV dnn, PyTorch and ONNX Runtime (fp32 and
+int8), side by side in one run, against the floor set by the FLOP count and the core's peak.
+
+Every engine runs in one child process per setting, pinned to its cores, and the engines
+take turns (rounds of a block of forwards each), so that a busy machine slows them alike:
+  single core, batch 1: latency (median of every timed forward);
+  two threads, batch 64: throughput (images per second, median over blocks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ENGINES = ("caffe", "opencv", "torch", "ort_fp32", "ort_fp32_folded", "ort_int8")
+LABELS = {"caffe": "Caffe (pycaffe)", "opencv": "OpenCV dnn", "torch": "PyTorch (torchnet, eager)",
+          "ort_fp32": "ONNX Runtime fp32", "ort_fp32_folded": "ONNX Runtime fp32, BatchNorm folded",
+          "ort_int8": "ONNX Runtime int8 (static QDQ, VNNI)"}
+
+# ---- the floor -------------------------------------------------------------------------------
+
+def net_flops(net) -> dict[str, int]:
+    """2 x multiply-adds of every Convolution and InnerProduct (the rest is a rounding error)."""
+    out = {}
+    for s in net.specs:
+        mod = net.layer(s.name)
+        if s.type == "Convolution":
+            cout, cin_g, kh, kw = mod.weight.shape
+            h, w = net.shapes[s.tops[0]][2:]
+            out[s.name] = 2 * cout * h * w * cin_g * kh * kw
+        elif s.type == "InnerProduct":
+            out[s.name] = 2 * int(np.prod(mod.weight.shape))
+    return out
+
+
+PEAK_KERNEL = r"""
+#include <immintrin.h>
+#include <stdio.h>
+#include <time.h>
+/* 24 independent chains of 16-lane FMAs: enough to keep two FMA pipes busy. */
+int main(void) {
+  const long iters = 20000000L;
+  __m512 acc[24]; __m512 a = _mm512_set1_ps(1.0000001f), b = _mm512_set1_ps(0.9999999f);
+  for (int i = 0; i < 24; i++) acc[i] = _mm512_set1_ps((float)i);
+  struct timespec t0, t1; clock_gettime(CLOCK_MONOTONIC, &t0);
+  for (long k = 0; k < iters; k++) {
+#pragma GCC unroll 24
+    for (int i = 0; i < 24; i++) acc[i] = _mm512_fmadd_ps(acc[i], a, b);
+  }
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  __m512 s = acc[0]; for (int i = 1; i < 24; i++) s = _mm512_add_ps(s, acc[i]);
+  double dt = (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
+  printf("%.3f %g\n", iters * 24.0 * 16 * 2 / dt / 1e9, _mm512_reduce_add_ps(s));
+  return 0;
+}
+"""
+
+
+def cpu_info() -> dict:
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = re.search(r"model name\s*:\s*(.*)", text)
+    mhz = re.search(r"cpu MHz\s*:\s*([\d.]+)", text)
+    flags = set((re.search(r"flags\s*:\s*(.*)", text) or [None, ""])[1].split())
+    return {"model": model.group(1) if model else platform.processor(), "mhz": float(mhz.group(1)) if mhz else None,
+            "avx512f": "avx512f" in flags, "avx512_vnni": "avx512_vnni" in flags, "avx2": "avx2" in flags,
+            "cores": os.cpu_count()}
+
+
+def fp32_peak(tries: int = 10) -> dict:
+    """One core's fp32 peak: measured with an FMA kernel where a C compiler and AVX-512 are
+    at hand (best of `tries`), and the nominal 2 FMA units x 16 lanes x 2 flops x the clock
+    /proc/cpuinfo reports (under a hypervisor: the base clock, not the boost clock)."""
+    info = cpu_info()
+    lanes = 16 if info["avx512f"] else 8 if info["avx2"] else 4
+    nominal = 2 * lanes * 2 * info["mhz"] / 1e3 if info["mhz"] else None
+    out = {"nominal_gflops": nominal,
+           "nominal_how": f"2 FMA units x {lanes} fp32 lanes x 2 flops x {info['mhz']} MHz (/proc/cpuinfo)"}
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc and info["avx512f"]:
+        with tempfile.TemporaryDirectory() as tmp:
+            src, exe = Path(tmp) / "peak.c", Path(tmp) / "peak"
+            src.write_text(PEAK_KERNEL)
+            built = any(subprocess.run([cc, "-O3", flag, "-o", str(exe), str(src)], capture_output=True).returncode == 0
+                        for flag in ("-march=native", "-mavx512f"))
+            if built:
+                runs = []
+                for _ in range(tries):
+                    proc = subprocess.run(["taskset", "-c", "0", str(exe)] if shutil.which("taskset") else [str(exe)],
+                                          capture_output=True, text=True)
+                    runs.append(float(proc.stdout.split()[0]))
+                out.update(measured_gflops=max(runs), measured_runs=runs,
+                           measured_how="24 independent chains of AVX-512 FMAs (16 lanes x 2 flops each) on one "
+                                        "core, best of %d" % tries)
+    out["peak_gflops"] = out.get("measured_gflops") or nominal
+    out["cpu"] = info
+    return out
+
+
+# ---- model and faces -----------------------------------------------------------------------
+
+def make_model(folder: Path, prototxt=None, caffemodel=None, seed: int = 0) -> tuple[Path, Path, str]:
+    """The given pair, or the 68-point AM deploy net with random blobs (timings need no training)."""
+    if prototxt and caffemodel:
+        return Path(prototxt), Path(caffemodel), f"{caffemodel}"
+    from mcl import netgen, torchnet
+    from mcl.layouts import get_layout
+    from mcl.port import convert
+    net_param = netgen.deploy_net(get_layout("68"))
+    net = torchnet.from_netparameter(net_param)
+    rng = np.random.default_rng(seed)
+    blobs = {}
+    for name, arrays in net.caffe_blobs().items():
+        kind = net.layer(name).spec.type
+        if kind == "BatchNorm":
+            s = rng.uniform(0.5, 2.0)
+            blobs[name] = [rng.normal(0, 0.1, arrays[0].shape) * s, rng.uniform(0.5, 2, arrays[1].shape) * s, [s]]
+        elif kind == "Scale":
+            blobs[name] = [rng.uniform(0.5, 1.5, arrays[0].shape), rng.normal(0, 0.1, arrays[1].shape)]
+        else:
+            fan_in = int(np.prod(arrays[0].shape[1:]))
+            blobs[name] = [rng.normal(0, np.sqrt(2 / fan_in), arrays[0].shape), rng.normal(0, 0.1, arrays[1].shape)]
+    blobs = {k: [np.asarray(a, np.float32) for a in v] for k, v in blobs.items()}
+    p, m = folder / "am_deploy.prototxt", folder / "am.caffemodel"
+    p.write_text(netgen.to_text(net_param))
+    m.write_bytes(convert.caffemodel_bytes(net_param, blobs))
+    return p, m, "68-point AM deploy net, random blobs (seeded)"
+
+
+def faces(folder: Path, run=None, n_test: int = 100) -> tuple[dict, dict, str]:
+    """(calibration split, test split, where from): the run's val and test splits, or a
+    synthetic set prepared here (data_prep/prepare.py --dataset synth)."""
+    from mcl import evaluate
+    if run and (Path(run) / "data" / "test.txt").exists():
+        return evaluate.load_split(run, "val"), evaluate.load_split(run, "test"), f"{run}/data (val, test)"
+    root = Path(__file__).resolve().parents[2]
+    data = folder / "run" / "data"
+    proc = subprocess.run([sys.executable, str(root / "data_prep" / "prepare.py"), "--dataset", "synth",
+                           "--data-root", str(folder / "raw"), "--out", str(data), "--n-train", "100",
+                           "--n-test", str(n_test), "--copies", "1", "--formats", "hdf5", "--workers", "1",
+                           "--quiet"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"preparing synthetic faces failed: {proc.stderr[-2000:]}")
+    return (evaluate.load_split(folder / "run", "val"), evaluate.load_split(folder / "run", "test"),
+            f"synthetic faces (data_prep/prepare.py --dataset synth, {n_test} test faces)")
+
+
+def quantize_int8(fp32_path: Path, out_path: Path, calib: np.ndarray) -> None:
+    """Static QDQ int8: u8 activations, s8 per-channel weights (VNNI's U8S8), MinMax calibration."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    class Faces(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{"data": calib[i:i + 1]} for i in range(len(calib))])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    quantize_static(str(fp32_path), str(out_path), Faces(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                    calibrate_method=CalibrationMethod.MinMax)
+
+
+# ---- the child: one setting, every engine, taking turns --------------------------------------------
+
+def _engines(spec: dict) -> dict:
+    threads = spec["threads"]
+    files = spec["files"]
+    x = np.load(files["input"])
+    runners = {}
+    if "caffe" in spec["engines"]:
+        import caffe
+        caffe.set_mode_cpu()
+        cnet = caffe.Net(files["prototxt"], files["caffemodel"], caffe.TEST)
+        cnet.blobs["data"].reshape(*x.shape)
+
+        def run_caffe():
+            cnet.blobs["data"].data[...] = x
+            cnet.forward()
+        runners["caffe"] = run_caffe
+    if "opencv" in spec["engines"]:
+        import cv2
+        cv2.setNumThreads(threads)
+        onet = cv2.dnn.readNetFromCaffe(files["prototxt"], files["caffemodel"])
+        onet.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+
+        def run_opencv():
+            onet.setInput(x)
+            onet.forward()
+        runners["opencv"] = run_opencv
+    if "torch" in spec["engines"]:
+        import torch
+        from mcl.port import convert
+        torch.set_num_threads(threads)
+        cm, tnet = convert.read_model(files["prototxt"], files["caffemodel"])
+        tnet.freeze_batchnorm().eval()
+        xt = torch.from_numpy(x)
+
+        def run_torch():
+            with torch.inference_mode():
+                tnet({"data": xt})
+        runners["torch"] = run_torch
+    for key in ("ort_fp32", "ort_fp32_folded", "ort_int8"):
+        if key in spec["engines"]:
+            import onnxruntime as ort
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+            sess = ort.InferenceSession(files[key], so, providers=["CPUExecutionProvider"])
+            runners[key] = (lambda s: lambda: s.run(None, {"data": x}))(sess)
+    return runners
+
+
+def child(spec: dict) -> dict:
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, spec["cpus"])
+    runners = _engines(spec)
+    times = {k: [] for k in runners}
+    for fn in runners.values():
+        for _ in range(spec["warmup"]):
+            fn()
+    for _ in range(spec["rounds"]):
+        for k, fn in runners.items():
+            for _ in range(spec["block"]):
+                t = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t)
+    return {k: {"median_s": statistics.median(v), "min_s": min(v), "n": len(v)} for k, v in times.items()}
+
+
+def run_child(spec: dict, threads: int) -> dict:
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
+               MKL_NUM_THREADS=str(threads), GLOG_minloglevel="2")
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "mcl.port.bench", "--child", json.dumps(spec)], cwd=root,
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark child failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---- the whole benchmark ---------------------------------------------------------------------
+
+def accuracy(files: dict, test: dict) -> dict:
+    """Mean error (inter-ocular) of fp32 and int8 ONNX on the test faces, and int8's shift from fp32."""
+    import onnxruntime as ort
+    from mcl import evaluate
+    from mcl.layouts import get_layout
+    layout = get_layout("68")
+    out = {}
+    preds = {}
+    for key in ("ort_fp32", "ort_int8"):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 2
+        sess = ort.InferenceSession(files[key], so, providers=["CPUExecutionProvider"])
+        pred = np.concatenate([sess.run(None, {"data": test["data"][i:i + 64]})[0]
+                               for i in range(0, len(test["data"]), 64)])
+        preds[key] = evaluate.to_image(pred, test["crop_to_image"])
+        gt = test["landmarks_image"].reshape(len(pred), layout.n_points, 2)
+        out[key] = float(evaluate.landmark_errors(preds[key], gt, test["iod_image"]).mean())
+    out["relative_change"] = (out["ort_int8"] - out["ort_fp32"]) / out["ort_fp32"]
+    shift = np.linalg.norm(preds["ort_int8"] - preds["ort_fp32"], axis=-1) / test["iod_image"][:, None]
+    out["int8_vs_fp32_shift"] = float(shift.mean())
+    out["faces"] = int(len(test["data"]))
+    return out
+
+
+def benchmark(prototxt=None, caffemodel=None, run=None, rounds: int = 5, block: int = 40, batch: int = 64,
+              engines=ENGINES, log=print) -> dict:
+    from mcl import torchnet  # noqa: F401  (fails early without torch)
+    from mcl.port import convert
+    import torch
+    tmp = Path(tempfile.mkdtemp(prefix="mcl-bench-port-"))
+    try:
+        proto, model, what = make_model(tmp, prototxt, caffemodel)
+        if not (prototxt and caffemodel) and run and (Path(run) / "models" / "am.caffemodel").exists():
+            proto, model, what = Path(run) / "models" / "am_deploy.prototxt", Path(run) / "models" / "am.caffemodel", \
+                f"{run}/models/am.caffemodel"
+        log(f"bench-port: model {what}")
+        cm, net = convert.read_model(proto, model)
+        flops = net_flops(net)
+        total = sum(flops.values())
+        log("bench-port: measuring the core's fp32 peak")
+        peak = fp32_peak()
+        floor_s = total / (peak["peak_gflops"] * 1e9)
+        outputs = convert.output_tops(net)
+        files = {"prototxt": str(proto), "caffemodel": str(model)}
+        torch.set_num_threads(2)
+        fp32 = convert.onnx_bytes(net, outputs)
+        (tmp / "fp32.onnx").write_bytes(fp32)
+        files["ort_fp32"] = str(tmp / "fp32.onnx")
+        folded_param, folded_blobs, _ = convert.fold_batchnorm(cm.net_param, cm.blobs)
+        fnet = convert.check_pair(folded_param, folded_blobs)
+        (tmp / "folded.onnx").write_bytes(convert.onnx_bytes(fnet, outputs))
+        files["ort_fp32_folded"] = str(tmp / "folded.onnx")
+        log("bench-port: faces for calibration and accuracy")
+        calib, test, faces_from = faces(tmp, run)
+        log("bench-port: int8 quantization (static QDQ, MinMax calibration)")
+        quantize_int8(tmp / "folded.onnx", tmp / "int8.onnx", calib["data"][:200])
+        files["ort_int8"] = str(tmp / "int8.onnx")
+        acc = accuracy(files, test)
+        results = {}
+        for name, threads, cpus, n in (("single_core_batch1", 1, [0], 1), ("two_threads_batch64", 2, [0, 1], batch)):
+            x = np.random.default_rng(0).uniform(-1, 1, (n, 1, 50, 50)).astype(np.float32)
+            np.save(tmp / f"x{n}.npy", x)
+            spec = {"threads": threads, "cpus": cpus, "engines": list(engines), "rounds": rounds,
+                    "block": block if n == 1 else max(2, block // 10), "warmup": 5 if n == 1 else 1,
+                    "files": {**files, "input": str(tmp / f"x{n}.npy")}}
+            log(f"bench-port: {name} ({', '.join(engines)}, {rounds} rounds)")
+            results[name] = run_child(spec, threads)
+        return report(results, flops, total, peak, floor_s, acc, what, faces_from, batch)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def report(results, flops, total, peak, floor_s, acc, model, faces_from, batch) -> dict:
+    single = results["single_core_batch1"]
+    multi = results["two_threads_batch64"]
+    caffe = single.get("caffe", {}).get("median_s")
+    rows = []
+    for k in ENGINES:
+        if k not in single:
+            continue
+        s = single[k]["median_s"]
+        rows.append({"engine": k, "label": LABELS[k], "ms": s * 1e3, "fps": 1 / s,
+                     "vs_caffe": (caffe / s) if caffe else None, "vs_floor": s / floor_s,
+                     "batch64_images_per_s": batch / multi[k]["median_s"] if k in multi else None})
+    by = {r["engine"]: r for r in rows}
+    targets = {}
+    if "ort_fp32" in by:
+        best = min(by[k]["ms"] for k in ("ort_fp32", "ort_fp32_folded") if k in by)
+        targets["onnx_fp32_within_1.3x_floor"] = {"value": best / (floor_s * 1e3), "met": best <= 1.3 * floor_s * 1e3}
+        if caffe:
+            targets["onnx_fp32_1.3x_faster_than_caffe"] = {"value": caffe * 1e3 / best,
+                                                           "met": caffe * 1e3 / best >= 1.3}
+    if "ort_int8" in by:
+        targets["int8_500_fps"] = {"value": by["ort_int8"]["fps"], "met": by["ort_int8"]["fps"] >= 500}
+        if caffe:
+            targets["int8_2.4x_caffe"] = {"value": by["ort_int8"]["vs_caffe"], "met": by["ort_int8"]["vs_caffe"] >= 2.4}
+        targets["int8_mean_error_up_at_most_1pct"] = {"value": acc["relative_change"],
+                                                      "met": acc["relative_change"] <= 0.01}
+    return {"model": model, "faces": faces_from, "gflop_per_face": total / 1e9, "flops_by_layer": flops,
+            "peak": peak, "floor_ms": floor_s * 1e3, "engines": rows, "raw": results, "int8_accuracy": acc,
+            "targets": targets, "batch": batch}
+
+
+def markdown(rep: dict) -> str:
+    p = rep["peak"]
+    lines = [f"model: {rep['model']}",
+             f"FLOPs: {rep['gflop_per_face']:.4f} GFLOP per face (2 x multiply-adds of the convolutions and "
+             "inner products, from the net)",
+             f"fp32 peak of one core: {p['peak_gflops']:.1f} GFLOP/s "
+             + (f"(measured: {p['measured_how']}; nominal {p['nominal_gflops']:.1f} = {p['nominal_how']})"
+                if p.get("measured_gflops") else f"(nominal: {p['nominal_how']})"),
+             f"fp32 floor: {rep['floor_ms']:.3f} ms per face ({1e3 / rep['floor_ms']:.0f} FPS)", "",
+             f"| engine | batch 1, 1 core: ms | FPS | speed-up vs Caffe | x floor | batch {rep['batch']}, "
+             "2 threads: images/s |", "|---|---|---|---|---|---|"]
+    for r in rep["engines"]:
+        vs = f"{r['vs_caffe']:.2f}x" if r["vs_caffe"] else "-"
+        b = f"{r['batch64_images_per_s']:.0f}" if r["batch64_images_per_s"] else "-"
+        lines.append(f"| {r['label']} | {r['ms']:.3f} | {r['fps']:.0f} | {vs} | {r['vs_floor']:.2f} | {b} |")
+    a = rep["int8_accuracy"]
+    lines += ["", f"int8 accuracy on {a['faces']} test faces ({rep['faces']}): mean error fp32 "
+              f"{100 * a['ort_fp32']:.3f}% of d, int8 {100 * a['ort_int8']:.3f}% of d, relative change "
+              f"{100 * a['relative_change']:+.3f}%; int8 points move {100 * a['int8_vs_fp32_shift']:.3f}% of d "
+              "from fp32's on average", "", "| target | measured | met |", "|---|---|---|"]
+    for k, t in rep["targets"].items():
+        lines.append(f"| {k} | {t['value']:.4g} | {'yes' if t['met'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        print(json.dumps(child(json.loads(sys.argv[2]))))

@@ -25,15 +25,17 @@ def load_tool(name):
     return mod
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A tiny synthetic run: prepared data, a deploy net with trained-looking blobs, its port."""
+@pytest.fixture(scope="module", params=["ours", "authors"])
+def run(tmp_path_factory, request):
+    """A tiny synthetic run (under each test-crop protocol): prepared data, a deploy net with
+    random blobs, its port."""
     import caffe
     caffe.set_mode_cpu()
     root = tmp_path_factory.mktemp("predict")
     proc = subprocess.run([sys.executable, "data_prep/prepare.py", "--dataset", "synth", "--data-root",
                            str(root / "raw"), "--out", str(root / "run" / "data"), "--n-train", "4", "--n-test", "4",
-                           "--copies", "1", "--formats", "hdf5", "--workers", "1", "--quiet"],
+                           "--copies", "1", "--formats", "hdf5", "--workers", "1", "--quiet",
+                           "--test-crop", request.param],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     proto, model, _ = caffe_model(caffe, root / "run" / "models", deploy_text("68", "bm"), seed=21, stem="am_deploy")
@@ -55,7 +57,9 @@ def test_predictor_gives_the_evaluations_numbers(run):
     caffe_points = evaluate.to_image(caffe_crop, data["crop_to_image"])
 
     predictor = Predictor.from_onnx(root / "run" / "port" / "am.onnx")
-    assert predictor.crop_scale == 1.25 and predictor.layout.name == "68"  # from the card, from the run's manifest
+    # crop scale and protocol from the card, which has them from the run's data manifest
+    protocol = json.loads((root / "run" / "data" / "manifest.json").read_text())["settings"]["test_crop"]
+    assert predictor.crop_scale == 1.25 and predictor.layout.name == "68" and predictor.test_crop == protocol
     _, test = read_dataset("synth", str(root / "raw"), "68", "challenging")
     assert len(test.samples) == len(data["data"]) == 4
     points = []

@@ -22,13 +22,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def run_crop_scale(run: str | None) -> float | None:
-    if not run:
-        return None
-    manifest = Path(run) / "data" / "manifest.json"
-    if not manifest.exists():
-        return None
-    return json.loads(manifest.read_text()).get("settings", {}).get("crop_scale")
+def run_crop(run: str | None) -> tuple[float | None, str | None]:
+    """(crop_scale, test-crop protocol) of the run's data, as its manifest records them."""
+    manifest = Path(run) / "data" / "manifest.json" if run else None
+    if manifest is None or not manifest.exists():
+        return None, None
+    settings = json.loads(manifest.read_text()).get("settings", {})
+    return settings.get("crop_scale"), settings.get("test_crop", "ours")
 
 
 def main(argv=None) -> int:
@@ -47,8 +47,10 @@ def main(argv=None) -> int:
     e.add_argument("--allow-zero-bn-factor", action="store_true",
                    help="port a BatchNorm whose scale factor is 0 as Caffe computes it (x / sqrt(eps))")
     e.add_argument("--opset", type=int, default=17, help="ONNX opset (13 or later)")
-    e.add_argument("--run", help="run folder: its data manifest's crop_scale goes into the cards")
+    e.add_argument("--run", help="run folder: its data manifest's crop_scale and test-crop protocol go into the cards")
     e.add_argument("--crop-scale", type=float, help="test-crop scale recorded in the cards (overrides --run)")
+    e.add_argument("--test-crop", choices=("ours", "authors"), help="test-crop protocol recorded in the cards "
+                   "(overrides --run)")
     b = sub.add_parser("back", help="PyTorch state_dict -> caffemodel")
     b.add_argument("--prototxt", required=True, help="the net the state_dict is of (e.g. the port's .prototxt)")
     b.add_argument("--state-dict", required=True, help=".pt holding the state_dict")
@@ -68,9 +70,11 @@ def main(argv=None) -> int:
         bad = [f for f in formats if f not in ("npz", "pt", "onnx")]
         if bad or not formats:
             p.error(f"--formats: unknown {', '.join(bad) or '(none given)'}; choose from npz, pt, onnx")
-        crop_scale = args.crop_scale if args.crop_scale is not None else run_crop_scale(args.run)
+        crop_scale, test_crop = run_crop(args.run)
+        crop_scale = args.crop_scale if args.crop_scale is not None else crop_scale
+        test_crop = args.test_crop or test_crop
         result = convert.port(args.prototxt, args.caffemodel, args.name, formats, args.fold, args.reference,
-                              args.allow_zero_bn_factor, crop_scale, args.opset)
+                              args.allow_zero_bn_factor, crop_scale, args.opset, test_crop=test_crop)
     except (convert.PortError, torchnet.NetError) as exc:
         print(f"port: error: {exc}", file=sys.stderr)
         return 2

@@ -27,6 +27,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", required=True, help="ONNX model written by tools/port.py")
     p.add_argument("--out", required=True, help="folder for <image>.json, <image>.pts, <image>_landmarks.png")
     p.add_argument("--crop-scale", type=float, help="test-crop scale (default: the model card's, else 1.25)")
+    p.add_argument("--test-crop", choices=("ours", "authors"), help="test-crop protocol (default: the model card's, "
+                   "else ours)")
     p.add_argument("--layout", choices=("5", "29", "68"), help="landmark layout (default: the model card's)")
     p.add_argument("--output", help="model output to read (default: the first, e.g. shape_pred)")
     args = p.parse_args(argv)
@@ -38,7 +40,8 @@ def main(argv=None) -> int:
     from mcl.port.predict import PredictError, Predictor, read_gray, read_list, write_outputs
 
     try:
-        predictor = Predictor.from_onnx(args.model, args.crop_scale, args.layout, args.output)
+        predictor = Predictor.from_onnx(args.model, args.crop_scale, args.layout, args.output,
+                                        test_crop=args.test_crop)
         faces = read_list(args.list) if args.list else [(args.image, args.box)]
         stems = [Path(img).stem for img, _ in faces]
         done = []

@@ -492,7 +492,7 @@ class PortResult:
 
 def port(prototxt, caffemodel, name: str | None = None, formats=("npz", "pt", "onnx"), fold: bool = False,
          reference: str = "auto", allow_zero_bn_factor: bool = False, crop_scale: float | None = None,
-         opset: int = OPSET, tolerance: float = TOLERANCE) -> PortResult:
+         opset: int = OPSET, tolerance: float = TOLERANCE, test_crop: str | None = None) -> PortResult:
     """Every export of the pair, in memory, each checked against the reference engine."""
     if opset < 13:
         raise PortError(f"ONNX opset {opset}: the port writes opset 13 or later")
@@ -541,7 +541,7 @@ def port(prototxt, caffemodel, name: str | None = None, formats=("npz", "pt", "o
                   "pixels": "grayscale, one channel, rows then columns",
                   "normalisation": "(p - 128) * 0.0078125, p the 8-bit gray value (Caffe transform_param "
                                    "mean_value 128, scale 0.0078125)",
-                  "crop": _crop_text(crop_scale)},
+                  "crop": _crop_text(crop_scale, test_crop)},
         "outputs": [{"name": o, "shape": list(shapes[o]),
                      "order": "x1 y1 x2 y2 ... in crop pixels (0-based pixel centres), landmark j at 2j, 2j+1"}
                     for o in outputs],
@@ -556,6 +556,8 @@ def port(prototxt, caffemodel, name: str | None = None, formats=("npz", "pt", "o
     }
     if crop_scale is not None:
         common["crop_scale"] = crop_scale
+    if test_crop is not None:
+        common["test_crop"] = test_crop
     files, cards = {}, {}
 
     def add(fname, data, fmt, engine, extra=None):
@@ -585,10 +587,15 @@ def port(prototxt, caffemodel, name: str | None = None, formats=("npz", "pt", "o
     return PortResult(files, cards, diffs, ref_name)
 
 
-def _crop_text(crop_scale) -> str:
+def _crop_text(crop_scale, test_crop) -> str:
+    if test_crop == "authors":
+        return ("test-crop protocol `authors`: a square of side 1.1 x the larger side of the face box, centred on "
+                "the box, scale 49/side, gray 128 outside the picture (mcl.data.augment.crop_face); map outputs "
+                "back with its crop_to_image")
     side = f"{crop_scale:g}" if crop_scale is not None else "crop_scale"
-    return (f"a square of side {side} x the larger side of the face box, centred on the box, warped to 50 x 50 "
-            "(mcl.data.augment.crop_face); map outputs back with its crop_to_image")
+    return (f"test-crop protocol `ours`: a square of side {side} x the larger side of the face box, centred on "
+            "the box, warped to 50 x 50, edges repeated (mcl.data.augment.crop_face); map outputs back with its "
+            "crop_to_image")
 
 
 def _reference(reference: str, text: str, model: bytes, x, outputs, layer_of):

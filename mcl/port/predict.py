@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mcl.data.augment import crop_face
+from mcl.data.augment import DEFAULT_TEST_CROP, TEST_CROPS, crop_face
 from mcl.data.readers import DataError, Sample, check_box, load_image, write_pts
 from mcl.data.writers import network_input
 from mcl.evaluate import to_image
@@ -38,11 +38,13 @@ class Predictor:
     layout: Layout
     crop_scale: float
     model_path: str
+    test_crop: str = DEFAULT_TEST_CROP  # the evaluation's test-crop protocol: ours | authors
 
     @classmethod
     def from_onnx(cls, path, crop_scale: float | None = None, layout: str | None = None,
-                  output: str | None = None, threads: int = 1) -> Predictor:
-        """The model and its card (`<model>.json`, written by the port): layout, output, crop scale."""
+                  output: str | None = None, threads: int = 1, test_crop: str | None = None) -> Predictor:
+        """The model and its card (`<model>.json`, written by the port): layout, output, crop scale
+        and test-crop protocol (the run's, recorded by the port)."""
         import onnxruntime as ort
         path = Path(path)
         if not path.exists():
@@ -71,7 +73,10 @@ class Predictor:
         if isinstance(width, int) and width != 2 * lay.n_points:
             raise PredictError(f"{path}: output {output!r} has {width} values, layout {name} needs {2 * lay.n_points}")
         scale = crop_scale if crop_scale is not None else card.get("crop_scale", DEFAULT_CROP_SCALE)
-        return cls(sess, sess.get_inputs()[0].name, output, lay, float(scale), str(path))
+        protocol = test_crop or card.get("test_crop", DEFAULT_TEST_CROP)
+        if protocol not in TEST_CROPS:
+            raise PredictError(f"test-crop protocol {protocol!r}: choose one of {', '.join(TEST_CROPS)}")
+        return cls(sess, sess.get_inputs()[0].name, output, lay, float(scale), str(path), protocol)
 
     def crop(self, image: np.ndarray, box) -> tuple[np.ndarray, np.ndarray]:
         """(network input (1, 1, 50, 50), crop_to_image (1, 2, 3)) of one face, as the evaluation crops it."""
@@ -81,7 +86,7 @@ class Predictor:
         except DataError as exc:
             raise PredictError(str(exc)) from None
         sample = Sample("face", self.layout.name, np.zeros((self.layout.n_points, 2)), box)
-        crops = crop_face(image, sample, self.layout, self.crop_scale)
+        crops = crop_face(image, sample, self.layout, self.crop_scale, self.test_crop)
         return network_input(crops.images), crops.crop_to_image
 
     def predict(self, image: np.ndarray, box) -> np.ndarray:
@@ -138,7 +143,7 @@ def write_outputs(out, image_path, points: np.ndarray, box, predictor: Predictor
     out = Path(out)
     stem = stem or Path(image_path).stem
     record = {"image": str(image_path), "box": [float(v) for v in box], "model": predictor.model_path,
-              "layout": predictor.layout.name, "crop_scale": predictor.crop_scale,
+              "layout": predictor.layout.name, "crop_scale": predictor.crop_scale, "test_crop": predictor.test_crop,
               "points_base": 0, "points": [[float(x), float(y)] for x, y in points]}
     paths = [out / f"{stem}.json", out / f"{stem}.pts", out / f"{stem}_landmarks.png"]
     atomic_write(paths[0], json.dumps(record, indent=1) + "\n")

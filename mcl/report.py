@@ -194,21 +194,33 @@ def ced_limit(face_errors: list[np.ndarray]) -> float:
     return max(0.15, float(np.ceil(worst * 20) / 20))
 
 
+def provenance_label(r: dict) -> str:
+    """A result's provenance in a few words, for plots: scale, seed, engine, statistics, test crop."""
+    if r.get("source") == "predictions":
+        return f"predictions file, {r.get('coords_base')}-based"
+    return (f"scale {_fmt(r.get('schedule_scale'), 'g', '?')}, seed {_fmt(r.get('seed'), 'd', '?')}, "
+            f"{r.get('engine') or DEFAULT_ENGINE}, BN {r.get('bn_stats') or '?'}, crop {r.get('test_crop') or '?'}")
+
+
 def plot_ced(curves: dict, path: Path, title: str, limit: float | None = None,
              xlabel: str = "mean error (% of inter-ocular distance)") -> None:
     """CED curves of any number of models on one plot. Each value: the faces' errors (fractions
-    of d), or a result dict holding them as "face_errors"."""
+    of d), or a result dict holding them as "face_errors" (its provenance is then written
+    under the plot: once when every model shares it, else per model)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from mcl.evaluate import ced
+    labels = {k: provenance_label(v) for k, v in curves.items() if isinstance(v, dict)}
     curves = {k: np.asarray(v["face_errors"] if isinstance(v, dict) else v, dtype=np.float64)
               for k, v in curves.items()}
     if not curves:
         raise ValueError(f"{path}: no curves to plot")
+    notes = sorted(set(labels.values()))
+    notes = notes if len(notes) <= 1 else [f"{k}: {v}" for k, v in labels.items()]
     limit = limit or ced_limit(list(curves.values()))
-    fig, ax = plt.subplots(figsize=(5.5, 4.2), dpi=120)
+    fig, ax = plt.subplots(figsize=(5.5, 4.2 + 0.14 * len(notes)), dpi=120)
     styles = ["-", "--", "-.", ":"]
     for i, (name, errs) in enumerate(curves.items()):
         x, y = ced(errs, limit)
@@ -217,7 +229,9 @@ def plot_ced(curves: dict, path: Path, title: str, limit: float | None = None,
     ax.set(xlabel=xlabel, ylabel="faces (%)", title=title, xlim=(0, 100 * limit), ylim=(0, 100))
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize="small" if len(curves) > 4 else "medium")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.035 * len(notes) / (1 + 0.033 * len(notes)), 1, 1))
+    for i, note in enumerate(notes):
+        fig.text(0.01, 0.005 + i * 0.03 / (1 + 0.033 * len(notes)), note, fontsize=6, color="dimgray")
     _save(fig, Path(path))
     plt.close(fig)
 
@@ -330,10 +344,10 @@ def write_evaluation(out: Path, doc: dict, layout: Layout, data: dict | None = N
     written = [out.with_suffix(".json"), out.with_suffix(".md"), out.with_name(out.name + "_ced.png")]
     atomic_write(written[0], json.dumps(doc, indent=2) + "\n")
     atomic_write(written[1], evaluation_markdown(doc, layout))
-    plot_ced({n: r["face_errors"] for n, r in doc["results"].items()}, written[2],
-             f"CED, layout {layout.name}, {doc['split']}")
+    plot_ced(doc["results"], written[2], f"CED, layout {layout.name}, {doc['split']}")
     if data is not None and predictions and overlays > 0:
         for name, pred in predictions.items():
-            written.append(write_overlays(overlay_path(out, name), data, pred,
-                                          np.asarray(doc["results"][name]["face_errors"]), name, overlays))
+            r = doc["results"][name]
+            written.append(write_overlays(overlay_path(out, name), data, pred, np.asarray(r["face_errors"]),
+                                          f"{name} ({provenance_label(r)})", overlays))
     return written

@@ -46,7 +46,8 @@ def sha256(data: bytes) -> str:
 def parse_prototxt(text: str, where: str = "prototxt"):
     net = caffe_pb2.NetParameter()
     try:
-        text_format.Parse(text, net)
+        # the built-in subset skips fields it does not know (the port does not read them)
+        text_format.Parse(text, net, allow_unknown_field=getattr(caffe_pb2, "BUILTIN", False))
     except text_format.ParseError as exc:
         raise PortError(f"{where}: not a Caffe net description ({exc})") from None
     if not len(net.layer) and not len(net.layers):

@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mcl.data.augment import DEFAULT_TEST_CROP, TEST_CROPS, AugmentSettings  # noqa: E402
+from mcl.data.augment import DEFAULT_TEST_CROP, TEST_CROPS, AugmentSettings, WorkerError  # noqa: E402
 from mcl.data.pipeline import DEFAULT_CROP_SCALE, FORMATS, PrepareSettings, prepare  # noqa: E402
 from mcl.data.readers import DATASETS, OUTSIDE_TOLERANCE, DataError  # noqa: E402
 from mcl.data.synth import SynthSettings  # noqa: E402
@@ -42,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--layout", choices=("5", "29", "68"),
                    help="landmark layout (default: the dataset's own; 68-point data can give 29 or 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    p.add_argument("--workers", type=int, default=2,
                    help="worker processes (the output does not depend on it)")
     p.add_argument("--out", required=True, help="output folder, e.g. runs/synth-68/data")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
@@ -82,6 +82,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _on_signal(signum, frame):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    sys.exit(128 + signum)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -102,16 +110,24 @@ def main(argv=None) -> int:
         coords_base=args.coords_base, n_train=args.n_train, n_test=args.n_test,
         synth=SynthSettings(size=args.synth_size, occlusion_prob=args.occlusion_prob),
         h5_max_mb=args.h5_max_mb, progress=not args.quiet)
-    # SIGTERM unwinds like Ctrl-C, so the partial output folder is removed.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # SIGTERM unwinds like Ctrl-C: the workers are ended and the partial output folder
+    # is removed. A second signal during that clean-up is ignored, so the clean-up ends.
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
     try:
         manifest = prepare(settings)
     except (DataError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except WorkerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("error: interrupted; nothing was written under --out", file=sys.stderr)
         return 130
+    except SystemExit:
+        print("error: terminated; nothing was written under --out", file=sys.stderr)
+        raise
     counts = ", ".join(f"{s} {c['crops']} crops from {c['faces']} faces" for s, c in manifest["counts"].items())
     print(f"wrote {args.out}: {counts}; {manifest['n_skipped']} skipped")
     return 0

@@ -240,3 +240,197 @@ def test_synthetic_set_in_a_data_root_is_reused_when_it_matches(tmp_path):
     assert not (tmp_path / "b" / "data" / "synth_raw").exists()
     with pytest.raises(DataError, match=r"raw/synth\.json: holds a synthetic set made with other settings"):
         prepare(PrepareSettings(out=str(tmp_path / "c" / "data"), data_root=str(raw), **{**small, "n_train": 7}))
+
+
+# ---- two workers, pictures large enough for OpenCV's threads, signals -------------------
+
+BIG = (420, 360)  # width, height: a cvtColor of this size runs on OpenCV's thread pool
+
+
+def write_cofw_big(root, n_train: int = 4, n_test: int = 2) -> None:
+    """COFW as MATLAB -v7.3 saves it (see test_data_fixtures.write_cofw_v73), with colour
+    pictures a few hundred pixels a side, as the real files have."""
+    rng = np.random.default_rng(99)
+    w, h = BIG
+    for split, n in (("train", n_train), ("test", n_test)):
+        keys = {"train": ("IsTr", "phisTr", "bboxesTr"), "test": ("IsT", "phisT", "bboxesT")}[split]
+        phis, boxes = np.zeros((n, 87)), np.zeros((n, 4))
+        with h5py.File(os.path.join(root, f"COFW_{split}_color.mat"), "w", userblock_size=512) as f:
+            refs = np.empty((1, n), dtype=h5py.ref_dtype)
+            for i in range(n):
+                ds = f.create_dataset(f"#refs#/im{i}", data=rng.integers(0, 256, (h, w, 3), dtype=np.uint8).T)
+                ds.attrs["MATLAB_class"] = np.bytes_("uint8")
+                refs[0, i] = ds.ref
+                x, y = rng.uniform(130, w - 130, 29) + 1, rng.uniform(110, h - 110, 29) + 1
+                phis[i] = np.concatenate([x, y, (rng.random(29) < 0.3).astype(float)])
+                boxes[i] = [100, 80, w - 200, h - 160]  # left top width height, 1-based
+            f.create_dataset(keys[0], data=refs).attrs["MATLAB_class"] = np.bytes_("cell")
+            f.create_dataset(keys[1], data=phis.T).attrs["MATLAB_class"] = np.bytes_("double")
+            f.create_dataset(keys[2], data=boxes.T).attrs["MATLAB_class"] = np.bytes_("double")
+
+
+def _enlarge_pictures(root, pattern: str) -> None:
+    """Pad a fixture's pictures to BIG (right and bottom), so landmarks keep their place."""
+    import cv2
+    rng = np.random.default_rng(7)
+    for path in glob.glob(os.path.join(root, pattern), recursive=True):
+        small = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        big = rng.integers(0, 256, (BIG[1], BIG[0]) + small.shape[2:], dtype=np.uint8)
+        big[:small.shape[0], :small.shape[1]] = small
+        cv2.imwrite(path, big)
+
+
+def big_dataset(dataset: str, root) -> list[str]:
+    """A few faces of `dataset` on large pictures; the tool's options for it."""
+    root = str(root)
+    os.makedirs(root, exist_ok=True)
+    if dataset == "synth":
+        return ["--dataset", "synth", "--n-train", "6", "--n-test", "2", "--synth-size", str(BIG[0])]
+    if dataset == "ibug":
+        write_300w(root, per_subset=1, size=BIG)
+    elif dataset == "cofw":
+        write_cofw_big(root)
+    elif dataset == "mtfl":
+        write_mtfl(root, n=3)
+        _enlarge_pictures(root, "**/*.jpg")
+    elif dataset == "generic":
+        write_generic(root, n=3)
+        _enlarge_pictures(root, "img/**/*.png")
+    return ["--dataset", dataset, "--data-root", root]
+
+
+def run_tool(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, TOOL, "--quiet", "--copies", "3", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_opencv_threads_are_used_at_the_fixture_size():
+    import cv2
+    before = len(os.listdir("/proc/self/task"))
+    cv2.setNumThreads(2)
+    cv2.cvtColor(np.zeros((BIG[1], BIG[0], 3), np.uint8), cv2.COLOR_RGB2GRAY)
+    assert len(os.listdir("/proc/self/task")) > before or cv2.getNumThreads() < 2
+
+
+@pytest.mark.parametrize("dataset", ["ibug", "cofw", "mtfl", "generic", "synth"])
+def test_every_format_goes_through_the_tool_with_2_workers_on_large_pictures(tmp_path, dataset):
+    """The default (2 workers) on pictures a few hundred pixels a side; COFW's reader
+    converts them with OpenCV in the parent before the workers start (it used to hang).
+    Output equals the one-worker output byte for byte."""
+    opts = big_dataset(dataset, tmp_path / "src")
+    two = run_tool([*opts, "--out", str(tmp_path / "w2" / "data")])
+    assert two.returncode == 0, two.stderr[-2000:]
+    one = run_tool([*opts, "--workers", "1", "--out", str(tmp_path / "w1" / "data")])
+    assert one.returncode == 0, one.stderr[-2000:]
+    a, b = tree(str(tmp_path / "w1" / "data")), tree(str(tmp_path / "w2" / "data"))
+    assert sorted(a) == sorted(b) and "manifest.json" in a
+    assert all(a[k] == b[k] for k in a), [k for k in a if a[k] != b[k]]
+
+
+@pytest.mark.timeout(120)
+def test_workers_start_clean_when_this_process_has_opencv_threads_running(tmp_path):
+    """Any threaded state of the parent (here OpenCV's pool, started on purpose) must not
+    reach the workers: they are not forks of it."""
+    import cv2
+    cv2.setNumThreads(2)
+    cv2.cvtColor(np.zeros((BIG[1], BIG[0], 3), np.uint8), cv2.COLOR_RGB2GRAY)
+    big_dataset("cofw", tmp_path / "src")
+    m = prepare(PrepareSettings(dataset="cofw", data_root=str(tmp_path / "src"), out=str(tmp_path / "data"),
+                                workers=2, progress=False, formats=("hdf5",), augment=AugmentSettings(copies=2)))
+    assert m["counts"]["train"]["crops"] == 6
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """{pid: start time} of every process below `pid` (workers, fork server, tracker)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    out, todo = {}, [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out[child] = _start_time(child)
+            todo.append(child)
+    return out
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
+def still_running(procs: dict[int, str]) -> list[int]:
+    return [pid for pid, start in procs.items() if start is not None and _start_time(pid) == start]
+
+
+def start_synth_with_workers(tmp_path, *extra):
+    """The tool on a synthetic set big enough to be caught mid-run, once its worker
+    processes are running."""
+    cmd = [sys.executable, TOOL, "--dataset", "synth", "--out", str(tmp_path / "data"), "--n-train", "400",
+           "--n-test", "50", "--quiet", *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(str(tmp_path / f".data.partial-{proc.pid}-*" / "synth_raw" / "afw" / "*.pts"), proc)
+    deadline = time.time() + 30
+    while len(descendants(proc.pid)) < 3 and time.time() < deadline:  # fork server + 2 workers
+        time.sleep(0.02)
+    kids = descendants(proc.pid)
+    assert len(kids) >= 3 and proc.poll() is None
+    return proc, kids
+
+
+@pytest.mark.parametrize("sig,code,word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
+def test_signal_ends_the_tool_and_its_workers_within_seconds(tmp_path, sig, code, word):
+    proc, kids = start_synth_with_workers(tmp_path)
+    t0 = time.time()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=30)
+    assert time.time() - t0 < 5, f"took {time.time() - t0:.1f} s"
+    assert proc.returncode == code and f"error: {word}" in err and "Traceback" not in err
+    deadline = time.time() + 5
+    while still_running(kids) and time.time() < deadline:
+        time.sleep(0.05)
+    assert still_running(kids) == []
+    assert os.listdir(tmp_path) == []  # no data/, no partial folder
+
+
+def test_killed_tool_leaves_no_worker_behind(tmp_path):
+    proc, kids = start_synth_with_workers(tmp_path)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)  # returns once every process holding its stderr is gone
+    deadline = time.time() + 5
+    while still_running(kids) and time.time() < deadline:
+        time.sleep(0.05)
+    assert still_running(kids) == []
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_dead_worker_stops_the_tool_with_nothing_written(tmp_path):
+    proc, kids = start_synth_with_workers(tmp_path)
+    workers = [k for k in kids if _parent(k) != proc.pid]  # children of the fork server
+    assert workers
+    os.kill(workers[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and "error: a worker process died" in err
+    assert os.listdir(tmp_path) == []
+    deadline = time.time() + 5
+    while still_running(kids) and time.time() < deadline:
+        time.sleep(0.05)
+    assert still_running(kids) == []
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return None
+

@@ -68,7 +68,7 @@ class PrepareSettings:
     data_root: str | None = None
     layout: str | None = None  # default: the dataset's own (DEFAULT_LAYOUT)
     seed: int = 0
-    workers: int = 1
+    workers: int = 2  # as `make data` (WORKERS) and the tool default
     test_split: str = "challenging"  # 300-W: common | challenging | full
     val_fraction: float = 0.1
     skip_bad: bool = False

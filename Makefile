@@ -41,6 +41,7 @@ $(SETUP_STAMP): scripts/setup.sh requirements.txt $(wildcard patches/*.patch)
 test: | $(SETUP_STAMP)
 	$(PY) -m pytest
 
+AUDIT_TARGETS := pre_bm perturbation single_head simplified_am weighting_simplified_am occlusion equal_budget
 # A settings file changes only when its settings do, so a changed setting
 # re-runs exactly what depends on it. They are refreshed while this Makefile is
 # read, and only when a pipeline target is asked for.
@@ -56,7 +57,8 @@ FROZEN_BN_HEADS ?= global
 data_settings := dataset=$(DATASET) data_root=$(DATA_ROOT) layout=$(LAYOUT) seed=$(SEED) opts=$(DATA_OPTS)
 train_settings := layout=$(LAYOUT) scale=$(SCALE) seed=$(SEED) source=$(SOURCE) batch=$(BATCH) frozen_bn=$(FROZEN_BN_STAGE2),$(FROZEN_BN_HEADS)
 bn_settings := bn_stats=$(BN_STATS) bn_batches=$(BN_BATCHES)
-PIPELINE_GOALS := data stage1 weights-bm stage2 stage3 weights-wm heads assemble evaluate demo
+PIPELINE_GOALS := data stage1 weights-bm stage2 stage3 weights-wm heads assemble evaluate demo \
+  audit $(AUDIT_TARGETS) audit-models
 define refresh_settings
 $(shell mkdir -p $(RUN)/.settings && printf '%s\n' '$($(1)_settings)' | cmp -s - $(RUN)/.settings/$(1) \
   || printf '%s\n' '$($(1)_settings)' > $(RUN)/.settings/$(1))
@@ -133,6 +135,80 @@ weights-wm: $(W)/wm_eq9.json
 heads: $(HEADS_OUT)
 assemble: $(M)/am.caffemodel
 evaluate: $(RUN)/eval/test.json
+
+# ---- the audit (SPEC 10): every ablation of the paper, each its own target ------------
+# Ablation stages train on named copies of a stage's net and solver (run_stage.py --name),
+# so `make -j2 audit` can run them side by side with their own weights and snapshots.
+A := $(RUN)/audit
+AM_ := $(A)/models
+AUDIT := $(PY) tools/audit.py
+PERT_DELTAS := 0.1 0.2 0.3 0.4
+
+# BM, WM and AM as Caffe left their statistics: AM from the raw heads.
+$(AM_)/am_running.caffemodel: $(HEADS_OUT)
+	$(PY) tools/assemble.py --run $(RUN) --heads $(M)/heads.raw.caffemodel --out $@
+$(A)/models.json: $(M)/bm.caffemodel $(M)/wm.caffemodel $(M)/am.caffemodel $(AM_)/am_running.caffemodel
+	$(AUDIT) models --run $(RUN) --out $@
+# pre-BM (Section IV-C-1): trained like BM
+$(M)/pre_bm.caffemodel: $(DATA) $(NETS) $(BN)
+	$(PY) tools/run_stage.py --run $(RUN) --stage pre_bm --out $@ $(STAGE_OPTS)
+$(A)/pre_bm.json: $(M)/pre_bm.caffemodel $(M)/bm.caffemodel
+	$(AUDIT) ablation pre_bm --run $(RUN) --out $@
+# weight perturbation (Section IV-C-2): stages 2 and 3 from BM with perturbed Eq. 5 weights
+$(W)/pert_%_eq5.json: $(W)/bm_eq5.json
+	$(AUDIT) perturb --run $(RUN) --weights $< --delta $* --seed $(SEED) --out $@
+$(AM_)/pert_%_stage2.caffemodel: $(M)/bm.caffemodel $(W)/pert_%_eq5.json $(BN)
+	$(PY) tools/run_stage.py --run $(RUN) --stage stage2 --name pert_$*_stage2 --init $< \
+	  --loss-weights $(W)/pert_$*_eq5.json --out $@ $(STAGE_OPTS)
+$(AM_)/pert_%_wm.caffemodel: $(AM_)/pert_%_stage2.caffemodel $(W)/pert_%_eq5.json $(BN)
+	$(PY) tools/run_stage.py --run $(RUN) --stage stage3 --name pert_$*_stage3 --init $< \
+	  --loss-weights $(W)/pert_$*_eq5.json --out $@ $(STAGE_OPTS)
+$(A)/perturbation.json: $(M)/wm.caffemodel $(foreach d,$(PERT_DELTAS),$(AM_)/pert_$(d)_wm.caffemodel)
+	$(AUDIT) ablation perturbation --run $(RUN) --out $@
+# single heads (Section IV-C-3): each head of the multi-center net alone
+$(A)/single_head.json: $(M)/heads.caffemodel $(M)/wm.caffemodel $(M)/am.caffemodel
+	$(AUDIT) ablation single_head --run $(RUN) --out $@
+# Simplified AM (Section IV-C-4): heads from BM, weighting fine-tuning skipped
+$(W)/bm_eq9.json: $(M)/bm.caffemodel
+	$(PY) tools/compute_weights.py --run $(RUN) --model $< --eq 9 --out $@
+$(AM_)/sam_heads.caffemodel: $(M)/bm.caffemodel $(W)/bm_eq9.json $(BN)
+	$(PY) tools/run_stage.py --run $(RUN) --stage heads --name sam_heads --init $< --loss-weights $(W)/bm_eq9.json \
+	  --out $@ $(STAGE_OPTS)
+$(AM_)/sam.caffemodel: $(AM_)/sam_heads.caffemodel
+	$(PY) tools/assemble.py --run $(RUN) --heads $< --out $@
+$(A)/simplified_am.json: $(AM_)/sam.caffemodel $(M)/am.caffemodel
+	$(AUDIT) ablation simplified_am --run $(RUN) --out $@
+# Weighting Simplified AM: weighting fine-tuning (stages 2, 3) applied to Simplified AM
+$(W)/sam_eq5.json: $(AM_)/sam.caffemodel
+	$(PY) tools/compute_weights.py --run $(RUN) --model $< --eq 5 --out $@
+$(AM_)/wsam_stage2.caffemodel: $(AM_)/sam.caffemodel $(W)/sam_eq5.json $(BN)
+	$(PY) tools/run_stage.py --run $(RUN) --stage stage2 --name wsam_stage2 --init $< --loss-weights $(W)/sam_eq5.json \
+	  --out $@ $(STAGE_OPTS)
+$(AM_)/wsam.caffemodel: $(AM_)/wsam_stage2.caffemodel $(W)/sam_eq5.json $(BN)
+	$(PY) tools/run_stage.py --run $(RUN) --stage stage3 --name wsam_stage3 --init $< --loss-weights $(W)/sam_eq5.json \
+	  --out $@ $(STAGE_OPTS)
+$(A)/weighting_simplified_am.json: $(AM_)/wsam.caffemodel $(AM_)/sam.caffemodel $(M)/am.caffemodel
+	$(AUDIT) ablation weighting_simplified_am --run $(RUN) --out $@
+# occlusion (Section IV-D): 30% of the test faces with the left-eye cluster's box gray
+$(A)/occlusion.json: $(M)/wm.caffemodel $(M)/am.caffemodel
+	$(AUDIT) ablation occlusion --run $(RUN) --seed $(SEED) --out $@
+# equal budget (beyond the paper): BM continued with uniform weights for the iterations
+# of stages 2, 3 and the heads together
+$(M)/equal_budget.caffemodel: $(M)/bm.caffemodel $(BN)
+	$(PY) tools/run_stage.py --run $(RUN) --stage equal_budget --init $< --out $@ $(STAGE_OPTS)
+$(A)/equal_budget.json: $(M)/equal_budget.caffemodel $(M)/wm.caffemodel $(M)/am.caffemodel
+	$(AUDIT) ablation equal_budget --run $(RUN) --out $@
+
+# The perturbation's chain of patterns: its files are kept, not removed as intermediates.
+.SECONDARY: $(foreach d,$(PERT_DELTAS),$(W)/pert_$(d)_eq5.json $(AM_)/pert_$(d)_stage2.caffemodel)
+.PHONY: audit audit-models $(AUDIT_TARGETS)
+$(foreach t,$(AUDIT_TARGETS),$(eval $(t): $(A)/$(t).json))
+audit-models: $(A)/models.json
+AUDIT_PARTS ?= $(AUDIT_TARGETS)
+$(A)/audit.json: $(A)/models.json $(foreach t,$(AUDIT_PARTS),$(A)/$(t).json) $(RUN)/eval/test.json
+	$(AUDIT) report --run $(RUN)
+audit: $(A)/audit.json
+	@echo "audit done: $(A)/audit.md (report), $(A)/audit.json, $(A)/*.png"
 
 # ---- porting the model out of Caffe (docs/PORT.md) ------------------------------
 # Defaults: the run's AM. `make port` never trains: without the model it says so.

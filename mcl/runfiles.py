@@ -42,6 +42,7 @@ def net_files(layout: Layout, source: str = "hdf5", batch_size: int = BATCH_SIZE
         "stage3_train": netgen.train_net(layout, STAGES["stage3"], data),
         "heads_train": netgen.heads_net(layout, STAGES["heads"], data=data, frozen_bn=fbn["heads"]),
         "pre_bm_train": netgen.train_net(layout, STAGES["pre_bm"], data, variant="pre_bm"),
+        "equal_budget_train": netgen.train_net(layout, STAGES["equal_budget"], data),
         "deploy": netgen.deploy_net(layout),
         "heads_deploy": netgen.deploy_net(layout, clusters=layout.cluster_names),
         "pre_bm_deploy": netgen.deploy_net(layout, variant="pre_bm"),
@@ -77,6 +78,37 @@ def run_files(layout: Layout, scale: float = 1.0, seed: int = 0, source: str = "
             _header(f"solver of {base} (Algorithm 1 step {STAGES[stage].step})", layout, scale, seed, source,
                     batch_size, note) + netgen.to_text(s))
     return files
+
+
+def derive(run, stage: str, name: str) -> tuple[str, str]:
+    """A named copy of `stage`'s train net and solver in a run (an ablation's own files).
+
+    The copy trains exactly like the stage but keeps its own loss weights and
+    snapshots, so ablations can run side by side with the main stages. Returns the
+    paths (relative to the run) of the net and the solver; files already equal are
+    left untouched.
+    """
+    from pathlib import Path
+
+    from google.protobuf import text_format
+
+    from mcl.caffe_pb import caffe_pb2
+    from mcl.fileio import atomic_write
+    run = Path(run)
+    base_net, base_solver = run / "nets" / f"{stage}_train.prototxt", run / "solvers" / f"{stage}_solver.prototxt"
+    for p in (base_net, base_solver):
+        if not p.exists():
+            raise ValueError(f"{p}: missing (generate the run's nets with `make nets`)")
+    text = base_solver.read_text()
+    header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
+    sp = text_format.Parse(text, caffe_pb2.SolverParameter())
+    sp.train_net = f"nets/{name}_train.prototxt"
+    sp.snapshot_prefix = f"snapshots/{name}"
+    files = {sp.train_net: base_net.read_text(), f"solvers/{name}_solver.prototxt": header + netgen.to_text(sp)}
+    for rel, content in files.items():
+        if not (run / rel).exists() or (run / rel).read_text() != content:
+            atomic_write(run / rel, content)
+    return tuple(files)
 
 
 def run_layout(run) -> Layout:

@@ -7,7 +7,7 @@ intervals that follow from them); every other setting is the paper's.
 from __future__ import annotations
 
 from mcl.caffe_pb import caffe_pb2
-from mcl.stages import GAMMA, MOMENTUM, STEPSIZE, WEIGHT_DECAY, Stage, scaled
+from mcl.stages import GAMMA, MOMENTUM, STEPSIZE, WEIGHT_DECAY, Stage, scaled, stage_iterations
 
 SNAPSHOTS_PER_STAGE = 10  # a resumable point every tenth of a stage
 DISPLAYS_PER_STAGE = 100
@@ -16,7 +16,7 @@ DISPLAYS_PER_STAGE = 100
 def solver(stage: Stage, train_net: str, snapshot_prefix: str, scale: float = 1.0, seed: int = 0,
            gpu: bool = False, snapshot: int | None = None):
     """The SolverParameter of `stage` reading `train_net` (paths relative to the run folder)."""
-    max_iter = scaled(stage.max_iter, scale)
+    max_iter = stage_iterations(stage, scale)
     s = caffe_pb2.SolverParameter()
     s.train_net = train_net
     s.type = "SGD"

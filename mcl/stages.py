@@ -33,6 +33,7 @@ class Stage:
     max_iter: int
     frozen: tuple[str, ...]  # conv layers whose conv, BatchNorm and Scale are fixed
     weights: str  # which loss weights the stage trains with
+    budget_of: tuple[str, ...] = ()  # if set, max_iter is the sum of these stages' (scaled) max_iter
 
 
 STAGES = {
@@ -42,6 +43,11 @@ STAGES = {
     "heads": Stage("heads", "4..3+m", 0.001, 60000, ALL_CONVS, "eq9"),
     # pre-BM (the ablation) is pre-trained like BM.
     "pre_bm": Stage("pre_bm", "1 (pre-BM)", 0.02, 180000, (), "uniform"),
+    # The audit's control (beyond the paper): BM continued with uniform weights, all layers
+    # trainable, at the fine-tuning learning rate, for exactly the iterations stages 2, 3
+    # and the heads had, so more training can be told from weighting and multi-center learning.
+    "equal_budget": Stage("equal_budget", "control", 0.001, 180000, (), "uniform",
+                          budget_of=("stage2", "stage3", "heads")),
 }
 
 
@@ -49,6 +55,13 @@ def get_stage(name: str) -> Stage:
     if name not in STAGES:
         raise ValueError(f"unknown stage {name!r}: choose one of {', '.join(STAGES)}")
     return STAGES[name]
+
+
+def stage_iterations(stage: Stage, scale: float) -> int:
+    """max_iter of `stage` under the schedule scale."""
+    if stage.budget_of:
+        return sum(stage_iterations(STAGES[name], scale) for name in stage.budget_of)
+    return scaled(stage.max_iter, scale)
 
 
 def scaled(iterations: int, scale: float) -> int:

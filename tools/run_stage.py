@@ -26,10 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mcl import bnstats, caffemodel, loss_weights, manifest  # noqa: E402
 from mcl.fileio import atomic_write  # noqa: E402
-from mcl.runfiles import run_layout  # noqa: E402
+from mcl.runfiles import derive, run_layout  # noqa: E402
 from mcl.train import StageError, StageSpec, run_stage, snapshots  # noqa: E402
 
-DEFAULT_OUT = {"stage1": "bm", "stage2": "stage2", "stage3": "wm", "heads": "heads", "pre_bm": "pre_bm"}
+DEFAULT_OUT = {"stage1": "bm", "stage2": "stage2", "stage3": "wm", "heads": "heads", "pre_bm": "pre_bm",
+               "equal_budget": "equal_budget"}
 
 
 def rewrite_weights(net_path: Path, weights_path: Path) -> None:
@@ -98,9 +99,9 @@ def train_one(run: Path, name: str, init: Path | None, out: Path, weights: Path 
     return entry
 
 
-def heads_init(run: Path, wm: Path, clusters) -> Path:
+def heads_init(run: Path, wm: Path, clusters, name: str = "heads") -> Path:
     """WM with its shape layer copied to every head (SPEC 5: heads start from WM's layer)."""
-    path = run / "snapshots" / "heads_init.caffemodel"
+    path = run / "snapshots" / f"{name}_init.caffemodel"
     caffemodel.save(caffemodel.init_heads(caffemodel.load(wm), clusters), path)
     return path
 
@@ -112,6 +113,8 @@ def main(argv=None) -> int:
     ap.add_argument("--init", help="caffemodel to start from (the previous stage's model)")
     ap.add_argument("--loss-weights", help="weights JSON (Eq. 5 for stage2/3, Eq. 9 for heads)")
     ap.add_argument("--separate", action="store_true", help="heads: one run per head instead of one joint run")
+    ap.add_argument("--name", help="train the stage on a named copy of its net and solver (nets/NAME_train.prototxt, "
+                                   "snapshots/NAME): an ablation with its own loss weights and snapshots")
     ap.add_argument("--out", help="output caffemodel (default models/<bm|stage2|wm|heads|pre_bm>.caffemodel)")
     ap.add_argument("--bn-stats", choices=bnstats.SETTINGS, default=bnstats.DEFAULT,
                     help="BatchNorm statistics of the product: recomputed with the final weights over training "
@@ -128,17 +131,22 @@ def main(argv=None) -> int:
     try:
         if init is not None and not init.exists():
             raise StageError(f"{init}: the model this stage starts from is missing")
+        name = args.name or args.stage
+        if args.name:
+            if args.separate:
+                raise StageError("--name and --separate cannot be combined")
+            derive(run, args.stage, args.name)
         if args.stage != "heads":
             out = Path(args.out) if args.out else run / "models" / f"{DEFAULT_OUT[args.stage]}.caffemodel"
-            train_one(run, args.stage, init, out.resolve(), weights, args.stage, **bn)
+            train_one(run, name, init, out.resolve(), weights, args.stage, **bn)
             return 0
         if init is None:
             raise StageError("heads: --init (the weighting model WM) is required")
         layout = run_layout(run)
-        hinit = heads_init(run, init, layout.cluster_names)
+        hinit = heads_init(run, init, layout.cluster_names, name)
         if not args.separate:
             out = Path(args.out) if args.out else run / "models" / "heads.caffemodel"
-            train_one(run, "heads", hinit, out.resolve(), weights, "heads", **bn)
+            train_one(run, name, hinit, out.resolve(), weights, "heads", **bn)
             return 0
         models = {}
         for c in layout.cluster_names:

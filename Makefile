@@ -245,5 +245,11 @@ bench-nets: | $(SETUP_STAMP)
 demo: evaluate
 	@echo "demo done: $(RUN)/eval/test.md (report), $(RUN)/eval/test_ced.png (CED), $(RUN)/manifest.json"
 
+# Every checksum of RUN/manifest.json and RUN/data/manifest.json, recomputed: names each
+# file that is missing or changed (exit 2), or says the run is intact.
+.PHONY: verify
+verify: | $(SETUP_STAMP)
+	$(PY) tools/verify.py --run $(RUN)
+
 clean-run:
 	rm -rf $(RUN)

@@ -28,6 +28,7 @@ from mcl import bnstats, caffemodel, loss_weights, manifest  # noqa: E402
 from mcl.fileio import atomic_write  # noqa: E402
 from mcl.runfiles import derive, run_layout  # noqa: E402
 from mcl.train import StageError, StageSpec, run_stage, snapshots  # noqa: E402
+from mcl.verify import refuse_tampered  # noqa: E402
 
 DEFAULT_OUT = {"stage1": "bm", "stage2": "stage2", "stage3": "wm", "heads": "heads", "pre_bm": "pre_bm",
                "equal_budget": "equal_budget"}
@@ -131,6 +132,7 @@ def main(argv=None) -> int:
     try:
         if init is not None and not init.exists():
             raise StageError(f"{init}: the model this stage starts from is missing")
+        refuse_tampered(run, [p for p in (init, weights) if p] + [run / "data" / "manifest.json"])
         name = args.name or args.stage
         if args.name:
             if args.separate:

@@ -1,0 +1,178 @@
+"""Whether a run folder is intact: every checksum its manifests recorded, computed again.
+
+Two manifests record checksums:
+  <run>/manifest.json       every artifact of Algorithm 1 (models, weights, evaluations):
+                            its own sha256 and the sha256 of each input it was made from;
+  <run>/data/manifest.json  (data_prep/prepare.py) the sha256 of every data file.
+`check_run` recomputes all of them and names each file that is missing or differs.
+`refuse_tampered` is the check a stage makes of its inputs before it trains: an input
+that the run itself produced must still be the file the manifest recorded.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mcl.manifest import sha256
+
+RUN_MANIFEST = "manifest.json"
+DATA_MANIFEST = "data/manifest.json"
+
+
+class VerifyError(ValueError):
+    """A run's file differs from what its manifest recorded (or a manifest is unreadable)."""
+
+
+@dataclass
+class Problem:
+    path: Path  # the file, as it lies on disk
+    state: str  # "missing" | "differs"
+    recorded: str  # sha256 the manifest recorded
+    found: str | None  # sha256 now (None: missing)
+    why: str  # which record: "artifact of stage1", "input of models/wm.caffemodel", ...
+
+    def __str__(self) -> str:
+        if self.state == "missing":
+            return f"{self.path}: missing ({self.why})"
+        return (f"{self.path}: differs from the manifest ({self.why}; recorded sha256 {self.recorded[:12]}..., "
+                f"now {self.found[:12]}...)")
+
+
+@dataclass
+class Report:
+    run: Path
+    checked: int = 0  # checksums compared
+    files: set = field(default_factory=set)  # distinct files they cover
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def intact(self) -> bool:
+        return not self.problems
+
+
+class _Hasher:
+    """sha256 of each file once (a file is often the input of several artifacts)."""
+
+    def __init__(self):
+        self.cache: dict[Path, str | None] = {}
+
+    def __call__(self, path: Path) -> str | None:
+        path = path.resolve()
+        if path not in self.cache:
+            self.cache[path] = sha256(path) if path.is_file() else None
+        return self.cache[path]
+
+
+def _load(path: Path) -> dict:
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise VerifyError(f"{path}: missing (no manifest: nothing records what this run holds)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise VerifyError(f"{path}: not a readable manifest ({exc})") from None
+    if not isinstance(doc, dict):
+        raise VerifyError(f"{path}: not a manifest (a JSON object is expected)")
+    return doc
+
+
+def _path(run: Path, key: str) -> Path:
+    """A manifest key: relative to the run, or absolute where the file lies outside it."""
+    p = Path(key)
+    return p if p.is_absolute() else run / p
+
+
+def _compare(report: Report, hasher: _Hasher, path: Path, recorded: str, why: str) -> None:
+    report.checked += 1
+    report.files.add(path.resolve())
+    found = hasher(path)
+    if found != recorded:
+        report.problems.append(Problem(path, "missing" if found is None else "differs", recorded, found, why))
+
+
+def _check_data_manifest(report: Report, hasher: _Hasher, manifest_path: Path) -> None:
+    doc = _load(manifest_path)
+    files = doc.get("files")
+    if not isinstance(files, dict):
+        raise VerifyError(f"{manifest_path}: has no 'files' table of checksums")
+    rel = manifest_path.parent
+    for name, digest in sorted(files.items()):
+        _compare(report, hasher, rel / name, digest, f"listed in {manifest_path.name} of {rel.name}/")
+
+
+def check_run(run) -> Report:
+    """Every checksum of the run's manifest (artifacts and their inputs) and of its data
+    manifest, recomputed. Raises VerifyError when the run manifest is missing or unreadable."""
+    run = Path(run)
+    report = Report(run)
+    hasher = _Hasher()
+    doc = _load(run / RUN_MANIFEST)
+    artifacts = doc.get("artifacts")
+    if not isinstance(artifacts, dict):
+        raise VerifyError(f"{run / RUN_MANIFEST}: has no 'artifacts' table")
+    data_manifests = {(run / DATA_MANIFEST).resolve()} if (run / DATA_MANIFEST).is_file() else set()
+    for key, entry in sorted(artifacts.items()):
+        _compare(report, hasher, _path(run, key), entry.get("sha256", ""), f"artifact of {entry.get('stage', '?')}")
+        for ikey, digest in sorted(entry.get("inputs", {}).items()):
+            path = _path(run, ikey)
+            _compare(report, hasher, path, digest, f"input of {key}")
+            if path.name == "manifest.json" and path.is_file():
+                data_manifests.add(path.resolve())
+    for manifest_path in sorted(data_manifests):
+        _check_data_manifest(report, hasher, manifest_path)
+    return report
+
+
+def refuse_tampered(run, inputs) -> None:
+    """Raise VerifyError naming the first input of a stage that the run produced but that
+    no longer is the file its manifest recorded: a model or weights file listed as an
+    artifact, or (for the data manifest) any data file it lists. Inputs the run did not
+    make (a user's own model) are not checked: nothing records them."""
+    run = Path(run)
+    path = run / RUN_MANIFEST
+    artifacts = _load(path).get("artifacts", {}) if path.is_file() else {}
+    by_path = {_path(run, key).resolve(): (key, e) for key, e in artifacts.items()}
+    hasher = _Hasher()
+    for p in inputs:
+        p = Path(p)
+        if p.resolve() in by_path:
+            key, e = by_path[p.resolve()]
+            found = hasher(p)
+            if found != e.get("sha256"):
+                state = "is missing" if found is None else "differs from"
+                raise VerifyError(f"{p}: {state} the file {e.get('stage', 'its stage')} made (the manifest "
+                                  f"recorded sha256 {e.get('sha256', '')[:12]}...): refusing to train on a "
+                                  f"changed input; make it again, or see `make verify RUN={run}`")
+        if p.name == "manifest.json" and p.is_file():
+            report = Report(run)
+            _check_data_manifest(report, hasher, p)
+            if report.problems:
+                raise VerifyError(f"{report.problems[0]}: refusing to train on changed data; prepare it "
+                                  f"again, or see `make verify RUN={run}`")
+
+
+def snapshot_intact(state_path, net) -> bool:
+    """Whether a Caffe snapshot (`<prefix>_iter_N.solverstate` and its `.caffemodel`) was
+    written whole. Caffe writes both straight under their final names, so a run killed
+    while it snapshots leaves one cut short, and restoring from it aborts the process
+    (a failed CHECK, no exception): every later resume would die the same way. A cut
+    that happens to fall between two fields still parses, so the contents are counted
+    against the net (`net`: the pycaffe net the snapshot is for)."""
+    from mcl.caffe_pb import caffe_pb2
+    from mcl.caffemodel import ModelError, check_fits, load
+
+    state_path = Path(state_path)
+    state = caffe_pb2.SolverState()
+    try:
+        state.ParseFromString(state_path.read_bytes())
+    except Exception:  # protobuf's DecodeError, or an unreadable file
+        return False
+    if len(state.history) != sum(len(blobs) for blobs in net.params.values()):
+        return False
+    model = state_path.with_suffix(".caffemodel")
+    try:
+        check_fits(load(model), net, model, require_all=True)
+    except ModelError:
+        return False
+    return True

@@ -1,0 +1,127 @@
+"""`make verify` (tools/verify.py): every checksum of a run recomputed, each changed or
+missing file named; and a stage that refuses a changed input instead of training on it.
+
+Also home of the tiny run (data, nets, BM, Eq. 5 weights, heads) that the corpus and
+fault tests share: built once per session through the tools themselves."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+# A synthetic set of 24 + 6 faces in the 5-point layout, 2 crops per training face.
+PREPARE = ["--dataset", "synth", "--layout", "5", "--n-train", "24", "--n-test", "6", "--copies", "2",
+           "--synth-size", "100", "--seed", "3", "--quiet", "--force"]
+# Schedule scale 0.0001: stage 1 runs 18 iterations (a snapshot after each), the others 6.
+NETS = ["--layout", "5", "--scale", "0.0001", "--seed", "1", "--batch", "4"]
+
+
+def tool(script: str, *args, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run([PY, str(ROOT / script), *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        pytest.fail(f"{script} {' '.join(map(str, args))} failed ({proc.returncode}):\n"
+                    f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(base, run). base: prepared data and the run's nets, what stage 1 starts from.
+    run: base after stage 1 (BM), the Eq. 5 weights and a joint heads stage from BM.
+    Built once per session; callers copy what they change."""
+    root = tmp_path_factory.getbasetemp() / "tiny_run"
+    base, run = root / "base", root / "run"
+    if not (root / "done").exists():
+        shutil.rmtree(root, ignore_errors=True)
+        tool("data_prep/prepare.py", *PREPARE, "--out", base / "data")
+        tool("tools/make_nets.py", "--run", base, *NETS)
+        shutil.copytree(base, run)
+        tool("tools/run_stage.py", "--run", run, "--stage", "stage1")
+        tool("tools/compute_weights.py", "--run", run, "--model", run / "models/bm.caffemodel", "--eq", 5,
+             "--out", run / "weights/bm_eq5.json")
+        tool("tools/run_stage.py", "--run", run, "--stage", "heads", "--init", run / "models/bm.caffemodel")
+        (root / "done").write_text("")
+    return base, run
+
+
+def flip_byte(path: Path, where: float = 0.5) -> None:
+    data = bytearray(path.read_bytes())
+    data[int(len(data) * where)] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def run(tmp_path_factory, tmp_path) -> Path:
+    _, built = tiny_run(tmp_path_factory)
+    copy = tmp_path / "run"
+    shutil.copytree(built, copy)
+    return copy
+
+
+def verify(run: Path) -> subprocess.CompletedProcess:
+    return tool("tools/verify.py", "--run", run, check=False)
+
+
+def test_an_intact_run_verifies(run):
+    r = verify(run)
+    assert r.returncode == 0, r.stderr
+    assert "intact" in r.stdout and r.stderr == ""
+    doc = json.loads((run / "manifest.json").read_text())["artifacts"]
+    assert {"models/bm.caffemodel", "weights/bm_eq5.json", "models/heads.caffemodel"} <= set(doc)
+
+
+@pytest.mark.parametrize("rel", ["data/train_000.h5", "models/bm.caffemodel", "models/heads.raw.caffemodel",
+                                 "weights/bm_eq5.json", "data/val_lmdb/data.mdb"])
+def test_a_changed_byte_is_caught_and_named(run, rel):
+    flip_byte(run / rel)
+    r = verify(run)
+    assert r.returncode == 2
+    assert f"{run / rel}: differs from the manifest" in r.stderr
+    assert "NOT intact" in r.stderr
+
+
+def test_missing_files_are_named(run):
+    (run / "weights/bm_eq5.json").unlink()
+    (run / "data/test_000.h5").unlink()
+    r = verify(run)
+    assert r.returncode == 2
+    assert f"{run / 'weights/bm_eq5.json'}: missing (artifact of weights-eq5)" in r.stderr
+    assert f"{run / 'data/test_000.h5'}: missing" in r.stderr
+    assert "2 missing" in r.stderr
+
+
+def test_a_run_without_manifest_is_refused(tmp_path):
+    r = verify(tmp_path)
+    assert r.returncode == 2 and f"{tmp_path / 'manifest.json'}: missing" in r.stderr
+
+
+def test_make_verify(run):
+    ok = subprocess.run(["make", "-s", "verify", f"RUN={run}"], cwd=ROOT, capture_output=True, text=True)
+    assert ok.returncode == 0 and "intact" in ok.stdout, ok.stderr
+    flip_byte(run / "models/bm.caffemodel")
+    bad = subprocess.run(["make", "-s", "verify", f"RUN={run}"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode != 0 and f"{run / 'models/bm.caffemodel'}: differs" in bad.stderr
+
+
+@pytest.mark.parametrize("rel", ["models/bm.caffemodel", "weights/bm_eq5.json", "data/train_000.h5"])
+def test_a_stage_refuses_a_changed_input(run, rel):
+    """Stage 2 from BM with the Eq. 5 weights, after one of them (or the training data)
+    changed since the manifest recorded it: refused, nothing trained, nothing written."""
+    if rel.endswith(".json"):  # still valid JSON, one weight changed by 1e-6
+        doc = json.loads((run / rel).read_text())
+        doc["weights"][0] += 1e-6
+        (run / rel).write_text(json.dumps(doc, indent=2) + "\n")
+    else:
+        flip_byte(run / rel)
+    r = tool("tools/run_stage.py", "--run", run, "--stage", "stage2", "--init", run / "models/bm.caffemodel",
+             "--loss-weights", run / "weights/bm_eq5.json", check=False)
+    assert r.returncode == 2, r.stderr
+    assert f"{run / rel}" in r.stderr and "refusing to train" in r.stderr and "Traceback" not in r.stderr
+    assert not (run / "models/stage2.caffemodel").exists() and not (run / "models/stage2.raw.caffemodel").exists()
+    assert not list((run / "snapshots").glob("stage2*"))

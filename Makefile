@@ -12,11 +12,14 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 SETUP_STAMP := .venv/.mcl-setup.stamp
 
-# `make demo` alone: the synthetic faces at a schedule that finishes in minutes, in runs/demo.
+# `make demo` alone: the synthetic faces on the demo's own schedule (mcl/stages.py SCHEDULES),
+# in runs/demo, with the audit's equal-budget control and occlusion test.
 ifeq ($(MAKECMDGOALS),demo)
-SCALE ?= 0.002
+SCHEDULE ?= demo
 RUN ?= runs/demo
+AUDIT_PARTS ?= equal_budget occlusion
 endif
+SCHEDULE ?= paper
 DATASET ?= synth
 DATA_ROOT ?=
 SEED ?= 0
@@ -55,7 +58,7 @@ BN_BATCHES ?= 60
 FROZEN_BN_STAGE2 ?= global
 FROZEN_BN_HEADS ?= global
 data_settings := dataset=$(DATASET) data_root=$(DATA_ROOT) layout=$(LAYOUT) seed=$(SEED) opts=$(DATA_OPTS)
-train_settings := layout=$(LAYOUT) scale=$(SCALE) seed=$(SEED) source=$(SOURCE) batch=$(BATCH) frozen_bn=$(FROZEN_BN_STAGE2),$(FROZEN_BN_HEADS)
+train_settings := layout=$(LAYOUT) scale=$(SCALE) schedule=$(SCHEDULE) seed=$(SEED) source=$(SOURCE) batch=$(BATCH) frozen_bn=$(FROZEN_BN_STAGE2),$(FROZEN_BN_HEADS)
 bn_settings := bn_stats=$(BN_STATS) bn_batches=$(BN_BATCHES)
 PIPELINE_GOALS := data stage1 weights-bm stage2 stage3 weights-wm heads assemble evaluate demo \
   audit $(AUDIT_TARGETS) audit-models
@@ -83,7 +86,7 @@ bench-data: | $(SETUP_STAMP)
 # ---- nets and solvers of the run (SPEC 2-5) ---------------------------------
 NETS := $(RUN)/nets/.generated
 $(NETS): $(RUN)/.settings/train | $(SETUP_STAMP)
-	$(PY) tools/make_nets.py --run $(RUN) --layout $(LAYOUT) --scale $(SCALE) --seed $(SEED) --source $(SOURCE) $(if $(BATCH),--batch $(BATCH)) \
+	$(PY) tools/make_nets.py --run $(RUN) --layout $(LAYOUT) --scale $(SCALE) --schedule $(SCHEDULE) --seed $(SEED) --source $(SOURCE) $(if $(BATCH),--batch $(BATCH)) \
 	  --frozen-bn-stage2 $(FROZEN_BN_STAGE2) --frozen-bn-heads $(FROZEN_BN_HEADS)
 	@touch $@
 
@@ -242,8 +245,13 @@ diagrams: | $(SETUP_STAMP)
 bench-nets: | $(SETUP_STAMP)
 	$(PY) tools/bench_nets.py
 
-demo: evaluate
-	@echo "demo done: $(RUN)/eval/test.md (report), $(RUN)/eval/test_ced.png (CED), $(RUN)/manifest.json"
+# The demo: Algorithm 1, the evaluation, the audit's controls, the port of AM to ONNX
+# (checked against Caffe), then one summary table.
+$(RUN)/summary.json: $(RUN)/eval/test.json $(A)/audit.json $(PORT_ONNX)
+	$(PY) tools/summary.py --run $(RUN) --onnx $(PORT_ONNX)
+
+demo: $(RUN)/summary.json
+	@cat $(RUN)/summary.md
 
 # Every checksum of RUN/manifest.json and RUN/data/manifest.json, recomputed: names each
 # file that is missing or changed (exit 2), or says the run is intact.

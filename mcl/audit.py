@@ -272,7 +272,8 @@ def run_settings(run: Path) -> dict:
         "run": str(run.resolve()),
         "dataset": (data.get("source") or {}).get("dataset") or (data.get("settings") or {}).get("dataset"),
         "test_split": (data.get("settings") or {}).get("test_split"),
-        "layout": s.get("layout"), "schedule_scale": s.get("schedule_scale"), "seed": s.get("seed"),
+        "layout": s.get("layout"), "schedule_scale": s.get("schedule_scale"), "schedule": s.get("schedule", "paper"),
+        "seed": s.get("seed"),
         "batch_size": s.get("batch_size"), "engine": bm.get("engine", "caffe"), "device": bm.get("device", "cpu"),
         "caffe_version": bm.get("caffe_version"),
         "interpretations": {

@@ -20,7 +20,7 @@ from mcl.netgen import FROZEN_BN_DEFAULT
 from mcl.stages import BATCH_SIZE
 
 HEADER_RE = re.compile(r"layout (?P<layout>\w+), schedule scale (?P<scale>[0-9.eE+-]+), "
-                       r"seed (?P<seed>-?\d+), input (?P<input>\w+)(, batch (?P<batch>\d+))?(, frozen BatchNorm (?P<fbn>\w+))?")
+                       r"seed (?P<seed>-?\d+), input (?P<input>\w+)(, batch (?P<batch>\d+))?(, frozen BatchNorm (?P<fbn>\w+))?(, schedule (?P<schedule>\w+))?")
 
 
 def sha256(path) -> str:
@@ -103,7 +103,7 @@ def solver_settings(solver_path: Path) -> dict:
     m = HEADER_RE.search(header)
     if m:
         out.update(layout=m["layout"], schedule_scale=float(m["scale"]), seed=int(m["seed"]), input=m["input"],
-                   batch_size=int(m["batch"] or BATCH_SIZE))
+                   batch_size=int(m["batch"] or BATCH_SIZE), schedule=m["schedule"] or "paper")
         stage = Path(solver_path).name[: -len("_solver.prototxt")]
         stage = "heads" if stage.startswith("head") else stage
         if stage in FROZEN_BN_DEFAULT:

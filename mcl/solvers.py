@@ -7,23 +7,23 @@ intervals that follow from them); every other setting is the paper's.
 from __future__ import annotations
 
 from mcl.caffe_pb import caffe_pb2
-from mcl.stages import GAMMA, MOMENTUM, STEPSIZE, WEIGHT_DECAY, Stage, scaled, stage_iterations
+from mcl.stages import GAMMA, MOMENTUM, WEIGHT_DECAY, Stage, stage_iterations, stage_stepsize
 
 SNAPSHOTS_PER_STAGE = 10  # a resumable point every tenth of a stage
 DISPLAYS_PER_STAGE = 100
 
 
 def solver(stage: Stage, train_net: str, snapshot_prefix: str, scale: float = 1.0, seed: int = 0,
-           gpu: bool = False, snapshot: int | None = None):
+           gpu: bool = False, snapshot: int | None = None, schedule: str | None = None):
     """The SolverParameter of `stage` reading `train_net` (paths relative to the run folder)."""
-    max_iter = stage_iterations(stage, scale)
+    max_iter = stage_iterations(stage, scale, schedule)
     s = caffe_pb2.SolverParameter()
     s.train_net = train_net
     s.type = "SGD"
     s.base_lr = stage.base_lr
     s.lr_policy = "step"
     s.gamma = GAMMA
-    s.stepsize = scaled(STEPSIZE, scale)
+    s.stepsize = stage_stepsize(stage, scale, schedule)
     s.max_iter = max_iter
     s.momentum = MOMENTUM
     s.weight_decay = WEIGHT_DECAY

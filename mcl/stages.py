@@ -57,11 +57,37 @@ def get_stage(name: str) -> Stage:
     return STAGES[name]
 
 
-def stage_iterations(stage: Stage, scale: float) -> int:
-    """max_iter of `stage` under the schedule scale."""
+# Named schedules beside the paper's (scaled uniformly): (max_iter, stepsize) of each stage,
+# every other solver setting the paper's. `demo`: the built-in faces in minutes on two cores,
+# chosen from a measured learning curve (README, "The demo"); stage 1 gets most of the budget
+# because BM's accuracy bounds everything after it.
+SCHEDULES = {
+    "demo": {"stage1": (1000, 400), "stage2": (100, 100), "stage3": (150, 100), "heads": (150, 100),
+             "pre_bm": (1000, 400)},
+}
+
+
+def check_schedule(schedule: str | None) -> str | None:
+    if schedule not in (None, "", "paper") and schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}: paper (scaled by the schedule scale) or "
+                         f"{', '.join(SCHEDULES)}")
+    return schedule if schedule in SCHEDULES else None
+
+
+def stage_iterations(stage: Stage, scale: float, schedule: str | None = None) -> int:
+    """max_iter of `stage` under the schedule scale, or under a named schedule."""
     if stage.budget_of:
-        return sum(stage_iterations(STAGES[name], scale) for name in stage.budget_of)
+        return sum(stage_iterations(STAGES[name], scale, schedule) for name in stage.budget_of)
+    if check_schedule(schedule):
+        return SCHEDULES[schedule][stage.name][0]
     return scaled(stage.max_iter, scale)
+
+
+def stage_stepsize(stage: Stage, scale: float, schedule: str | None = None) -> int:
+    """The step policy's stepsize of `stage` (a control stage steps like its last fine-tuning stage)."""
+    if check_schedule(schedule):
+        return SCHEDULES[schedule][stage.budget_of[-2] if stage.budget_of else stage.name][1]
+    return scaled(STEPSIZE, scale)
 
 
 def scaled(iterations: int, scale: float) -> int:

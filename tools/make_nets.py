@@ -18,7 +18,7 @@ from mcl.fileio import atomic_write  # noqa: E402
 from mcl.layouts import LAYOUTS, get_layout  # noqa: E402
 from mcl.netgen import FROZEN_BN_DEFAULT, FROZEN_BN_SETTINGS  # noqa: E402
 from mcl.runfiles import reference_files, run_files  # noqa: E402
-from mcl.stages import BATCH_SIZE  # noqa: E402
+from mcl.stages import BATCH_SIZE, SCHEDULES  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -28,6 +28,9 @@ def main(argv=None) -> int:
     ap.add_argument("--layout", choices=sorted(LAYOUTS, key=int), action="append",
                     help="layout(s) to write (default: all three; with --run exactly one)")
     ap.add_argument("--scale", type=float, default=1.0, help="schedule scale for --run (default 1)")
+    ap.add_argument("--schedule", choices=("paper",) + tuple(SCHEDULES), default="paper",
+                    help="paper: the paper's iterations times --scale (default); demo: the demo's own "
+                         "iterations and steps per stage (mcl/stages.py)")
     ap.add_argument("--seed", type=int, default=0, help="solver random_seed for --run (default 0)")
     ap.add_argument("--batch", type=int, default=BATCH_SIZE,
                     help=f"batch size for --run (default {BATCH_SIZE}, the paper's; smaller for smoke runs)")
@@ -43,7 +46,7 @@ def main(argv=None) -> int:
     if args.run:
         if len(layouts) != 1:
             ap.error("--run needs exactly one --layout")
-        files, root = run_files(layouts[0], args.scale, args.seed, args.source, args.batch, fbn), Path(args.run)
+        files, root = run_files(layouts[0], args.scale, args.seed, args.source, args.batch, fbn, args.schedule), Path(args.run)
     else:
         files, root = {}, Path(args.out)
         for layout in layouts:

@@ -1,0 +1,50 @@
+"""`make demo` at a tiny schedule: every artifact the README promises exists and the summary
+holds numbers (the real demo differs only in its schedule and layout)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    run = tmp_path_factory.mktemp("demo") / "run"
+    settings = [f"RUN={run}", "SCHEDULE=paper", "SCALE=0.0002", "LAYOUT=5", "BATCH=8", "SEED=3",
+                "DATA_OPTS=--n-train 60 --n-test 16 --copies 2 --quiet"]
+    proc = subprocess.run(["make", "--no-print-directory", "demo", *settings], cwd=ROOT, capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        pytest.fail(f"make demo failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-3000:]}")
+    return run, proc.stdout
+
+
+def test_demo_writes_every_promised_artifact(demo):
+    run, _ = demo
+    for rel in ("data/manifest.json", "models/bm.caffemodel", "models/bm.raw.caffemodel", "models/wm.caffemodel",
+                "models/heads.caffemodel", "models/am.caffemodel", "models/am_deploy.prototxt",
+                "models/equal_budget.caffemodel", "eval/test.json", "eval/test.md", "eval/test_ced.png",
+                "eval/test_overlays_BM.png", "eval/test_overlays_WM.png", "eval/test_overlays_AM.png",
+                "audit/audit.md", "audit/audit.json", "audit/audit_ced.png", "audit/equal_budget.json",
+                "audit/occlusion.json", "port/am.onnx", "summary.json", "summary.md", "manifest.json"):
+        assert (run / rel).exists() and (run / rel).stat().st_size > 0, rel
+
+
+def test_demo_summary_holds_numbers(demo):
+    run, out = demo
+    doc = json.loads((run / "summary.json").read_text())
+    for name in ("BM", "WM", "AM"):
+        m = doc["models"][name]
+        assert 0 < m["mean_error"] < 10 and 0 <= m["failure_rate"] <= 1 and m["caffe_ms"] > 0, name
+        assert m["bn_stats"] == "recomputed"
+    assert doc["onnx"]["median_ms"] > 0
+    assert math.isfinite(doc["equal_budget_mean_error"]) and doc["ordering"]
+    assert doc["wall_time_s"]["stage 1 (BM)"] > 0
+    assert "| AM |" in out and "ONNX Runtime" in out  # the table is printed at the end
+    audit = json.loads((run / "audit" / "audit.json").read_text())
+    assert set(audit["ablations"]) == {"equal_budget", "occlusion"}  # the demo's short audit

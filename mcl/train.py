@@ -87,6 +87,9 @@ def _worker(spec: StageSpec, stop_after: int | None) -> int:
     for it, state in snapshots(spec):
         try:
             solver.restore(str(state))
+        from mcl.verify import snapshot_intact
+        if not snapshot_intact(state, solver.net):  # cut short by a kill: Caffe would abort on it
+            continue
         except Exception:  # a snapshot cut short by a kill: try the one before
             continue
         start = it
@@ -212,6 +215,21 @@ def main(argv=None) -> int:
     ap.add_argument("--name", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--init")
+def _stop_with_parent() -> None:
+    """SIGTERM this worker (it snapshots and exits) when the tool that started it dies,
+    even killed with -9; an orphan would go on training, and writing snapshots under the
+    names the next run resumes from, until its next progress line hit a closed pipe."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the tool died before prctl took effect
+        sys.exit(130)
+
+
     ap.add_argument("--stop-after", type=int, help="exit abruptly after this iteration (tests of resuming)")
     a = ap.parse_args(argv)
     spec = StageSpec(Path(a.run).resolve(), a.name, Path(a.init) if a.init else None, Path(a.out).resolve())
@@ -220,3 +238,4 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+    _stop_with_parent()

@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,15 +35,20 @@ def tool(script: str, *args, check: bool = True, timeout: float = 300) -> subpro
 def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
     """(base, run). base: prepared data and the run's nets, what stage 1 starts from.
     run: base after stage 1 (BM), the Eq. 5 weights and a joint heads stage from BM.
-    Built once per session; callers copy what they change."""
+    Built once per session (with the wall times of preparing and of stage 1 in
+    seconds.json beside them); callers copy what they change."""
     root = tmp_path_factory.getbasetemp() / "tiny_run"
     base, run = root / "base", root / "run"
     if not (root / "done").exists():
         shutil.rmtree(root, ignore_errors=True)
+        t0 = time.time()
         tool("data_prep/prepare.py", *PREPARE, "--out", base / "data")
+        t1 = time.time()
         tool("tools/make_nets.py", "--run", base, *NETS)
         shutil.copytree(base, run)
+        t2 = time.time()
         tool("tools/run_stage.py", "--run", run, "--stage", "stage1")
+        root.joinpath("seconds.json").write_text(json.dumps({"prepare": t1 - t0, "stage1": time.time() - t2}))
         tool("tools/compute_weights.py", "--run", run, "--model", run / "models/bm.caffemodel", "--eq", 5,
              "--out", run / "weights/bm_eq5.json")
         tool("tools/run_stage.py", "--run", run, "--stage", "heads", "--init", run / "models/bm.caffemodel")

@@ -242,11 +242,11 @@ def _all_files(folder: str) -> list[str]:
 
 
 def _remove_stale_partials(parent: str, name: str) -> None:
-    """Remove `.<name>.partial-<pid>-*` folders of runs that were killed (their process
-    is gone); a run still going keeps its folder."""
-    prefix = f".{name}.partial-"
+    """Remove `.<name>.partial-<pid>-*` and `.<name>.old-<pid>-*` folders of runs that
+    were killed (their process is gone); a run still going keeps its folders."""
     for entry in os.listdir(parent):
-        if not entry.startswith(prefix):
+        prefix = next((p for p in (f".{name}.partial-", f".{name}.old-") if entry.startswith(p)), None)
+        if prefix is None:
             continue
         pid = entry[len(prefix):].split("-", 1)[0]
         if not pid.isdigit():
@@ -278,9 +278,14 @@ def prepare(st: PrepareSettings) -> dict:
         os.chmod(tmp, 0o777 & ~umask)
         manifest = _prepare_into(tmp, st, name)
         if os.path.exists(out):
-            old = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
+            old = tempfile.mkdtemp(prefix=f".{name}.old-{os.getpid()}-", dir=parent)
             os.rename(out, os.path.join(old, name))
-            os.rename(tmp, out)
+            try:
+                os.rename(tmp, out)
+            except BaseException:
+                os.rename(os.path.join(old, name), out)  # the previous dataset stays
+                os.rmdir(old)
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, out)

@@ -1,0 +1,139 @@
+"""Kill -9 at seeded random moments, during data preparation and during a training stage:
+after each kill the next run finishes, and what it makes equals the uninterrupted run's
+(data byte for byte, weights bit for bit), with nothing left behind.
+
+The moments are drawn over the wall time the uninterrupted run took (the shared tiny
+run of test_verify is the reference). Each kill hits either the whole process group (as
+a crash would) or the tool alone (its workers must then end by themselves)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mcl.verify import check_run
+from test_data_prepare import descendants, still_running, tree
+from test_verify import PREPARE, ROOT, tiny_run, tool
+
+KILLS = 10  # per tool, each one catching the tool running
+SEED = 2024
+
+
+def moments(seconds: float, seed: int):
+    """(trial, when, whom) of each kill: uniform over the reference run's wall time, the
+    whole group or the tool alone. Trials go on until KILLS of them caught the tool
+    running (a moment past its end just lets it finish), at most 3 x KILLS."""
+    rng = random.Random(seed)
+    for trial in range(3 * KILLS):
+        yield trial, rng.uniform(0.02, 1.0) * seconds, rng.choice(("group", "tool"))
+
+
+def start_and_kill(cmd: list, when: float, whom: str) -> bool:
+    """Start `cmd` in its own process group and kill -9 it (or its group) after `when`
+    seconds; True if it was still running then. Returns once every process it started
+    has ended."""
+    proc = subprocess.Popen([sys.executable, *map(str, cmd)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        proc.wait(when)
+        return False
+    except subprocess.TimeoutExpired:
+        pass
+    kids = descendants(proc.pid)
+    if whom == "group":
+        os.killpg(proc.pid, signal.SIGKILL)
+    else:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 30
+    while still_running(kids) and time.time() < deadline:
+        time.sleep(0.05)
+    assert still_running(kids) == [], f"processes left after kill -9 of the {whom}"
+    return True
+
+
+def seconds(tmp_path_factory) -> dict:
+    base, _ = tiny_run(tmp_path_factory)
+    return json.loads((base.parent / "seconds.json").read_text())
+
+
+def test_killed_data_preparation_reruns_to_identical_bytes(tmp_path_factory, tmp_path):
+    base, _ = tiny_run(tmp_path_factory)
+    want = tree(str(base / "data"))
+    killed = 0
+    for k, when, whom in moments(seconds(tmp_path_factory)["prepare"], SEED):
+        folder = tmp_path / f"k{k}"
+        cmd = [ROOT / "data_prep/prepare.py", *PREPARE, "--out", folder / "data"]
+        killed += start_and_kill(cmd, when, whom)
+        tool(*map(str, cmd))
+        got = tree(str(folder / "data"))
+        assert sorted(got) == sorted(want), f"kill {k} at {when:.2f} s ({whom})"
+        assert all(got[f] == want[f] for f in want), [f for f in want if got[f] != want[f]]
+        assert os.listdir(folder) == ["data"], f"left behind: {os.listdir(folder)}"
+        if killed == KILLS:
+            break
+    print(f"data preparation: {killed} kills caught it running in {k + 1} trials")
+    assert killed == KILLS
+
+
+def test_killed_stage_reruns_to_identical_weights(tmp_path_factory, tmp_path):
+    base, run = tiny_run(tmp_path_factory)
+    want = {m: (run / "models" / m).read_bytes() for m in ("bm.caffemodel", "bm.raw.caffemodel")}
+    killed = 0
+    for k, when, whom in moments(seconds(tmp_path_factory)["stage1"], SEED + 1):
+        folder = tmp_path / f"k{k}"
+        shutil.copytree(base, folder)
+        cmd = [ROOT / "tools/run_stage.py", "--run", folder, "--stage", "stage1"]
+        killed += start_and_kill(cmd, when, whom)
+        tool(*map(str, cmd))
+        for m, data in want.items():
+            assert (folder / "models" / m).read_bytes() == data, f"{m} after kill {k} at {when:.2f} s ({whom})"
+        report = check_run(folder)
+        assert report.intact, [str(p) for p in report.problems]
+        assert not list((folder / "models").glob(".*")), "a temporary model was left"
+        if killed == KILLS:
+            break
+    print(f"stage 1: {killed} kills caught it running in {k + 1} trials")
+    assert killed == KILLS
+
+
+@pytest.mark.parametrize("suffix", [".solverstate", ".caffemodel"])
+def test_a_snapshot_cut_short_is_passed_over(tmp_path_factory, tmp_path, suffix):
+    """A kill while Caffe writes a snapshot leaves it cut short under its final name;
+    Caffe aborts on such a file, so resuming takes the snapshot before it."""
+    from mcl.train import StageError, StageSpec, run_stage
+    base, run = tiny_run(tmp_path_factory)
+    folder = tmp_path / "r"
+    shutil.copytree(base, folder)
+    with pytest.raises(StageError):  # dies after iteration 12, a snapshot after each
+        run_stage(StageSpec(folder, "stage1", None, folder / "models/bm.raw.caffemodel"), progress=False,
+                  stop_after=12)
+    newest = folder / "snapshots" / f"stage1_iter_12{suffix}"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    out = tool("tools/run_stage.py", "--run", folder, "--stage", "stage1")
+    assert "resuming from iteration 11 " in out.stdout
+    for m in ("bm.caffemodel", "bm.raw.caffemodel"):
+        assert (folder / "models" / m).read_bytes() == (run / "models" / m).read_bytes(), m
+
+
+def test_a_run_killed_between_its_two_renames_is_cleaned_up(tmp_path_factory, tmp_path):
+    """Replacing a dataset moves the old one aside, then the new one in: a kill between
+    the two leaves both in hidden folders; the next run removes them and finishes."""
+    base, _ = tiny_run(tmp_path_factory)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    shutil.copytree(base / "data", tmp_path / f".data.old-{dead.pid}-x1" / "data")
+    shutil.copytree(base / "data", tmp_path / f".data.partial-{dead.pid}-x2")
+    tool("data_prep/prepare.py", *PREPARE, "--out", tmp_path / "data")
+    assert os.listdir(tmp_path) == ["data"]
+    assert tree(str(tmp_path / "data")) == tree(str(base / "data"))
+

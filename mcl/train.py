@@ -38,6 +38,8 @@ class StageSpec:
     name: str  # file stem under nets/ and solvers/: stage1, stage2, stage3, heads, head_<c>, pre_bm
     init: Path | None  # caffemodel to start from (by layer name), None for random init
     out: Path  # final caffemodel
+    engine: str = "caffe"  # caffe (pycaffe, the reference) or torch (mcl.engine, Caffe's numerics in PyTorch)
+    device: str = "cpu"  # torch engine only: cpu or cuda
 
     @property
     def solver_path(self) -> Path:
@@ -85,11 +87,11 @@ def _worker(spec: StageSpec, stop_after: int | None) -> int:
     solver = caffe.SGDSolver(str(spec.solver_path))
     start = 0
     for it, state in snapshots(spec):
-        try:
-            solver.restore(str(state))
         from mcl.verify import snapshot_intact
         if not snapshot_intact(state, solver.net):  # cut short by a kill: Caffe would abort on it
             continue
+        try:
+            solver.restore(str(state))
         except Exception:  # a snapshot cut short by a kill: try the one before
             continue
         start = it
@@ -147,7 +149,10 @@ def run_stage(spec: StageSpec, progress: bool = True, stop_after: int | None = N
         raise StageError(f"{spec.init}: the model this stage starts from is missing")
     spec.log_path.parent.mkdir(parents=True, exist_ok=True)
     spec.snapshot_prefix.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "mcl.train", "--run", str(spec.run), "--name", spec.name, "--out", str(spec.out)]
+    module = "mcl.engine" if spec.engine == "torch" else "mcl.train"
+    cmd = [sys.executable, "-m", module, "--run", str(spec.run), "--name", spec.name, "--out", str(spec.out)]
+    if spec.engine == "torch":
+        cmd += ["--device", spec.device]
     if spec.init is not None:
         cmd += ["--init", str(Path(spec.init).resolve())]
     if stop_after is not None:
@@ -196,7 +201,8 @@ def run_stage(spec: StageSpec, progress: bool = True, stop_after: int | None = N
     if "error" in summary:
         raise StageError(summary["error"])
     if rc != 0:
-        raise StageError(f"{spec.name}: Caffe failed (exit {rc}); see {spec.log_path}")
+        what = "Caffe" if spec.engine == "caffe" else "the torch engine"
+        raise StageError(f"{spec.name}: {what} failed (exit {rc}); see {spec.log_path}")
     for _, state in snapshots(spec)[1:]:  # a finished stage keeps only its last snapshot
         state.unlink(missing_ok=True)
         state.with_suffix(".caffemodel").unlink(missing_ok=True)
@@ -209,12 +215,6 @@ def _tenth(ev: dict) -> bool:
     return ev["iter"] == ev["max_iter"] or ev["iter"] % step == 0
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Worker process of one training stage (used by tools/run_stage.py).")
-    ap.add_argument("--run", required=True)
-    ap.add_argument("--name", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--init")
 def _stop_with_parent() -> None:
     """SIGTERM this worker (it snapshots and exits) when the tool that started it dies,
     even killed with -9; an orphan would go on training, and writing snapshots under the
@@ -230,12 +230,18 @@ def _stop_with_parent() -> None:
         sys.exit(130)
 
 
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Worker process of one training stage (used by tools/run_stage.py).")
+    ap.add_argument("--run", required=True)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--init")
     ap.add_argument("--stop-after", type=int, help="exit abruptly after this iteration (tests of resuming)")
     a = ap.parse_args(argv)
     spec = StageSpec(Path(a.run).resolve(), a.name, Path(a.init) if a.init else None, Path(a.out).resolve())
+    _stop_with_parent()
     return _worker(spec, a.stop_after)
 
 
 if __name__ == "__main__":
     sys.exit(main())
-    _stop_with_parent()

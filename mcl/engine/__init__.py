@@ -1,0 +1,14 @@
+"""The torch engine: a run's own solver and train net trained in PyTorch with Caffe's numerics.
+
+Caffe stays the reference. The engine reads the same generated files
+(`nets/<stage>_train.prototxt`, `solvers/<stage>_solver.prototxt`), feeds the same
+batches, updates as Caffe's SGD does and writes the same caffemodels and snapshots,
+so everything downstream (weights, assembly, evaluation) runs unchanged in Caffe.
+Its equality with Caffe is tested stage by stage (tests/test_engine.py).
+
+  sgd.py      Caffe's SGD update and "step" learning-rate policy
+  feeds.py    the HDF5Data / LMDB Data layers, in Caffe's order
+  fillers.py  iteration-0 weights (Caffe's own where pycaffe is there)
+  solver.py   Solver: the counterpart of pycaffe's SGDSolver (step, snapshot, restore)
+  worker.py   the stage's child process (`python -m mcl.engine`), as mcl.train's
+"""

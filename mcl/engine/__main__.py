@@ -1,0 +1,5 @@
+import sys
+
+from mcl.engine.worker import main
+
+sys.exit(main())

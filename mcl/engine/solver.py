@@ -1,0 +1,224 @@
+"""A run's own solver and train net, trained in PyTorch with Caffe's numerics.
+
+`Solver` is the torch counterpart of pycaffe's SGDSolver: it reads the solver
+prototxt and the train net it names (mcl.torchnet builds the net from the
+NetParameter, so there is no second description of the nets), feeds the net's
+data layers as Caffe does (feeds.py), and updates as sgd_solver.cpp does (sgd.py).
+
+Snapshots are Caffe's own files: `<prefix>_iter_<N>.caffemodel` (a NetParameter
+with the blobs) and `<prefix>_iter_<N>.solverstate` (a SolverState with one
+history blob per learnable blob, in Caffe's order), so the next stage, the
+assembly and the evaluation read them unchanged, and Caffe can resume from them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from google.protobuf import text_format
+
+from mcl import caffemodel
+from mcl.caffe_pb import caffe_pb2
+from mcl.engine import feeds as feeding
+from mcl.engine.fillers import caffe_initial_blobs, own_initial_blobs
+from mcl.engine.sgd import Blob, CaffeSGD, Settings
+from mcl.fileio import atomic_write
+
+
+def configure_device(device: torch.device, tf32: bool = False) -> None:
+    """Full float32 unless asked otherwise, and reproducible kernels (exact resuming)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.set_float32_matmul_precision("high" if tf32 else "highest")
+
+
+class Solver:
+    """SGD over one train net, iteration by iteration, as Caffe's SGDSolver::Step(1)."""
+
+    def __init__(self, run, solver_path, device: str = "cpu", tf32: bool = False, fillers: str = "auto"):
+        from mcl import torchnet
+        self.run = Path(run).resolve()
+        self.solver_path = Path(solver_path)
+        if not self.solver_path.is_absolute():
+            self.solver_path = self.run / self.solver_path
+        sp = text_format.Parse(self.solver_path.read_text(), caffe_pb2.SolverParameter())
+        self.settings = Settings.from_proto(sp, str(self.solver_path))
+        net_path = self.run / self.settings.train_net
+        self.net_param = text_format.Parse(net_path.read_text(), caffe_pb2.NetParameter())
+        self.device = torch.device(device)
+        configure_device(self.device, tf32)
+        self.feeds = feeding.feeds(self.run, self.net_param, self.device)
+        shapes = {top: tuple(t.shape) for top, t in feeding.batch(self.feeds, 0).items()}
+        self.net = torchnet.from_netparameter(self.net_param, "TRAIN", input_shapes=shapes).to(self.device)
+        self.init_source = self._initialise(fillers)
+        self.loss_tops = list(self.net.loss_weights)
+        self.loss_weights = [float(self.net.loss_weights[t]) for t in self.loss_tops]
+        self._w = torch.tensor(self.loss_weights, dtype=torch.float32, device=self.device)
+        self.sgd = CaffeSGD(self.settings, self._blobs())
+        self.iter = 0
+        self.last_losses: torch.Tensor | None = None
+        self.last_rate = self.settings.rate(0)
+
+    # ---- weights ----------------------------------------------------------------------
+
+    def _blobs(self) -> list[Blob]:
+        out = []
+        for layer, idx, tensor, lr, decay in self.net.blob_params():
+            tensor.requires_grad_(lr != 0)  # Caffe computes no diff for lr_mult 0 (net.cpp)
+            out.append(Blob(layer, idx, tensor, np.float32(lr), np.float32(decay)))
+        return out
+
+    def _rebind(self) -> None:
+        """After blobs were loaded: the solver updates the net's current tensors."""
+        fresh = self._blobs()
+        if [(b.layer, b.index) for b in fresh] != [(b.layer, b.index) for b in self.sgd.blobs]:
+            raise RuntimeError("the net's learnable blobs changed while loading weights")
+        self.sgd.blobs = fresh
+
+    def _initialise(self, fillers: str) -> str:
+        blobs = None
+        if fillers in ("auto", "caffe"):
+            blobs = caffe_initial_blobs(self.run, self.solver_path)
+            if blobs is None and fillers == "caffe":
+                raise RuntimeError("pycaffe is not importable: cannot draw Caffe's own initial weights")
+        source = "caffe"
+        if blobs is None:
+            shapes = {name: [a.shape for a in arrays] for name, arrays in self.net.caffe_blobs().items()}
+            blobs = own_initial_blobs(self.net_param, shapes, self.settings.random_seed)
+            source = "torch"
+        self.net.load_caffe_blobs(blobs, strict=True)
+        return source
+
+    def blobs(self) -> dict[str, list[np.ndarray]]:
+        """Every blob of the net by layer name (BatchNorm statistics included), as Caffe stores them."""
+        return self.net.caffe_blobs()
+
+    def copy_from(self, path) -> None:
+        """Caffe's Net::CopyTrainedLayersFrom: blobs by layer name; layers not in the net are ignored.
+
+        Raises caffemodel.ModelError naming the layer whose blobs do not fit (Caffe would abort).
+        """
+        have = caffemodel.blobs(caffemodel.load(path))
+        mine = self.net.caffe_blobs()
+        take = {}
+        for name, arrays in have.items():
+            if name not in mine:
+                continue
+            want = [a.shape for a in mine[name]]
+            if len(want) != len(arrays) or any(a.size != int(np.prod(w)) for a, w in zip(arrays, want)):
+                raise caffemodel.ModelError(
+                    f"{path}: does not fit the net: layer {name!r} holds blobs {[a.shape for a in arrays]}, "
+                    f"the net needs {want} (a model of another layout or net?)")
+            take[name] = [a.reshape(w) for a, w in zip(arrays, want)]
+        self.net.load_caffe_blobs(take, strict=False)
+        self._rebind()
+
+    def model_param(self):
+        """The net as Caffe's Net::ToProto writes it: the train net's layers with their blobs."""
+        out = caffe_pb2.NetParameter()
+        out.name = self.net_param.name
+        blobs = self.net.caffe_blobs()
+        for layer in self.net_param.layer:
+            lay = out.layer.add()
+            lay.CopyFrom(layer)
+            lay.phase = caffe_pb2.TRAIN
+            for a in blobs.get(layer.name, []):
+                caffemodel.set_blob(lay.blobs.add(), a)
+        return out
+
+    def save(self, path) -> None:
+        caffemodel.save(self.model_param(), path)
+
+    # ---- training ---------------------------------------------------------------------
+
+    def step(self) -> None:
+        """One iteration: forward and backward on the iteration's batches, then Caffe's update."""
+        out = self.net(feeding.batch(self.feeds, self.iter))
+        losses = torch.stack([out[t].reshape(()) for t in self.loss_tops])
+        (losses * self._w).sum().backward()
+        self.last_rate = self.sgd.apply_update(self.iter)
+        self.last_losses = losses.detach()
+        self.iter += 1
+
+    @property
+    def loss(self) -> float:
+        """The last iteration's loss as the Caffe runner reports it: sum of loss_weight * loss blob."""
+        if self.last_losses is None:
+            raise RuntimeError("no iteration has run yet")
+        return sum(w * v for w, v in zip(self.loss_weights, self.last_losses.tolist()))
+
+    # ---- snapshots ----------------------------------------------------------------------
+
+    def snapshot_paths(self, it: int | None = None) -> tuple[str, Path, Path]:
+        it = self.iter if it is None else it
+        rel = f"{self.settings.snapshot_prefix}_iter_{it}"
+        return f"{rel}.caffemodel", self.run / f"{rel}.caffemodel", self.run / f"{rel}.solverstate"
+
+    def _caffe_order(self) -> list[tuple[str, int, tuple]]:
+        """Caffe's learnable_params order: layers in net order, their blobs in order (BatchNorm's too)."""
+        blobs = self.net.caffe_blobs()
+        return [(layer.name, i, a.shape) for layer in self.net_param.layer
+                for i, a in enumerate(blobs.get(layer.name, []))]
+
+    def snapshot(self) -> Path:
+        """Solver::Snapshot: the model, then the solver state naming it."""
+        rel_model, model, state_path = self.snapshot_paths()
+        self.save(model)
+        state = caffe_pb2.SolverState()
+        state.iter = self.iter
+        state.learned_net = rel_model
+        state.current_step = self.settings.current_step(max(0, self.iter - 1))
+        hist = {(b.layer, b.index): h for b, h in zip(self.sgd.blobs, self.sgd.history)}
+        for layer, i, shape in self._caffe_order():
+            h = hist.get((layer, i))
+            caffemodel.set_blob(state.history.add(),
+                                np.zeros(shape, np.float32) if h is None else h.detach().cpu().numpy().reshape(shape))
+        atomic_write(state_path, state.SerializeToString())
+        return state_path
+
+    def restore(self, state_path) -> None:
+        """SGDSolver::RestoreSolverState: a snapshot of either engine, in either of Caffe's formats
+        (binary proto `.solverstate`, or HDF5 `.solverstate.h5` with its `.caffemodel.h5`)."""
+        state_path = Path(state_path)
+        it, learned_net, history = _read_state(state_path)
+        order = self._caffe_order()
+        if len(history) != len(order):
+            raise caffemodel.ModelError(f"{state_path}: {len(history)} history blobs, the net has {len(order)}")
+        model = self.run / learned_net if learned_net else None
+        if model is None or not model.exists():
+            model = Path(str(state_path).replace(".solverstate", ".caffemodel"))
+        self.net.load_caffe_blobs(_read_model(model), strict=True)
+        self._rebind()
+        index = {(layer, i): k for k, (layer, i, _) in enumerate(order)}
+        for b, h in zip(self.sgd.blobs, self.sgd.history):
+            saved = history[index[(b.layer, b.index)]]
+            h.copy_(torch.from_numpy(np.asarray(saved, np.float32).reshape(h.shape)))
+        self.iter = int(it)
+        self.last_losses = None
+
+
+def _read_state(path: Path) -> tuple[int, str, list[np.ndarray]]:
+    if path.name.endswith(".h5"):
+        import h5py
+        with h5py.File(path, "r") as f:
+            learned = f["learned_net"][()] if "learned_net" in f else b""
+            n = len(f["history"])
+            return (int(np.asarray(f["iter"]).ravel()[0]), learned.decode() if isinstance(learned, bytes) else str(learned),
+                    [np.asarray(f["history"][str(i)]) for i in range(n)])
+    state = caffe_pb2.SolverState()
+    state.ParseFromString(path.read_bytes())
+    return state.iter, state.learned_net, [caffemodel.blob_array(h) for h in state.history]
+
+
+def _read_model(path: Path) -> dict[str, list[np.ndarray]]:
+    if path.name.endswith(".h5"):
+        import h5py
+        with h5py.File(path, "r") as f:
+            return {name: [np.asarray(g[str(i)], np.float32) for i in range(len(g))] for name, g in f["data"].items()
+                    if len(g)}
+    return caffemodel.blobs(caffemodel.load(path))

@@ -1,0 +1,116 @@
+"""The child process of one stage trained by the torch engine (`python -m mcl.engine`).
+
+It speaks to mcl.train.run_stage exactly as the Caffe worker does: progress as JSON
+lines on stdout ({"event": "iter", ...}, "resumed", "init", "error", "interrupted",
+"done"), the log on stderr (Caffe-style lines: "Iteration N, loss = ..."), the same
+snapshot files, the same exit codes (130 after Ctrl-C with a snapshot written, 137
+for --stop-after). Resuming needs no data replay: batch k is a function of k.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+
+def _log(msg: str) -> None:
+    print(f"I{time.strftime('%m%d %H:%M:%S')} mcl.engine] {msg}", file=sys.stderr, flush=True)
+
+
+def _emit(**event) -> None:
+    print(json.dumps(event), flush=True)
+
+
+def work(spec, stop_after: int | None, device: str = "cpu", tf32: bool = False) -> int:
+    import torch
+
+    from mcl.caffemodel import ModelError
+    from mcl.engine.solver import Solver
+    from mcl.train import snapshots
+
+    os.chdir(spec.run)
+    _log(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads"
+         + (", TF32 on" if tf32 else ""))
+    solver = Solver(spec.run, spec.solver_path, device=device, tf32=tf32)
+    sp = solver.settings
+    _log(f"Solving {solver.net_param.name} ({spec.solver_path.name}), initial weights from {solver.init_source}'s "
+         f"fillers (seed {sp.random_seed})")
+    start = 0
+    for it, state in snapshots(spec):
+        try:
+            solver.restore(state)
+        except (ModelError, OSError, ValueError, RuntimeError) as exc:  # cut short by a kill: the one before
+            _log(f"snapshot {state.name} unreadable ({exc}); trying the one before")
+            continue
+        start = it
+        break
+    if start:
+        _log(f"Restored solver state from {state}")
+        _emit(event="resumed", iter=start, **{"from": str(state)})
+    elif spec.init is not None:
+        try:
+            solver.copy_from(spec.init)
+        except ModelError as exc:
+            _emit(event="error", message=str(exc))
+            return 3
+        _log(f"Copying weights from {spec.init}")
+        _emit(event="init", **{"from": str(spec.init)})
+
+    interrupted = False
+
+    def on_signal(signum, frame):
+        nonlocal interrupted
+        interrupted = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    t0 = time.time()
+    while solver.iter < sp.max_iter:
+        solver.step()
+        it = solver.iter
+        if sp.snapshot and it % sp.snapshot == 0:
+            _log(f"Snapshotting solver state to {solver.snapshot()}")
+        if it % sp.display == 0 or it == sp.max_iter:
+            loss = solver.loss
+            lr = float(sp.base_lr) * float(sp.gamma) ** (it // sp.stepsize)  # as mcl.train reports it
+            _log(f"Iteration {it - 1}, loss = {loss:.6g}")
+            _log(f"Iteration {it - 1}, lr = {float(solver.last_rate):.6g}")
+            _emit(event="iter", iter=it, max_iter=sp.max_iter, loss=loss, lr=lr,
+                  elapsed=time.time() - t0, start=start)
+        if interrupted:
+            if not (sp.snapshot and it % sp.snapshot == 0):
+                solver.snapshot()  # resume exactly here next time
+            _emit(event="interrupted", iter=it)
+            return 130
+        if stop_after is not None and it >= stop_after:
+            os._exit(137)  # as if killed: no snapshot beyond the periodic ones
+    spec.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = spec.out.with_name(f".{spec.out.name}.tmp")
+    solver.save(tmp)
+    os.replace(tmp, spec.out)
+    _log("Optimization Done.")
+    _emit(event="done", iter=solver.iter, out=str(spec.out))
+    return 0
+
+
+def main(argv=None) -> int:
+    from mcl.train import StageSpec, _stop_with_parent
+    ap = argparse.ArgumentParser(description="Worker process of one training stage in the torch engine "
+                                             "(used by tools/run_stage.py --engine torch).")
+    ap.add_argument("--run", required=True)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--init")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    ap.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA (faster, not Caffe's float32)")
+    ap.add_argument("--stop-after", type=int, help="exit abruptly after this iteration (tests of resuming)")
+    a = ap.parse_args(argv)
+    spec = StageSpec(Path(a.run).resolve(), a.name, Path(a.init) if a.init else None, Path(a.out).resolve(),
+                     engine="torch", device=a.device)
+    _stop_with_parent()
+    return work(spec, a.stop_after, a.device, a.tf32)

@@ -74,7 +74,7 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     manifest.record(run, out, "assemble", {"heads": str(heads_path)}, inputs, time.time() - t0,
-                    deploy=str(deploy_out.relative_to(run)), check=res)
+                    deploy=str(deploy_out.relative_to(run) if deploy_out.is_relative_to(run) else deploy_out), check=res)
     print(f"AM: {layout.m} heads spliced into one InnerProduct "
           f"({2 * layout.n_points} x {layout.feature_dim}); self-check on {res['samples']} inputs: exact")
     print(f"wrote {out} and {deploy_out}")

@@ -62,8 +62,8 @@ def get_stage(name: str) -> Stage:
 # chosen from a measured learning curve (README, "The demo"); stage 1 gets most of the budget
 # because BM's accuracy bounds everything after it.
 SCHEDULES = {
-    "demo": {"stage1": (1000, 400), "stage2": (100, 100), "stage3": (150, 100), "heads": (150, 100),
-             "pre_bm": (1000, 400)},
+    "demo": {"stage1": (1200, 400), "stage2": (60, 30), "stage3": (120, 60), "heads": (120, 60),
+             "pre_bm": (1200, 400)},
 }
 
 

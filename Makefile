@@ -6,7 +6,7 @@
 #   make setup       install everything (runs by itself before any other target)
 #
 # Variables: DATASET (synth|ibug|cofw|mtfl|generic), DATA_ROOT, LAYOUT (5|29|68),
-# SCALE (schedule scale), SEED, RUN (output folder), WORKERS.
+# SCALE (schedule scale), SEED, RUN (output folder), WORKERS, ENGINE (caffe|torch), DEVICE (cpu|cuda).
 
 SHELL := /bin/bash
 PY := .venv/bin/python
@@ -57,8 +57,12 @@ BN_BATCHES ?= 60
 # [interp] BatchNorm of the layers a step fixes: global (frozen whole, default) or batch.
 FROZEN_BN_STAGE2 ?= global
 FROZEN_BN_HEADS ?= global
+# Training engine: caffe (the reference) or torch (the same nets and solvers in PyTorch with
+# Caffe's numerics, mcl/engine), on DEVICE cpu or cuda (torch only).
+ENGINE ?= caffe
+DEVICE ?= cpu
 data_settings := dataset=$(DATASET) data_root=$(DATA_ROOT) layout=$(LAYOUT) seed=$(SEED) opts=$(DATA_OPTS)
-train_settings := layout=$(LAYOUT) scale=$(SCALE) schedule=$(SCHEDULE) seed=$(SEED) source=$(SOURCE) batch=$(BATCH) frozen_bn=$(FROZEN_BN_STAGE2),$(FROZEN_BN_HEADS)
+train_settings := layout=$(LAYOUT) scale=$(SCALE) schedule=$(SCHEDULE) seed=$(SEED) source=$(SOURCE) batch=$(BATCH) frozen_bn=$(FROZEN_BN_STAGE2),$(FROZEN_BN_HEADS) engine=$(ENGINE) device=$(DEVICE)
 bn_settings := bn_stats=$(BN_STATS) bn_batches=$(BN_BATCHES)
 PIPELINE_GOALS := data stage1 weights-bm stage2 stage3 weights-wm heads assemble evaluate demo \
   audit $(AUDIT_TARGETS) audit-models
@@ -94,7 +98,7 @@ $(NETS): $(RUN)/.settings/train | $(SETUP_STAMP)
 # Every stage ends with the BatchNorm statistics step (mcl/bnstats.py): Caffe's model
 # is kept as models/<name>.raw.caffemodel beside the stage's product.
 # A changed BN_STATS re-runs only that step where Caffe's model is still current.
-STAGE_OPTS := --bn-stats $(BN_STATS) --bn-batches $(BN_BATCHES)
+STAGE_OPTS := --bn-stats $(BN_STATS) --bn-batches $(BN_BATCHES) --engine $(ENGINE) --device $(DEVICE)
 BN := $(RUN)/.settings/bn
 M := $(RUN)/models
 W := $(RUN)/weights
@@ -246,6 +250,11 @@ diagrams: | $(SETUP_STAMP)
 
 bench-nets: | $(SETUP_STAMP)
 	$(PY) tools/bench_nets.py
+
+# Caffe and the torch engine side by side: ms/iteration of stage 1 and the joint heads (68 points, batch 64).
+.PHONY: bench-engine
+bench-engine: | $(SETUP_STAMP)
+	$(PY) tools/bench_engine.py --device $(DEVICE)
 
 # The demo: Algorithm 1, the evaluation, the audit's controls, the port of AM to ONNX
 # (checked against Caffe), then one summary table.

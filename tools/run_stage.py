@@ -9,6 +9,8 @@
   pre_bm   the pre-BM ablation (pool4 + fc5 + fc6)                 -> models/pre_bm.caffemodel
 
 With --loss-weights the stage's net gets those u_j (Eq. 5 or Eq. 9) first.
+With --engine torch the same net and solver train in PyTorch with Caffe's numerics
+(mcl/engine; --device cuda on a GPU); the products are the same Caffe files.
 The full Caffe log goes to <run>/logs/<stage>.log; progress is shown as a bar.
 Interrupted (Ctrl-C or killed), the next run resumes from the latest snapshot.
 """
@@ -26,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mcl import bnstats, caffemodel, loss_weights, manifest  # noqa: E402
 from mcl.fileio import atomic_write  # noqa: E402
+from mcl.engine import provenance as engine_provenance  # noqa: E402
 from mcl.runfiles import derive, run_layout  # noqa: E402
 from mcl.train import StageError, StageSpec, run_stage, snapshots  # noqa: E402
 from mcl.verify import refuse_tampered  # noqa: E402
@@ -50,7 +53,7 @@ def fingerprint(paths: list[Path]) -> str:
 
 def prepare_snapshots(spec: StageSpec, inputs: list[Path]) -> None:
     """Snapshots made from other inputs (another init model, other weights) are discarded."""
-    fp = fingerprint(inputs)
+    fp = fingerprint(inputs) + ("" if spec.engine == "caffe" else f" engine={spec.engine} device={spec.device}")
     stamp = spec.snapshot_prefix.parent / f"{spec.name}.inputs"
     if stamp.exists() and stamp.read_text() != fp:
         for _, state in snapshots(spec):
@@ -61,7 +64,8 @@ def prepare_snapshots(spec: StageSpec, inputs: list[Path]) -> None:
 
 
 def train_one(run: Path, name: str, init: Path | None, out: Path, weights: Path | None, stage: str,
-              bn_stats: str = bnstats.DEFAULT, bn_batches: int = bnstats.DEFAULT_BATCHES) -> dict:
+              bn_stats: str = bnstats.DEFAULT, bn_batches: int = bnstats.DEFAULT_BATCHES,
+              engine: str = "caffe", device: str = "cpu") -> dict:
     net_path = run / "nets" / f"{name}_train.prototxt"
     solver_path = run / "solvers" / f"{name}_solver.prototxt"
     for p in (net_path, solver_path):
@@ -71,12 +75,14 @@ def train_one(run: Path, name: str, init: Path | None, out: Path, weights: Path 
         rewrite_weights(net_path, weights)
     # Caffe's model goes to <out>.raw.caffemodel; the statistics step makes <out> from it.
     raw = bnstats.raw_path(out)
-    spec = StageSpec(run, name, init, raw)
+    spec = StageSpec(run, name, init, raw, engine, device)
+    trained_by = engine_provenance(engine, device)
     inputs = [solver_path, net_path] + ([init] if init else [])
     settings = manifest.solver_settings(solver_path)
     data_manifest = run / "data" / "manifest.json"  # the training data, where data_prep wrote them
     raw_inputs = inputs + ([weights] if weights else []) + ([data_manifest] if data_manifest.exists() else [])
-    if manifest.is_current(run, raw, raw_inputs):  # only the statistics step is asked for again
+    if manifest.is_current(run, raw, raw_inputs) and \
+            (manifest.entry(run, raw) or {}).get("engine", "caffe") == engine:  # only the statistics step again
         e = manifest.entry(run, raw)
         summary, wall = {"resumed_from": e.get("resumed_from_iter", 0), "last": {"loss": e.get("final_loss")}}, 0.0
         print(f"[{name}] Caffe's model {raw.name} is current for these inputs: training skipped")
@@ -87,13 +93,14 @@ def train_one(run: Path, name: str, init: Path | None, out: Path, weights: Path 
         wall = time.time() - t0
         manifest.record(run, raw, stage, settings, raw_inputs, wall, resumed_from_iter=summary["resumed_from"],
                         final_loss=(summary["last"] or {}).get("loss"), log=str(spec.log_path.relative_to(run)),
-                        bn_stats="running")
+                        bn_stats="running", **trained_by)
     last = summary["last"] or {}
     t1 = time.time()
     stats = bnstats.finish_stage(run, net_path, raw, out, bn_stats, bn_batches)
     entry = manifest.record(run, out, stage, settings, raw_inputs + [raw],
                             wall + time.time() - t1, resumed_from_iter=summary["resumed_from"],
-                            final_loss=last.get("loss"), log=str(spec.log_path.relative_to(run)), **stats)
+                            final_loss=last.get("loss"), log=str(spec.log_path.relative_to(run)), **stats,
+                            **trained_by)
     how = (f"BatchNorm statistics recomputed over {stats['bn_batches']} training batches" if bn_stats == "recomputed"
            else "Caffe's running BatchNorm statistics kept")
     print(f"[{name}] done in {wall:.1f} s, {how} ({time.time() - t1:.1f} s) -> {out}")
@@ -124,8 +131,14 @@ def main(argv=None) -> int:
     ap.add_argument("--bn-batches", type=int, default=bnstats.DEFAULT_BATCHES,
                     help=f"training batches the statistics are recomputed over (default {bnstats.DEFAULT_BATCHES}, "
                          "at most one pass over the split)")
+    ap.add_argument("--engine", choices=("caffe", "torch"), default="caffe",
+                    help="caffe (the reference, default) or torch: the same net and solver in PyTorch with "
+                         "Caffe's numerics (mcl/engine)")
+    ap.add_argument("--device", default="cpu", help="torch engine: cpu (default), cuda or cuda:N")
     args = ap.parse_args(argv)
-    bn = dict(bn_stats=args.bn_stats, bn_batches=args.bn_batches)
+    if args.engine == "caffe" and args.device != "cpu":
+        ap.error("the Caffe engine here is a CPU build: use --engine torch for --device " + args.device)
+    bn = dict(bn_stats=args.bn_stats, bn_batches=args.bn_batches, engine=args.engine, device=args.device)
     run = Path(args.run).resolve()
     init = Path(args.init).resolve() if args.init else None
     weights = Path(args.loss_weights).resolve() if args.loss_weights else None

@@ -12,3 +12,14 @@ Its equality with Caffe is tested stage by stage (tests/test_engine.py).
   solver.py   Solver: the counterpart of pycaffe's SGDSolver (step, snapshot, restore)
   worker.py   the stage's child process (`python -m mcl.engine`), as mcl.train's
 """
+
+
+def provenance(engine: str, device: str) -> dict:
+    """What the run manifest records of the engine that trained a stage."""
+    if engine == "caffe":
+        return {"engine": "caffe", "device": "cpu"}
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return {"engine": "torch", "device": device, "torch_version": version("torch")}
+    except PackageNotFoundError:
+        return {"engine": "torch", "device": device}

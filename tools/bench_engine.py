@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""Benchmark: Caffe and the torch engine side by side, ms per training iteration.
+
+Stage 1 (all layers trainable) and the joint heads stage of the 68-point nets at
+batch 64, generated for a scratch run exactly as `make nets` writes them, on the
+same random HDF5 batches. Each engine runs in its own process with the same
+number of CPU threads (OpenBLAS for Caffe, intra-op threads for torch); the two
+are stepped in alternation, one iteration at a time, so both see the same load
+on a shared machine. Figures are medians over the timed iterations, after a few
+warm-up iterations.
+
+Also printed: the projected time of the paper's whole schedule (SPEC 5: 180k
+iterations of stage 1, 60k each of stages 2 and 3 counted at stage 1's rate, which
+is an upper bound since stage 2 fixes six convolutions, and 60k of the joint heads).
+Target: the torch engine at least 2.5x faster than Caffe on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+STAGES = ("stage1", "heads")
+SCHEDULE = {"stage1": 180000 + 2 * 60000, "heads": 60000}  # iterations counted at each stage's rate
+TARGET = 2.5
+
+
+def write_run(run: Path, layout_name: str, batch: int, rows: int) -> None:
+    import h5py
+    import numpy as np
+
+    from mcl.fileio import atomic_write
+    from mcl.layouts import get_layout
+    from mcl.runfiles import run_files
+    layout = get_layout(layout_name)
+    for rel, text in run_files(layout, scale=1.0, seed=0, source="hdf5", batch_size=batch).items():
+        atomic_write(run / rel, text)
+    rng = np.random.default_rng(0)
+    (run / "data").mkdir(parents=True, exist_ok=True)
+    with h5py.File(run / "data" / "train.h5", "w") as f:
+        f["data"] = rng.uniform(-1, 1, (rows, 1, 50, 50)).astype(np.float32)
+        f["landmarks"] = rng.uniform(5, 45, (rows, 2 * layout.n_points)).astype(np.float32)
+        f["inv_iod"] = np.full(rows, 1 / 20, np.float32)
+    (run / "data" / "train.txt").write_text("data/train.h5\n")
+    (run / "snapshots").mkdir(exist_ok=True)
+
+
+def child(engine: str, run: Path, stage: str, device: str, threads: int) -> int:
+    """One engine, stepped by the parent: a line `step` in, the iteration's ms out."""
+    os.chdir(run)
+    solver_path = run / "solvers" / f"{stage}_solver.prototxt"
+    if engine == "caffe":
+        import caffe
+        caffe.set_mode_cpu()
+        solver = caffe.SGDSolver(str(solver_path))
+
+        def step():
+            solver.step(1)
+    else:
+        import torch
+        torch.set_num_threads(threads)
+        from mcl.engine.solver import Solver
+        solver = Solver(run, solver_path, device=device, fillers="torch")
+        sync = torch.cuda.synchronize if solver.device.type == "cuda" else (lambda: None)
+
+        def step():
+            solver.step()
+            sync()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
+        t0 = time.perf_counter()
+        step()
+        print(f"{(time.perf_counter() - t0) * 1000.0:.3f}", flush=True)
+    return 0
+
+
+def bench_stage(run: Path, stage: str, device: str, threads: int, warmup: int, iters: int) -> dict[str, list[float]]:
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
+               GLOG_minloglevel="2")
+    procs = {}
+    for engine in ("caffe", "torch"):
+        procs[engine] = subprocess.Popen(
+            [sys.executable, __file__, "--child", engine, "--run", str(run), "--stage", stage,
+             "--device", device if engine == "torch" else "cpu", "--threads", str(threads)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        for engine, p in procs.items():
+            if p.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"the {engine} process failed to start (exit {p.wait()})")
+        times = {engine: [] for engine in procs}
+        for i in range(warmup + iters):
+            order = list(procs) if i % 2 == 0 else list(procs)[::-1]
+            for engine in order:
+                procs[engine].stdin.write("step\n")
+                procs[engine].stdin.flush()
+                ms = float(procs[engine].stdout.readline())
+                if i >= warmup:
+                    times[engine].append(ms)
+        return times
+    finally:
+        for p in procs.values():
+            try:
+                p.stdin.close()
+            except OSError:
+                pass
+            p.wait()
+
+
+def hours(ms: float, iterations: int) -> float:
+    return ms * iterations / 3.6e6
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layout", default="68", help="layout (default 68)")
+    ap.add_argument("--batch", type=int, default=64, help="batch size (default 64, the paper's)")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads of each engine (default 2)")
+    ap.add_argument("--device", default="cpu", help="torch engine's device: cpu (default) or cuda")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed iterations first (default 3)")
+    ap.add_argument("--iters", type=int, default=8, help="timed iterations per engine and stage (default 8)")
+    ap.add_argument("--json", help="also write the figures to this JSON file")
+    ap.add_argument("--child", choices=("caffe", "torch"), help=argparse.SUPPRESS)
+    ap.add_argument("--run", help=argparse.SUPPRESS)
+    ap.add_argument("--stage", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        return child(args.child, Path(args.run), args.stage, args.device, args.threads)
+    load0 = os.getloadavg()[0]
+    res = {}
+    with tempfile.TemporaryDirectory(prefix="mcl-bench-engine-") as tmp:
+        run = Path(tmp)
+        write_run(run, args.layout, args.batch, rows=4 * args.batch)
+        for stage in STAGES:
+            times = bench_stage(run, stage, args.device, args.threads, args.warmup, args.iters)
+            res[stage] = {e: statistics.median(t) for e, t in times.items()}
+            res[stage]["all"] = times
+            print(f"  {stage:<7} caffe {res[stage]['caffe']:8.1f} ms/iter   torch ({args.device}) "
+                  f"{res[stage]['torch']:8.1f} ms/iter", flush=True)
+    load1 = os.getloadavg()[0]
+    print(f"\nMCL torch engine vs Caffe: layout {args.layout}, batch {args.batch}, {args.threads} CPU threads each, "
+          f"torch on {args.device}; median of {args.iters} iterations after {args.warmup} warm-up, "
+          f"engines stepped in alternation (load average {load0:.1f} -> {load1:.1f})")
+    print(f"{'stage':<24}{'Caffe ms/iter':>14}{'torch ms/iter':>15}{'speed-up':>10}")
+    labels = {"stage1": "stage 1 (all layers)", "heads": "heads (joint)"}
+    for stage in STAGES:
+        r = res[stage]
+        print(f"{labels[stage]:<24}{r['caffe']:>14.1f}{r['torch']:>15.1f}{r['caffe'] / r['torch']:>9.2f}x")
+    total = {e: sum(hours(res[s][e], SCHEDULE[s]) for s in STAGES) for e in ("caffe", "torch")}
+    print(f"\nprojected paper schedule (180k + 2 x 60k at stage 1's rate + 60k joint heads = 360k iterations):\n"
+          f"  Caffe {total['caffe']:.1f} h ({total['caffe'] / 24:.1f} days), "
+          f"torch engine {total['torch']:.1f} h ({total['torch'] / 24:.1f} days)")
+    speed = res["stage1"]["caffe"] / res["stage1"]["torch"]
+    print(f"stage 1: torch engine {speed:.2f}x faster than Caffe (target >= {TARGET}x on the CPU): "
+          f"{'met' if speed >= TARGET else 'NOT met'}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(res, layout=args.layout, batch=args.batch, threads=args.threads,
+                                                   device=args.device, projected_hours=total,
+                                                   load_average=[load0, load1]), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -182,8 +182,10 @@ def _prepare_into(tmp: str, st: PrepareSettings, list_prefix: str) -> dict:
             crops[split], bad = crop_samples(indexed, job, st.workers, bar)
         skipped += [{"split": split, **s} for s in bad]
         n_faces[split] = len(indexed) - len(bad)
-    if not len(crops["train"]):
-        raise DataError(f"{root}: no usable training faces")
+    for split in ("train", "test"):  # every face of the split skipped (--skip-bad)
+        if not len(crops[split]):
+            first = next((s["reason"] for s in skipped if s["split"] == split), "none was read")
+            raise DataError(f"{root}: no usable {split} faces; the first skipped: {first}")
     order = np.random.default_rng(np.random.SeedSequence([st.seed, SHUFFLE_STREAM])).permutation(len(crops["train"]))
     crops["train"] = crops["train"].take(order)
 

@@ -270,10 +270,14 @@ def read_300w(root: str, split: str, layout: str | Layout = "68", skip_bad: bool
         raise DataError(f"300-W has no split {split!r}: choose one of {', '.join(W300_SPLITS)}")
     skip = _Skipper(skip_bad)
     samples = []
+    box_files, listed = [], 0
     for subset in W300_SPLITS[split]:
         box_file = find_300w_boxes(root, subset)
+        box_files.append(box_file)
         folder = os.path.join(root, W300_SUBSET_DIRS[subset])
-        for i, (name, _det, gt) in enumerate(read_300w_boxes(box_file)):
+        entries = read_300w_boxes(box_file)
+        listed += len(entries)
+        for i, (name, _det, gt) in enumerate(entries):
             sample_id = f"{W300_SUBSET_DIRS[subset]}/{name}"
             image_path = os.path.join(folder, name)
             try:
@@ -293,6 +297,8 @@ def read_300w(root: str, split: str, layout: str | Layout = "68", skip_bad: bool
                 skip.bad(err, sample_id)
                 continue
             samples.append(Sample(sample_id, lay.name, pts, box, occ, image_path=image_path))
+    if not listed:
+        raise DataError(f"{', '.join(box_files)}: no faces listed: split {split!r} is empty")
     return ReadResult(samples, skip.skipped)
 
 
@@ -351,6 +357,10 @@ def read_cofw(root: str, split: str, layout: str | Layout = "29", skip_bad: bool
         if boxes.shape[0] != 4:
             boxes = boxes.T
         n = len(refs)
+        if n == 0:
+            raise DataError(f"{path}: {ikey} holds no faces: split {split!r} is empty")
+        if boxes.ndim != 2 or 4 not in boxes.shape:
+            raise DataError(f"{path}: {bkey} has shape {boxes.shape}, expected (4, N)")
         if phis.shape[1] != n or boxes.shape[1] != n:
             raise DataError(f"{path}: {ikey} has {n} images but {pkey} {phis.shape[1]} "
                             f"and {bkey} {boxes.shape[1]} faces")
@@ -433,6 +443,8 @@ def read_mtfl(root: str, split: str, layout: str | Layout = "5", skip_bad: bool 
             skip.bad(err, rel)
             continue
         samples.append(Sample(rel, lay.name, pts, box, None, image_path=image_path))
+    if not samples and not skip.skipped:
+        raise DataError(f"{path}: lists no faces: split {split!r} is empty")
     return ReadResult(samples, skip.skipped)
 
 
@@ -477,6 +489,8 @@ def read_generic(root: str, split: str, layout: str | Layout = "68", skip_bad: b
     with open(list_path, "rb") as f:
         lines = f.read().decode("utf-8", errors="replace").splitlines()
     images = [(i, ln.strip()) for i, ln in enumerate(lines, 1) if ln.strip()]
+    if not images:
+        raise DataError(f"{list_path}: lists no images: split {split!r} is empty")
     boxes = read_box_lines(box_path)
     if len(boxes) != len(images):
         raise DataError(f"{box_path}: has {len(boxes)} boxes but {list_path} lists {len(images)} images")

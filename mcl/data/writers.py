@@ -40,7 +40,8 @@ def network_input(images: np.ndarray) -> np.ndarray:
 def targets(crops: CropSet) -> tuple[np.ndarray, np.ndarray]:
     """(landmarks (N, 2n) float32, inv_iod (N,) float32) as the loss reads them."""
     n = len(crops)
-    return crops.landmarks.reshape(n, -1).astype(np.float32), (1.0 / crops.iod).astype(np.float32)
+    return (crops.landmarks.reshape(n, 2 * crops.landmarks.shape[1]).astype(np.float32),
+            (1.0 / crops.iod).astype(np.float32))
 
 
 def write_hdf5(folder: str, split: str, crops: CropSet, list_prefix: str, max_mb: float = HDF5_MAX_MB) -> list[str]:
@@ -93,6 +94,95 @@ def read_hdf5_list(list_file: str, base: str | None = None) -> dict[str, np.ndar
                     val = np.array([v.decode("utf-8") if isinstance(v, bytes) else v for v in val], dtype=object)
                 parts.setdefault(key, []).append(val)
     return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+# ---- checking what a tool is about to read -------------------------------------------------
+
+# Shape of each dataset for N crops of n landmarks (see the module docstring).
+_SHAPES = {"data": lambda N, n: (N, 1, CROP, CROP), "landmarks": lambda N, n: (N, 2 * n), "inv_iod": lambda N, n: (N,),
+           "crop_to_image": lambda N, n: (N, 2, 3), "landmarks_image": lambda N, n: (N, n, 2),
+           "iod_image": lambda N, n: (N,), "occluded": lambda N, n: (N, n)}
+# Datasets whose every value must be a finite number (the pixels are not read: too many).
+_FINITE = ("landmarks", "inv_iod", "crop_to_image", "landmarks_image", "iod_image")
+_POSITIVE = ("inv_iod", "iod_image")
+
+
+def check_hdf5(path, keys, n_points: int | None = None) -> int:
+    """Raise DataError naming `path` and the dataset unless the file holds `keys`, all with
+    the shapes above for one N (and n_points landmarks, where given), with finite
+    landmarks, transforms and distances; return N. Caffe's HDF5Data layer aborts the
+    process on a missing dataset and trains on NaN without a word, so tools check first."""
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable HDF5 file ({exc})") from None
+    with f:
+        missing = [k for k in keys if k not in f]
+        if missing:
+            raise DataError(f"{path}: lacks dataset(s) {', '.join(missing)}")
+        N = f[keys[0]].shape[0] if f[keys[0]].shape else -1
+        n = n_points
+        if n is None:
+            n = (f["landmarks"].shape[-1] // 2 if "landmarks" in keys and f["landmarks"].ndim == 2 else
+                 f["landmarks_image"].shape[1] if "landmarks_image" in keys and f["landmarks_image"].ndim == 3 else 0)
+        for k in keys:
+            want = _SHAPES[k](N, n) if k in _SHAPES else None
+            if want is not None and f[k].shape != want:
+                raise DataError(f"{path}: dataset {k!r} has shape {f[k].shape}, expected {want}"
+                                + (f" ({n} landmarks)" if n else ""))
+        for k in keys:
+            if k in _FINITE:
+                v = f[k][...]
+                bad = ~np.isfinite(v) | ((v <= 0) if k in _POSITIVE else False)
+                if bad.any():
+                    i = int(np.flatnonzero(bad.reshape(len(v), -1).any(axis=1))[0])
+                    what = "a positive finite number" if k in _POSITIVE else "finite numbers"
+                    raise DataError(f"{path}: dataset {k!r}, crop {i}: not {what}")
+    return N
+
+
+def check_hdf5_list(list_file, keys, n_points: int | None = None, base=None) -> list[str]:
+    """The files of an HDF5 list file (lines relative to `base`, default the folder Caffe
+    runs in: the list file's grandparent), each checked with check_hdf5; DataError names
+    the list file when it is missing or lists nothing, or the first bad file."""
+    if not os.path.isfile(list_file):
+        raise DataError(f"{list_file}: missing list file")
+    base = base if base is not None else os.path.dirname(os.path.dirname(os.path.abspath(list_file)))
+    with open(list_file) as f:
+        lines = [ln.strip() for ln in f if ln.strip()]
+    if not lines:
+        raise DataError(f"{list_file}: lists no HDF5 file: the split is empty")
+    files, total = [], 0
+    for lineno, rel in enumerate(lines, 1):
+        path = rel if os.path.isabs(rel) else os.path.join(base, rel)
+        if not os.path.isfile(path):
+            raise DataError(f"{path}: missing (line {lineno} of {list_file})")
+        total += check_hdf5(path, keys, n_points)
+        files.append(path)
+    if total == 0:
+        raise DataError(f"{list_file}: its files hold no crops: the split is empty")
+    return files
+
+
+def check_lmdb(path) -> int:
+    """Entries of an LMDB; DataError naming it when missing, unreadable or empty."""
+    import lmdb
+
+    if not os.path.isdir(path):
+        raise DataError(f"{path}: missing LMDB folder")
+    try:
+        env = lmdb.open(path, readonly=True, lock=False)
+    except lmdb.Error as exc:
+        raise DataError(f"{path}: not a readable LMDB ({exc})") from None
+    try:
+        n = env.stat()["entries"]
+    finally:
+        env.close()
+    if n == 0:
+        raise DataError(f"{path}: holds no entries: the split is empty")
+    return n
 
 
 def _caffe_pb2():

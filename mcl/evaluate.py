@@ -47,6 +47,7 @@ def load_split(run: Path, split: str, limit: int | None = None) -> dict[str, np.
             missing = [k for k in keys if k not in h]
             if missing:
                 raise EvalError(f"{f}: lacks dataset(s) {', '.join(missing)} needed for evaluation")
+            _check_file(f, keys)
             for k in keys:
                 parts[k].append(h[k][...])
     out = {k: np.concatenate(v) for k, v in parts.items()}
@@ -55,6 +56,17 @@ def load_split(run: Path, split: str, limit: int | None = None) -> dict[str, np.
     if limit is not None:
         out = {k: v[:limit] for k, v in out.items()}
     return out
+
+
+def _check_file(path: Path, keys) -> None:
+    """Shapes and finite values (mcl.data.writers.check_hdf5): a wrong shape would abort
+    Caffe, a NaN would turn every metric into NaN without a word."""
+    from mcl.data.readers import DataError
+    from mcl.data.writers import check_hdf5
+    try:
+        check_hdf5(path, keys)
+    except DataError as exc:
+        raise EvalError(str(exc)) from None
 
 
 def predict(net, images: np.ndarray, outputs: list[str], batch: int = 64) -> dict[str, np.ndarray]:

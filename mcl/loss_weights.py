@@ -190,7 +190,11 @@ def rewrite_file(net_path, weights_path, out_path=None) -> list[Change]:
         net = netgen.parse_net(text)
     except Exception as exc:
         raise WeightsError(f"{net_path}: not a net prototxt ({exc})") from None
-    new, changes = rewrite(net, load(weights_path), weights_path)
+    try:
+        new, changes = rewrite(net, load(weights_path), weights_path)
+    except ValueError as exc:  # the weights file's faults name it; the net's get the net's path
+        msg = str(exc)
+        raise WeightsError(msg if msg.startswith(f"{weights_path}:") else f"{net_path}: {msg}") from None
     atomic_write(out_path or net_path, header + netgen.to_text(new))
     return changes
 

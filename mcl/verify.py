@@ -152,6 +152,46 @@ def refuse_tampered(run, inputs) -> None:
                                   f"again, or see `make verify RUN={run}`")
 
 
+def check_stage_inputs(run, train_net, inputs, out=None) -> None:
+    """What a stage checks before Caffe starts, raising VerifyError naming the file:
+    the inputs the run made are unchanged (refuse_tampered); the training data its net
+    reads are there, not empty, of the right shapes, with finite targets (Caffe aborts on
+    a missing dataset or an empty list, and trains on NaN without a word); the output's
+    folder can be made (else the stage would fail only once trained)."""
+    run = Path(run)
+    refuse_tampered(run, [*inputs, run / DATA_MANIFEST])
+    if Path(train_net).is_file():
+        check_net_data(run, Path(train_net))
+    if out is not None:
+        try:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise VerifyError(f"{Path(out).parent}: cannot make the output folder ({exc.strerror})") from None
+
+
+def check_net_data(run: Path, net_path: Path) -> None:
+    """The sources of a train net's data layers (HDF5 list files, LMDBs), relative to the
+    run folder Caffe runs in, checked as mcl.data.writers describes them."""
+    from mcl.data.readers import DataError
+    from mcl.data.writers import check_hdf5_list, check_lmdb
+    from mcl.netgen import net_layout_name, parse_net
+
+    net = parse_net(net_path.read_text())
+    try:
+        n_points = int(net_layout_name(net))
+    except (ValueError, TypeError):
+        n_points = None
+    try:
+        for layer in net.layer:
+            if layer.type == "HDF5Data":
+                check_hdf5_list(str(run / layer.hdf5_data_param.source), ("data", "landmarks", "inv_iod"),
+                                n_points, base=str(run))
+            elif layer.type == "Data":
+                check_lmdb(str(run / layer.data_param.source))
+    except DataError as exc:
+        raise VerifyError(f"{exc} (read by {net_path.name})") from None
+
+
 def snapshot_intact(state_path, net) -> bool:
     """Whether a Caffe snapshot (`<prefix>_iter_N.solverstate` and its `.caffemodel`) was
     written whole. Caffe writes both straight under their final names, so a run killed

@@ -42,7 +42,10 @@ def main(argv=None) -> int:
         layout = run_layout(run)
         heads_path = Path(args.heads)
         if heads_path.suffix == ".json":
-            listing = json.loads(heads_path.read_text())
+            try:
+                listing = json.loads(heads_path.read_text())
+            except json.JSONDecodeError as exc:
+                raise caffemodel.ModelError(f"{heads_path}: not a heads listing ({exc.msg}, line {exc.lineno})") from None
             if listing.get("layout") != layout.name:
                 raise caffemodel.ModelError(f"{heads_path}: heads of layout {listing.get('layout')}, run is {layout.name}")
             if not isinstance(listing.get("heads"), dict):
@@ -70,7 +73,8 @@ def main(argv=None) -> int:
         res = assemble.verify(nets, am_net, images, layout)
         tmp.replace(out)
     except (caffemodel.ModelError, EvalError, ValueError, OSError) as exc:
-        tmp.unlink(missing_ok=True)  # a model that failed its self-check never looks finished
+        if tmp.exists():  # a model that failed its self-check never looks finished
+            tmp.unlink()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     manifest.record(run, out, "assemble", {"heads": str(heads_path)}, inputs, time.time() - t0,

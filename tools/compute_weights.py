@@ -38,6 +38,7 @@ def main(argv=None) -> int:
     run = Path(args.run).resolve()
     t0 = time.time()
     try:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made stops us first
         layout = run_layout(run)
         errors, res = validation_errors(run, Path(args.model), layout, args.split)
         common = dict(errors=[float(e) for e in errors], split=args.split, faces=res["inter_ocular"]["faces"],

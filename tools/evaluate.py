@@ -58,6 +58,7 @@ def main(argv=None) -> int:
     try:
         if args.speed_repeats < 0 or args.overlays < 0:
             raise EvalError("--speed-repeats and --overlays must not be negative")
+        out.parent.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made stops us before any work
         models = [parse_model(spec, run) for spec in args.model]
         files = [parse_named_file(spec) for spec in args.predictions]
         ev = run_evaluation(run, args.split, models, files, args.coords_base, args.speed_repeats)

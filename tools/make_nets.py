@@ -51,8 +51,12 @@ def main(argv=None) -> int:
         files, root = {}, Path(args.out)
         for layout in layouts:
             files.update(reference_files(layout))
-    for rel, text in sorted(files.items()):
-        atomic_write(root / rel, text)
+    try:
+        for rel, text in sorted(files.items()):
+            atomic_write(root / rel, text)
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {len(files)} files under {root}")
     return 0
 

@@ -70,12 +70,13 @@ def main(argv=None) -> int:
         bad = [f for f in formats if f not in ("npz", "pt", "onnx")]
         if bad or not formats:
             p.error(f"--formats: unknown {', '.join(bad) or '(none given)'}; choose from npz, pt, onnx")
+        Path(args.out).mkdir(parents=True, exist_ok=True)  # a folder that cannot be made stops us before the work
         crop_scale, test_crop = run_crop(args.run)
         crop_scale = args.crop_scale if args.crop_scale is not None else crop_scale
         test_crop = args.test_crop or test_crop
         result = convert.port(args.prototxt, args.caffemodel, args.name, formats, args.fold, args.reference,
                               args.allow_zero_bn_factor, crop_scale, args.opset, test_crop=test_crop)
-    except (convert.PortError, torchnet.NetError) as exc:
+    except (convert.PortError, torchnet.NetError, OSError) as exc:
         print(f"port: error: {exc}", file=sys.stderr)
         return 2
     for path in convert.write(result, args.out):

@@ -31,7 +31,7 @@ from mcl.fileio import atomic_write  # noqa: E402
 from mcl.engine import provenance as engine_provenance  # noqa: E402
 from mcl.runfiles import derive, run_layout  # noqa: E402
 from mcl.train import StageError, StageSpec, run_stage, snapshots  # noqa: E402
-from mcl.verify import refuse_tampered  # noqa: E402
+from mcl.verify import check_stage_inputs  # noqa: E402
 
 DEFAULT_OUT = {"stage1": "bm", "stage2": "stage2", "stage3": "wm", "heads": "heads", "pre_bm": "pre_bm",
                "equal_budget": "equal_budget"}
@@ -145,7 +145,8 @@ def main(argv=None) -> int:
     try:
         if init is not None and not init.exists():
             raise StageError(f"{init}: the model this stage starts from is missing")
-        refuse_tampered(run, [p for p in (init, weights) if p] + [run / "data" / "manifest.json"])
+        check_stage_inputs(run, run / "nets" / f"{args.stage}_train.prototxt", [p for p in (init, weights) if p],
+                           Path(args.out) if args.out else None)
         name = args.name or args.stage
         if args.name:
             if args.separate:

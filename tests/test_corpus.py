@@ -637,6 +637,11 @@ def a_listing_missing_head(ctx):
     return _asm(ctx, listing, [str(ctx.run / "models" / f"head_{get_layout(5).cluster_names[0]}.caffemodel")])
 
 
+def a_empty_split(ctx):  # the self-check's validation faces
+    (ctx.run / "data/val.txt").write_text("")
+    return _asm(ctx, ctx.run / "models/heads.caffemodel", [str(ctx.run / "data/val.txt"), "empty"])
+
+
 def a_unwritable_out(ctx):
     out = ctx.blocked("models", "am.caffemodel")
     return _asm(ctx, ctx.run / "models/heads.caffemodel", [str(ctx.tmp / "plain_file")], out)
@@ -839,6 +844,7 @@ CASES = {
     "assemble-listing-empty": a_listing_empty,
     "assemble-listing-other_net": a_listing_other_net,
     "assemble-listing-head_missing": a_listing_missing_head,
+    "assemble-val_list-empty_split": a_empty_split,
     "assemble-out-unwritable": a_unwritable_out,
     # tools/evaluate.py
     "evaluate-model-missing": e_missing_model,

@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     out = Path(args.out).resolve() if args.out else run / "models" / "am.caffemodel"
     deploy_out = out.with_name(out.stem + "_deploy.prototxt")
     tmp = out.with_name(f".{out.name}.tmp")
+    deploy_tmp = deploy_out.with_name(f".{deploy_out.name}.tmp")
     t0 = time.time()
     try:
         layout = run_layout(run)
@@ -60,21 +61,23 @@ def main(argv=None) -> int:
         caffemodel.save(am, tmp)
         text = (f"# MCL-Caffe assembled model (AM): layout {layout.name}, heads from {heads_path.name}.\n"
                 + netgen.to_text(netgen.deploy_net(layout)))
-        atomic_write(deploy_out, text)
+        atomic_write(deploy_tmp, text)
         # Self-check before AM takes its final name.
         images = load_split(run, "val", limit=args.check_samples)["data"]
         images = np.concatenate([images, np.random.default_rng(0).uniform(-1, 1, (8, 1, 50, 50)).astype(np.float32)])
-        am_net = load_net(deploy_out, tmp)
+        am_net = load_net(deploy_tmp, tmp)
         heads_deploy = run / "nets" / "heads_deploy.prototxt"
         nets = {}
         for c, (_, path) in heads.items():
             same = next((nets[k] for k in nets if heads[k][1] == path), None)
             nets[c] = same if same is not None else load_net(heads_deploy, path)
         res = assemble.verify(nets, am_net, images, layout)
+        deploy_tmp.replace(deploy_out)
         tmp.replace(out)
     except (caffemodel.ModelError, EvalError, ValueError, OSError) as exc:
-        if tmp.exists():  # a model that failed its self-check never looks finished
-            tmp.unlink()
+        for p in (tmp, deploy_tmp):  # a model that failed its self-check never looks finished
+            if p.exists():
+                p.unlink()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     manifest.record(run, out, "assemble", {"heads": str(heads_path)}, inputs, time.time() - t0,

@@ -6,7 +6,8 @@ and nothing under the final name of any output. The cases are parametrized by id
 (`<tool>-<input>-<fault>`), so `pytest --collect-only -q tests/test_corpus.py` counts them.
 
 Tools: data_prep/prepare.py, tools/make_nets.py, run_stage.py, compute_weights.py,
-set_loss_weights.py, assemble.py, evaluate.py, port.py, verify.py. Faults: a missing
+set_loss_weights.py, assemble.py, evaluate.py, port.py, bn_stats.py, audit.py (perturb),
+predict.py, verify.py. Faults: a missing
 file, an empty file, a truncated caffemodel, a file that is no NetParameter, a model of
 another layout, a weights file for another net, HDF5 with a dataset missing or of the
 wrong shape, NaN or infinite landmarks, a .pts with the wrong count, a degenerate or
@@ -752,6 +753,77 @@ def x_unwritable_out(ctx):
     return _port(ctx, ctx.run / "models/bm.caffemodel", [str(ctx.tmp / "plain_file")], ctx.blocked("port"))
 
 
+# ---- tools/bn_stats.py, tools/audit.py, tools/predict.py ---------------------------------------
+
+def _bn(ctx, model: Path, names: list[str] | None = None, out: Path | None = None) -> Case:
+    out = out or ctx.tmp / "bm_stats.caffemodel"
+    return Case(["tools/bn_stats.py", "--run", ctx.run, "--stage", "stage1", "--model", model, "--out", out,
+                 "--batches", "2"], names if names is not None else [str(model)], [out])
+
+
+def b_missing_model(ctx):
+    return _bn(ctx, ctx.tmp / "nope.caffemodel")
+
+
+def b_empty_model(ctx):
+    return _bn(ctx, ctx.empty("e.caffemodel"))
+
+
+def b_truncated_model(ctx):
+    return _bn(ctx, ctx.truncated(ctx.run / "models/bm.caffemodel", "cut.caffemodel"))
+
+
+def b_model_other_layout(ctx):
+    return _bn(ctx, ctx.other_layout_model, [str(ctx.other_layout_model), "conv43"])
+
+
+def b_unwritable_out(ctx):
+    return _bn(ctx, ctx.run / "models/bm.caffemodel", [str(ctx.tmp / "plain_file")],
+               ctx.blocked("models", "x.caffemodel"))
+
+
+def _perturb(ctx, weights: Path, names: list[str] | None = None, out: Path | None = None) -> Case:
+    out = out or ctx.tmp / "w_perturbed.json"
+    return Case(["tools/audit.py", "perturb", "--run", ctx.run, "--weights", weights, "--delta", "0.2", "--seed", "0",
+                 "--out", out], names if names is not None else [str(weights)], [out])
+
+
+def u_missing_weights(ctx):
+    return _perturb(ctx, ctx.tmp / "nope.json")
+
+
+def u_empty_weights(ctx):
+    return _perturb(ctx, ctx.empty("w.json"))
+
+
+def u_weights_other_net(ctx):
+    return _perturb(ctx, ctx.other_layout_weights(), [str(ctx.tmp / "w68.json"), "68"])
+
+
+def u_unwritable_out(ctx):
+    return _perturb(ctx, ctx.run / "weights/bm_eq5.json", [str(ctx.tmp / "plain_file")],
+                    ctx.blocked("weights", "w.json"))
+
+
+def _predict(ctx, model: Path) -> Case:
+    out = ctx.tmp / "pred"
+    picture = next((ctx.run / "data/synth_raw/ibug").glob("*.png"))
+    return Case(["tools/predict.py", picture, "--box", "10", "10", "60", "60", "--model", model, "--out", out],
+                [str(model)], [out])
+
+
+def d_missing_model(ctx):
+    return _predict(ctx, ctx.tmp / "nope.onnx")
+
+
+def d_empty_model(ctx):
+    return _predict(ctx, ctx.empty("am.onnx"))
+
+
+def d_model_not_onnx(ctx):
+    return _predict(ctx, ctx.run / "models/bm.caffemodel")
+
+
 # ---- tools/verify.py ------------------------------------------------------------------------
 
 def v_empty_manifest(ctx):
@@ -866,6 +938,21 @@ CASES = {
     "port-model-other_layout": x_model_other_layout,
     "port-prototxt-missing": x_missing_prototxt,
     "port-out-unwritable": x_unwritable_out,
+    # tools/bn_stats.py
+    "bn_stats-model-missing": b_missing_model,
+    "bn_stats-model-empty": b_empty_model,
+    "bn_stats-model-truncated": b_truncated_model,
+    "bn_stats-model-other_layout": b_model_other_layout,
+    "bn_stats-out-unwritable": b_unwritable_out,
+    # tools/audit.py perturb
+    "audit_perturb-weights-missing": u_missing_weights,
+    "audit_perturb-weights-empty": u_empty_weights,
+    "audit_perturb-weights-other_net": u_weights_other_net,
+    "audit_perturb-out-unwritable": u_unwritable_out,
+    # tools/predict.py
+    "predict-model-missing": d_missing_model,
+    "predict-model-empty": d_empty_model,
+    "predict-model-not_onnx": d_model_not_onnx,
     # tools/verify.py
     "verify-manifest-empty": v_empty_manifest,
     "verify-data_manifest-empty": v_empty_data_manifest,

@@ -327,3 +327,38 @@ def test_killed_torch_stage_resumes_to_the_same_bits(tmp_path, monkeypatch, sour
     assert whole["last"]["loss"] == resumed["last"]["loss"]
     log = (a / "logs" / "stage1.log").read_text()
     assert "Iteration 35, loss = " in log and "Snapshotting solver state" in log
+
+
+# ---- the whole pipeline: ENGINE=torch against ENGINE=caffe --------------------------------------------------
+
+def make(*args):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        pytest.fail(f"make {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.mark.slow
+def test_torch_pipeline_gives_caffes_assembled_model(tmp_path):
+    """make evaluate with ENGINE=torch and ENGINE=caffe on the same tiny data: AM's test errors agree.
+
+    Tiny schedule (stage 1: 36 iterations, the others 12; batch 8): the two runs are
+    two float32 roundings of one training, and their trajectories part by the chaos
+    measured above, so the bound is the issue's 1% on the test errors, not bits.
+    """
+    common = ["DATASET=synth", "LAYOUT=5", "SCALE=0.0002", "BATCH=8", "SEED=3",
+              "DATA_OPTS=--n-train 60 --n-test 16 --copies 2 --quiet"]
+    results = {}
+    for engine in ("caffe", "torch"):
+        run = tmp_path / engine
+        make("evaluate", f"RUN={run}", f"ENGINE={engine}", *common)
+        results[engine] = json.loads((run / "eval/test.json").read_text())["results"]
+        doc = json.loads((run / "manifest.json").read_text())["artifacts"]
+        for stage_model in ("models/bm.caffemodel", "models/wm.caffemodel", "models/heads.caffemodel"):
+            assert doc[stage_model]["engine"] == engine and doc[stage_model]["device"] == "cpu"
+    for model in ("BM", "WM", "AM"):
+        c, t = (results[e][model]["inter_ocular"]["mean_error"] for e in ("caffe", "torch"))
+        print(f"{model}: mean error Caffe {c:.6f}, torch {t:.6f}, relative difference {abs(t - c) / c:.2e}")
+    c, t = (results[e]["AM"]["inter_ocular"]["mean_error"] for e in ("caffe", "torch"))
+    assert abs(t - c) <= 0.01 * c

@@ -79,15 +79,17 @@ def child(engine: str, run: Path, stage: str, device: str, threads: int) -> int:
     for line in sys.stdin:
         if line.strip() != "step":
             break
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step()
-        print(f"{(time.perf_counter() - t0) * 1000.0:.3f}", flush=True)
+        print(f"{(time.perf_counter() - t0) * 1000.0:.3f} {(time.process_time() - c0) * 1000.0:.3f}", flush=True)
     return 0
 
 
-def bench_stage(run: Path, stage: str, device: str, threads: int, warmup: int, iters: int) -> dict[str, list[float]]:
+def bench_stage(run: Path, stage: str, device: str, threads: int, warmup: int, iters: int):
+    """Wall-clock and process CPU ms of every timed iteration, per engine."""
     env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
                GLOG_minloglevel="2")
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the engine's worker runs (mcl/engine/worker.py)
     procs = {}
     for engine in ("caffe", "torch"):
         procs[engine] = subprocess.Popen(
@@ -99,15 +101,17 @@ def bench_stage(run: Path, stage: str, device: str, threads: int, warmup: int, i
             if p.stdout.readline().strip() != "ready":
                 raise RuntimeError(f"the {engine} process failed to start (exit {p.wait()})")
         times = {engine: [] for engine in procs}
+        cpu = {engine: [] for engine in procs}
         for i in range(warmup + iters):
             order = list(procs) if i % 2 == 0 else list(procs)[::-1]
             for engine in order:
                 procs[engine].stdin.write("step\n")
                 procs[engine].stdin.flush()
-                ms = float(procs[engine].stdout.readline())
+                wall_ms, cpu_ms = map(float, procs[engine].stdout.readline().split())
                 if i >= warmup:
-                    times[engine].append(ms)
-        return times
+                    times[engine].append(wall_ms)
+                    cpu[engine].append(cpu_ms)
+        return times, cpu
     finally:
         for p in procs.values():
             try:
@@ -142,20 +146,24 @@ def main(argv=None) -> int:
         run = Path(tmp)
         write_run(run, args.layout, args.batch, rows=4 * args.batch)
         for stage in STAGES:
-            times = bench_stage(run, stage, args.device, args.threads, args.warmup, args.iters)
+            times, cpu = bench_stage(run, stage, args.device, args.threads, args.warmup, args.iters)
             res[stage] = {e: statistics.median(t) for e, t in times.items()}
-            res[stage]["all"] = times
+            res[stage].update({f"{e}_cpu": statistics.median(t) for e, t in cpu.items()})
+            res[stage]["all"] = {"wall": times, "cpu": cpu}
             print(f"  {stage:<7} caffe {res[stage]['caffe']:8.1f} ms/iter   torch ({args.device}) "
                   f"{res[stage]['torch']:8.1f} ms/iter", flush=True)
     load1 = os.getloadavg()[0]
     print(f"\nMCL torch engine vs Caffe: layout {args.layout}, batch {args.batch}, {args.threads} CPU threads each, "
           f"torch on {args.device}; median of {args.iters} iterations after {args.warmup} warm-up, "
           f"engines stepped in alternation (load average {load0:.1f} -> {load1:.1f})")
-    print(f"{'stage':<24}{'Caffe ms/iter':>14}{'torch ms/iter':>15}{'speed-up':>10}")
+    print(f"{'stage':<24}{'Caffe ms/iter':>14}{'torch ms/iter':>15}{'speed-up':>10}"
+          f"{'CPU ms: Caffe':>16}{'torch':>8}{'ratio':>8}")
     labels = {"stage1": "stage 1 (all layers)", "heads": "heads (joint)"}
     for stage in STAGES:
         r = res[stage]
-        print(f"{labels[stage]:<24}{r['caffe']:>14.1f}{r['torch']:>15.1f}{r['caffe'] / r['torch']:>9.2f}x")
+        print(f"{labels[stage]:<24}{r['caffe']:>14.1f}{r['torch']:>15.1f}{r['caffe'] / r['torch']:>9.2f}x"
+              f"{r['caffe_cpu']:>16.0f}{r['torch_cpu']:>8.0f}{r['caffe_cpu'] / r['torch_cpu']:>7.2f}x")
+    print("(wall-clock medians; CPU ms = the process's CPU time over all its threads, less sensitive to other jobs)")
     total = {e: sum(hours(res[s][e], SCHEDULE[s]) for s in STAGES) for e in ("caffe", "torch")}
     print(f"\nprojected paper schedule (180k + 2 x 60k at stage 1's rate + 60k joint heads = 360k iterations):\n"
           f"  Caffe {total['caffe']:.1f} h ({total['caffe'] / 24:.1f} days), "

@@ -22,7 +22,7 @@ from google.protobuf import text_format
 from mcl import caffemodel
 from mcl.caffe_pb import caffe_pb2
 from mcl.engine import feeds as feeding
-from mcl.engine.fillers import caffe_initial_blobs, own_initial_blobs
+from mcl.engine.fillers import caffe_initial_blobs
 from mcl.engine.sgd import Blob, CaffeSGD, Settings
 from mcl.fileio import atomic_write
 
@@ -54,7 +54,9 @@ class Solver:
         configure_device(self.device, tf32)
         self.feeds = feeding.feeds(self.run, self.net_param, self.device)
         shapes = {top: tuple(t.shape) for top, t in feeding.batch(self.feeds, 0).items()}
-        self.net = torchnet.from_netparameter(self.net_param, "TRAIN", input_shapes=shapes).to(self.device)
+        # torchnet draws the fillers' distributions from torch's generator: the weights when pycaffe is missing.
+        self.net = torchnet.from_netparameter(self.net_param, "TRAIN", input_shapes=shapes,
+                                              seed=max(self.settings.random_seed, 0)).to(self.device)
         self.init_source = self._initialise(fillers)
         self.loss_tops = list(self.net.loss_weights)
         self.loss_weights = [float(self.net.loss_weights[t]) for t in self.loss_tops]
@@ -81,18 +83,18 @@ class Solver:
         self.sgd.blobs = fresh
 
     def _initialise(self, fillers: str) -> str:
-        blobs = None
-        if fillers in ("auto", "caffe"):
-            blobs = caffe_initial_blobs(self.run, self.solver_path)
-            if blobs is None and fillers == "caffe":
-                raise RuntimeError("pycaffe is not importable: cannot draw Caffe's own initial weights")
-        source = "caffe"
+        """Caffe's own iteration-0 weights ("caffe"; "auto" where pycaffe imports), else torchnet's ("torch")."""
+        if fillers not in ("auto", "caffe", "torch"):
+            raise ValueError(f"fillers must be auto, caffe or torch, got {fillers!r}")
+        if fillers != "torch":  # Caffe's solver aborts when its snapshot folder cannot be written
+            (self.run / self.settings.snapshot_prefix).parent.mkdir(parents=True, exist_ok=True)
+        blobs = caffe_initial_blobs(self.run, self.solver_path) if fillers != "torch" else None
         if blobs is None:
-            shapes = {name: [a.shape for a in arrays] for name, arrays in self.net.caffe_blobs().items()}
-            blobs = own_initial_blobs(self.net_param, shapes, self.settings.random_seed)
-            source = "torch"
+            if fillers == "caffe":
+                raise RuntimeError("pycaffe is not importable: cannot draw Caffe's own initial weights")
+            return "torch"
         self.net.load_caffe_blobs(blobs, strict=True)
-        return source
+        return "caffe"
 
     def blobs(self) -> dict[str, list[np.ndarray]]:
         """Every blob of the net by layer name (BatchNorm statistics included), as Caffe stores them."""

@@ -103,15 +103,18 @@ def _check_data_manifest(report: Report, hasher: _Hasher, manifest_path: Path) -
 
 def check_run(run) -> Report:
     """Every checksum of the run's manifest (artifacts and their inputs) and of its data
-    manifest, recomputed. Raises VerifyError when the run manifest is missing or unreadable."""
+    manifest, recomputed. Raises VerifyError when a manifest is unreadable, or when the run
+    manifest is missing from a run that has no data manifest either."""
     run = Path(run)
     report = Report(run)
     hasher = _Hasher()
-    doc = _load(run / RUN_MANIFEST)
-    artifacts = doc.get("artifacts")
+    data_manifests = {(run / DATA_MANIFEST).resolve()} if (run / DATA_MANIFEST).is_file() else set()
+    if data_manifests and not (run / RUN_MANIFEST).exists():  # data prepared, nothing trained yet
+        artifacts = {}
+    else:
+        artifacts = _load(run / RUN_MANIFEST).get("artifacts")
     if not isinstance(artifacts, dict):
         raise VerifyError(f"{run / RUN_MANIFEST}: has no 'artifacts' table")
-    data_manifests = {(run / DATA_MANIFEST).resolve()} if (run / DATA_MANIFEST).is_file() else set()
     for key, entry in sorted(artifacts.items()):
         _compare(report, hasher, _path(run, key), entry.get("sha256", ""), f"artifact of {entry.get('stage', '?')}")
         for ikey, digest in sorted(entry.get("inputs", {}).items()):

@@ -107,6 +107,16 @@ def test_a_run_without_manifest_is_refused(tmp_path):
     assert r.returncode == 2 and f"{tmp_path / 'manifest.json'}: missing" in r.stderr
 
 
+def test_prepared_data_alone_verifies(run):
+    """After `make data`, before any stage: the data manifest is checked."""
+    (run / "manifest.json").unlink()
+    r = verify(run)
+    assert r.returncode == 0 and "intact" in r.stdout, r.stderr
+    flip_byte(run / "data/train_lmdb/data.mdb")
+    r = verify(run)
+    assert r.returncode == 2 and f"{run / 'data/train_lmdb/data.mdb'}: differs" in r.stderr
+
+
 def test_make_verify(run):
     ok = subprocess.run(["make", "-s", "verify", f"RUN={run}"], cwd=ROOT, capture_output=True, text=True)
     assert ok.returncode == 0 and "intact" in ok.stdout, ok.stderr

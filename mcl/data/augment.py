@@ -102,7 +102,7 @@ def apply_affine(A: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 def invert_affine(A: np.ndarray) -> np.ndarray:
     """Inverse of 2 x 3 matrices (..., 2, 3). Written out (no LAPACK call): BLAS thread
-    pools in forked workers cost more than these few multiplications."""
+    pools in the worker processes cost more than these few multiplications."""
     a, b, c = A[..., 0, 0], A[..., 0, 1], A[..., 0, 2]
     d, e, f = A[..., 1, 0], A[..., 1, 1], A[..., 1, 2]
     det = a * e - b * d

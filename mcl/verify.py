@@ -15,8 +15,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mcl.manifest import sha256
-
 RUN_MANIFEST = "manifest.json"
 DATA_MANIFEST = "data/manifest.json"
 
@@ -59,6 +57,8 @@ class _Hasher:
         self.cache: dict[Path, str | None] = {}
 
     def __call__(self, path: Path) -> str | None:
+        from mcl.manifest import sha256  # here: importing this module needs no Caffe (tools/port.py)
+
         path = path.resolve()
         if path not in self.cache:
             self.cache[path] = sha256(path) if path.is_file() else None
@@ -167,9 +167,25 @@ def check_stage_inputs(run, train_net, inputs, out=None) -> None:
         check_net_data(run, Path(train_net))
     if out is not None:
         try:
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            check_creatable(Path(out).parent)
         except OSError as exc:
-            raise VerifyError(f"{Path(out).parent}: cannot make the output folder ({exc.strerror})") from None
+            raise VerifyError(f"{exc.filename}: {exc.strerror} (output {out})") from None
+
+
+def check_creatable(folder) -> None:
+    """Raise OSError naming the nearest existing ancestor of `folder` unless it is a folder
+    this process may write in, so that a tool stops before its work, creating nothing,
+    when its output cannot be written (a path below a regular file: permissions stop no
+    write of root's)."""
+    import os
+
+    p = Path(folder).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise NotADirectoryError(20, "not a folder: no output can be written below it", str(p))
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise PermissionError(13, "no output can be written in this folder", str(p))
 
 
 def check_net_data(run: Path, net_path: Path) -> None:

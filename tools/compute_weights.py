@@ -24,6 +24,7 @@ from mcl.evaluate import validation_errors  # noqa: E402
 from mcl.fileio import atomic_write  # noqa: E402
 from mcl.runfiles import run_layout  # noqa: E402
 from mcl.stages import ALPHA  # noqa: E402
+from mcl.verify import check_creatable  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -38,7 +39,7 @@ def main(argv=None) -> int:
     run = Path(args.run).resolve()
     t0 = time.time()
     try:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made stops us first
+        check_creatable(Path(args.out).parent)  # an output that cannot be written stops us first
         layout = run_layout(run)
         errors, res = validation_errors(run, Path(args.model), layout, args.split)
         common = dict(errors=[float(e) for e in errors], split=args.split, faces=res["inter_ocular"]["faces"],

@@ -31,6 +31,7 @@ from mcl.caffemodel import ModelError  # noqa: E402
 from mcl.evaluate import EvalError, parse_model, parse_named_file, run_evaluation  # noqa: E402
 from mcl.predictions import write_predictions  # noqa: E402
 from mcl.runfiles import run_layout  # noqa: E402
+from mcl.verify import check_creatable  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -58,7 +59,7 @@ def main(argv=None) -> int:
     try:
         if args.speed_repeats < 0 or args.overlays < 0:
             raise EvalError("--speed-repeats and --overlays must not be negative")
-        out.parent.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made stops us before any work
+        check_creatable(out.parent)  # an output that cannot be written stops us before any work
         models = [parse_model(spec, run) for spec in args.model]
         files = [parse_named_file(spec) for spec in args.predictions]
         ev = run_evaluation(run, args.split, models, files, args.coords_base, args.speed_repeats)

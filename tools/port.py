@@ -60,6 +60,7 @@ def main(argv=None) -> int:
     from mcl import torchnet
     from mcl.fileio import atomic_write
     from mcl.port import convert
+    from mcl.verify import check_creatable
 
     try:
         if args.command == "back":
@@ -70,7 +71,7 @@ def main(argv=None) -> int:
         bad = [f for f in formats if f not in ("npz", "pt", "onnx")]
         if bad or not formats:
             p.error(f"--formats: unknown {', '.join(bad) or '(none given)'}; choose from npz, pt, onnx")
-        Path(args.out).mkdir(parents=True, exist_ok=True)  # a folder that cannot be made stops us before the work
+        check_creatable(args.out)  # an output that cannot be written stops us before the work
         crop_scale, test_crop = run_crop(args.run)
         crop_scale = args.crop_scale if args.crop_scale is not None else crop_scale
         test_crop = args.test_crop or test_crop

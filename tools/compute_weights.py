@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mcl import bnstats, loss_weights, manifest  # noqa: E402
+from mcl import loss_weights, manifest, report  # noqa: E402
 from mcl.evaluate import validation_errors  # noqa: E402
 from mcl.fileio import atomic_write  # noqa: E402
 from mcl.runfiles import run_layout  # noqa: E402
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
         errors, res = validation_errors(run, Path(args.model), layout, args.split)
         common = dict(errors=[float(e) for e in errors], split=args.split, faces=res["inter_ocular"]["faces"],
                       model=str(Path(args.model).resolve()), mean_error=res["inter_ocular"]["mean_error"],
-                      bn_stats=bnstats.model_setting(run, Path(args.model)))
+                      provenance=report.provenance(run, Path(args.model).resolve()))
         if args.eq == 5:
             doc = loss_weights.document(layout, "eq5", weights=loss_weights.eq5(errors), **common)
             rows = [("all", doc["weights"])]
@@ -58,7 +58,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     atomic_write(out, json.dumps(doc, indent=2) + "\n")
     manifest.record(run, out.resolve(), f"weights-eq{args.eq}", {"eq": args.eq, "alpha": args.alpha, "split": args.split},
-                    [Path(args.model)] + sorted(Path(run).glob(f"data/{args.split}*.h5")), time.time() - t0)
+                    [Path(args.model)] + sorted(Path(run).glob(f"data/{args.split}*.h5")), time.time() - t0,
+                    provenance=doc["provenance"])
     print(f"Eq. {args.eq} weights from {res['inter_ocular']['faces']} {args.split} faces "
           f"(mean error {100 * res['inter_ocular']['mean_error']:.2f}% of d):")
     names = [f"{j + 1:>7d}" for j in range(layout.n_points)]

@@ -34,6 +34,10 @@ def work(spec, stop_after: int | None, device: str = "cpu") -> int:
     from mcl.train import snapshots
 
     os.chdir(spec.run)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        _emit(event="error", message=f"{spec.name}: --device {device}, but this PyTorch ({torch.__version__}) "
+                                     "sees no CUDA device")
+        return 3
     _log(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads")
     solver = Solver(spec.run, spec.solver_path, device=device)
     sp = solver.settings

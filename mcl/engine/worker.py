@@ -43,15 +43,18 @@ def work(spec, stop_after: int | None, device: str = "cpu") -> int:
     sp = solver.settings
     _log(f"Solving {solver.net_param.name} ({spec.solver_path.name}), initial weights from {solver.init_source}'s "
          f"fillers (seed {sp.random_seed})")
-    start = 0
+    start, failed = 0, False
     for it, state in snapshots(spec):
         try:
             solver.restore(state)
         except (ModelError, OSError, ValueError, RuntimeError) as exc:  # cut short by a kill: the one before
             _log(f"snapshot {state.name} unreadable ({exc}); trying the one before")
+            failed = True
             continue
         start = it
         break
+    if failed and not start:  # a restore that failed halfway may have left some blobs behind
+        solver = Solver(spec.run, spec.solver_path, device=device)
     if start:
         _log(f"Restored solver state from {state}")
         _emit(event="resumed", iter=start, **{"from": str(state)})
@@ -80,7 +83,8 @@ def work(spec, stop_after: int | None, device: str = "cpu") -> int:
             _log(f"Snapshotting solver state to {solver.snapshot()}")
         if it % sp.display == 0 or it == sp.max_iter:
             loss = solver.loss
-            lr = float(sp.base_lr) * float(sp.gamma) ** (it // sp.stepsize)  # as mcl.train reports it
+            # The next iteration's rate, computed as the Caffe worker reports it.
+            lr = float(sp.base_lr) * (float(sp.gamma) ** (it // sp.stepsize) if sp.lr_policy == "step" else 1.0)
             _log(f"Iteration {it - 1}, loss = {loss:.6g}")
             _log(f"Iteration {it - 1}, lr = {float(solver.last_rate):.6g}")
             _emit(event="iter", iter=it, max_iter=sp.max_iter, loss=loss, lr=lr,

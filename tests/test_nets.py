@@ -219,15 +219,19 @@ def test_solvers_carry_the_papers_hyperparameters(scale):
     from google.protobuf import text_format
     layout = get_layout(68)
     files = run_files(layout, scale=scale, seed=42)
-    expected_lr = {"stage1": 0.02, "pre_bm": 0.02, "stage2": 0.001, "stage3": 0.001, "heads": 0.001}
+    # equal_budget: the audit's control, BM continued at the fine-tuning rate for stages 2, 3 and heads
+    expected_lr = {"stage1": 0.02, "pre_bm": 0.02, "stage2": 0.001, "stage3": 0.001, "heads": 0.001,
+                   "equal_budget": 0.001}
     solvers = [p for p in files if p.startswith("solvers/")]
-    assert len(solvers) == 5 + layout.m
+    assert len(solvers) == 6 + layout.m
     for path in solvers:
         base = path.split("/")[1][: -len("_solver.prototxt")]
         s = text_format.Parse(files[path], caffe_pb2.SolverParameter())
         key = "heads" if base.startswith("head") else base
         assert s.base_lr == pytest.approx(expected_lr[key])
-        assert s.max_iter == round({"stage1": 180000, "pre_bm": 180000}.get(key, 60000) * scale)
+        want = 3 * round(60000 * scale) if key == "equal_budget" else \
+            round({"stage1": 180000, "pre_bm": 180000}.get(key, 60000) * scale)
+        assert s.max_iter == want
         assert (s.lr_policy, s.gamma, s.stepsize) == ("step", pytest.approx(0.3), round(30000 * scale))
         assert (s.momentum, s.weight_decay) == (pytest.approx(0.9), pytest.approx(0.0005))
         assert s.solver_mode == caffe_pb2.SolverParameter.CPU and s.random_seed == 42

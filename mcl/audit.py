@@ -234,22 +234,50 @@ def ablation(run: Path, name: str, layout: Layout, seed: int = 0, split: str = "
     # equal_budget
     eb = ModelSpec("BM + equal budget", "models/equal_budget.caffemodel")
     r = {"BM": S(bm), "BM + equal budget": S(eb), "WM": S(wm), "AM": S(am)}
-    e = {k: _mean(v) for k, v in r.items()}
-    out = _result(r, "WM and AM better than BM trained for as many more iterations",
-                  e["AM"] < e["BM + equal budget"] and e["WM"] < e["BM + equal budget"], "equal_budget", layout, run)
-    out["ordering"] = ordering_verdict(e)
+    faces = {k: np.asarray(v["face_errors"]) for k, v in r.items()}
+    pairs = {f"{a} vs {b}": paired(faces[a], faces[b]) for a, b in
+             (("WM", "BM"), ("AM", "WM"), ("WM", "BM + equal budget"), ("AM", "BM + equal budget"))}
+    out = _result(r, "WM and AM better than BM trained for as many more iterations (paired, beyond noise)",
+                  pairs["WM vs BM + equal budget"]["better"] and pairs["AM vs BM + equal budget"]["better"],
+                  "equal_budget", layout, run)
+    out["paired"] = pairs
+    out["ordering"] = ordering_verdict(pairs)
     return out
 
 
-def ordering_verdict(e: dict) -> str:
-    """Whether the BM > WM > AM ordering of the errors means anything, given the control."""
-    ordered = e["BM"] > e["WM"] > e["AM"]
-    if not ordered:
-        return "BM > WM > AM does not hold on this run"
-    if e["AM"] < e["BM + equal budget"] and e["WM"] < e["BM + equal budget"]:
-        return "BM > WM > AM holds and both beat BM with the same extra training: the ordering is supported"
-    return ("BM > WM > AM holds, but BM with the same extra training does as well: the ordering reflects "
-            "more training, not weighting or multi-center learning")
+# A difference of mean errors counts only beyond this many standard errors of the paired
+# per-face differences (about a 95% two-sided interval).
+PAIRED_Z = 2.0
+
+
+def paired(a: np.ndarray, b: np.ndarray) -> dict:
+    """Model a against model b on the same faces: mean of (a - b) and its standard error."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("inf")
+    mean = float(d.mean())
+    return {"mean_difference": mean, "standard_error": se, "faces": int(len(d)),
+            "better": bool(mean < -PAIRED_Z * se), "worse": bool(mean > PAIRED_Z * se)}
+
+
+def ordering_verdict(pairs: dict) -> str:
+    """Whether BM > WM > AM means anything, given the equal-budget control, on paired per-face errors."""
+    def beyond(key):
+        return pairs[key]["better"]
+    steps = beyond("WM vs BM") and beyond("AM vs WM")
+    control = beyond("WM vs BM + equal budget") and beyond("AM vs BM + equal budget")
+    if steps and control:
+        return ("BM > WM > AM holds beyond noise and WM and AM beat BM trained for as many more iterations: the "
+                "ordering is supported")
+    if control:
+        return ("WM and AM beat BM trained for as many more iterations beyond noise, but not every step of BM > WM "
+                "> AM is beyond noise")
+    if steps:
+        return ("BM > WM > AM holds beyond noise, but BM trained for as many more iterations does as well: the "
+                "ordering reflects more training, not weighting or multi-center learning")
+    clear = [k for k, p in pairs.items() if p["better"]]
+    return (f"no BM > WM > AM ordering is supported (paired per-face errors, {PAIRED_Z:g} standard errors): beyond "
+            f"noise only {', '.join(clear) if clear else 'nothing'}; WM and AM do not beat BM trained for as many "
+            f"more iterations")
 
 
 def _result(numbers: dict, expectation: str, held: bool, key: str, layout: Layout, run: Path | None = None) -> dict:

@@ -95,7 +95,12 @@ def _ablation_md(name: str, doc: dict, layout) -> list[str]:
             lines += [f"Largest relative change of the mean error against WM: "
                       f"{100 * doc['largest_relative_change']:.1f}%.", ""]
     if name == "equal_budget":
-        lines += [f"**Ordering:** {doc['ordering']}.", ""]
+        lines += ["Paired per-face differences of mean error (% of d; negative: the first model better):", "",
+                  "| comparison | mean difference | standard error | faces | beyond noise |", "|---|---|---|---|---|"]
+        for k, p in doc["paired"].items():
+            lines.append(f"| {k} | {100 * p['mean_difference']:+.3f} | {100 * p['standard_error']:.3f} | "
+                         f"{p['faces']} | {'better' if p['better'] else 'worse' if p['worse'] else 'no'} |")
+        lines += ["", f"**Ordering:** {doc['ordering']}.", ""]
     lines += [f"- Expected direction: {doc['expected_direction']}. "
               f"**{'Held' if doc['direction_held'] else 'Did not hold'}** on this run."]
     lines += _paper_lines(doc["paper"]) + [""]

@@ -143,3 +143,29 @@ def test_each_ablation_is_a_make_target_and_nothing_reruns(audited):
     (run / "audit" / "occlusion.json").unlink()
     plan = subprocess.run(["make", "-n", "audit", *settings], cwd=ROOT, capture_output=True, text=True).stdout
     assert "ablation occlusion" in plan and "run_stage.py" not in plan  # only what is missing
+
+
+# ---- the equal-budget verdict: paired per-face differences --------------------------------------
+
+
+def test_paired_difference_against_hand_computed_values():
+    b = np.array([0.10, 0.20, 0.30, 0.40])
+    a = b - np.array([0.01, 0.02, 0.01, 0.02])  # differences -0.01, -0.02, -0.01, -0.02
+    p = audit.paired(a, b)
+    # mean -0.015; sample sd of (-0.01, -0.02, -0.01, -0.02) = 0.005773..., / sqrt(4) = 0.0028867...
+    assert p["mean_difference"] == pytest.approx(-0.015)
+    assert p["standard_error"] == pytest.approx(0.0057735 / 2, rel=1e-4)
+    assert p["better"] and not p["worse"]  # 0.015 > 2 * 0.00289
+    noisy = audit.paired(b + np.array([0.01, -0.01, 0.01, -0.012]), b)
+    assert not noisy["better"] and not noisy["worse"]
+
+
+def test_ordering_is_claimed_only_where_the_control_supports_it():
+    yes = {"better": True, "worse": False}
+    no = {"better": False, "worse": False}
+    full = {"WM vs BM": yes, "AM vs WM": yes, "WM vs BM + equal budget": yes, "AM vs BM + equal budget": yes}
+    assert "supported" in audit.ordering_verdict(full) and "not" not in audit.ordering_verdict(full)
+    more_training = dict(full, **{"WM vs BM + equal budget": no, "AM vs BM + equal budget": no})
+    assert "reflects more training" in audit.ordering_verdict(more_training)
+    nothing = {k: no for k in full}
+    assert audit.ordering_verdict(nothing).startswith("no BM > WM > AM ordering is supported")

@@ -57,6 +57,8 @@ HEADS ?= joint
 # [interp] BatchNorm statistics of every stage's product: recomputed (default) or running (Caffe's raw).
 BN_STATS ?= recomputed
 BN_BATCHES ?= 60
+# [interp] SPEC 5's optional warm-up before step 1 (mcl/stages.py): off (default) or on.
+WARMUP ?= off
 # [interp] BatchNorm of the layers a step fixes: global (frozen whole, default) or batch.
 FROZEN_BN_STAGE2 ?= global
 FROZEN_BN_HEADS ?= global
@@ -65,7 +67,7 @@ FROZEN_BN_HEADS ?= global
 ENGINE ?= caffe
 DEVICE ?= cpu
 data_settings := dataset=$(DATASET) data_root=$(DATA_ROOT) layout=$(LAYOUT) seed=$(SEED) opts=$(DATA_OPTS)
-train_settings := layout=$(LAYOUT) scale=$(SCALE) schedule=$(SCHEDULE) seed=$(SEED) source=$(SOURCE) batch=$(BATCH) frozen_bn=$(FROZEN_BN_STAGE2),$(FROZEN_BN_HEADS) engine=$(ENGINE) device=$(DEVICE)
+train_settings := layout=$(LAYOUT) scale=$(SCALE) schedule=$(SCHEDULE) seed=$(SEED) source=$(SOURCE) batch=$(BATCH) frozen_bn=$(FROZEN_BN_STAGE2),$(FROZEN_BN_HEADS) warmup=$(WARMUP) engine=$(ENGINE) device=$(DEVICE)
 bn_settings := bn_stats=$(BN_STATS) bn_batches=$(BN_BATCHES)
 PIPELINE_GOALS := data stage1 weights-bm stage2 stage3 weights-wm heads assemble evaluate demo \
   audit $(AUDIT_TARGETS) audit-models
@@ -110,8 +112,11 @@ HEADS_OUT_separate := $(M)/heads_separate.json
 HEADS_OUT := $(HEADS_OUT_$(HEADS))
 
 # step 1: pre-train the basic model BM (u_j = 1)
-$(M)/bm.caffemodel: $(DATA) $(NETS) $(BN)
-	$(PY) tools/run_stage.py --run $(RUN) --stage stage1 --out $@ $(STAGE_OPTS)
+$(M)/bm.caffemodel: $(DATA) $(NETS) $(BN) $(if $(filter on,$(WARMUP)),$(M)/warmup.caffemodel)
+	$(PY) tools/run_stage.py --run $(RUN) --stage stage1 --out $@ $(STAGE_OPTS) $(if $(filter on,$(WARMUP)),--warmup)
+# the optional warm-up (WARMUP=on): lr 0.002 for 5% of step 1, which resumes from its solverstate
+$(M)/warmup.caffemodel: $(DATA) $(NETS) $(BN)
+	$(PY) tools/run_stage.py --run $(RUN) --stage warmup --out $@ $(STAGE_OPTS)
 # Eq. 5: weights from BM's validation errors
 $(W)/bm_eq5.json: $(M)/bm.caffemodel
 	$(PY) tools/compute_weights.py --run $(RUN) --model $< --eq 5 --out $@

@@ -314,7 +314,8 @@ def run_settings(run: Path) -> dict:
             "alpha (Eq. 6)": 125,
             "clusters": "mcl/layouts.py (29 points: brows by mirror pairs; 68: eyes with brows, contour 1-6/7-11/12-17)",
             "learning-rate multipliers": "weights 1 / decay 1, biases 2 / decay 0",
-            "warm-up before step 1 (SPEC 5)": "off (the optional warm-up is not built yet)",
+            "warm-up before step 1 (SPEC 5)": (f"on: lr 0.002 fixed for 5% of step 1, which resumes from "
+                                               f"{bm['warmup']}" if bm.get("warmup") else "off"),
             "perturbation weights": f"clipped at {PERTURBATION_FLOOR}, rescaled to mean 1",
             "occlusion": f"{OCCLUDED_FRACTION:.0%} of test faces, tight box of {OCCLUSION_CLUSTER} filled gray",
             "augmentation": (data.get("settings") or {}).get("augment"),

@@ -44,6 +44,7 @@ def net_files(layout: Layout, source: str = "hdf5", batch_size: int = BATCH_SIZE
         "heads_train": netgen.heads_net(layout, STAGES["heads"], data=data, frozen_bn=fbn["heads"]),
         "pre_bm_train": netgen.train_net(layout, STAGES["pre_bm"], data, variant="pre_bm"),
         "equal_budget_train": netgen.train_net(layout, STAGES["equal_budget"], data),
+        "warmup_train": netgen.train_net(layout, STAGES["warmup"], data),
         "deploy": netgen.deploy_net(layout),
         "heads_deploy": netgen.deploy_net(layout, clusters=layout.cluster_names),
         "pre_bm_deploy": netgen.deploy_net(layout, variant="pre_bm"),

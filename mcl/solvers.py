@@ -21,14 +21,19 @@ def solver(stage: Stage, train_net: str, snapshot_prefix: str, scale: float = 1.
     s.train_net = train_net
     s.type = "SGD"
     s.base_lr = stage.base_lr
-    s.lr_policy = "step"
-    s.gamma = GAMMA
-    s.stepsize = stage_stepsize(stage, scale, schedule)
+    if stage.fixed_lr:
+        s.lr_policy = "fixed"
+    else:
+        s.lr_policy = "step"
+        s.gamma = GAMMA
+        s.stepsize = stage_stepsize(stage, scale, schedule)
     s.max_iter = max_iter
     s.momentum = MOMENTUM
     s.weight_decay = WEIGHT_DECAY
     s.display = max(1, max_iter // DISPLAYS_PER_STAGE)
-    s.snapshot = snapshot if snapshot is not None else max(1, max_iter // SNAPSHOTS_PER_STAGE)
+    # A warm-up always snapshots its last iteration: step 1 resumes from that solverstate.
+    s.snapshot = snapshot if snapshot is not None else max_iter if stage.fixed_lr else \
+        max(1, max_iter // SNAPSHOTS_PER_STAGE)
     s.snapshot_prefix = snapshot_prefix
     s.solver_mode = caffe_pb2.SolverParameter.GPU if gpu else caffe_pb2.SolverParameter.CPU
     s.random_seed = seed

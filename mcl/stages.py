@@ -34,6 +34,7 @@ class Stage:
     frozen: tuple[str, ...]  # conv layers whose conv, BatchNorm and Scale are fixed
     weights: str  # which loss weights the stage trains with
     budget_of: tuple[str, ...] = ()  # if set, max_iter is the sum of these stages' (scaled) max_iter
+    fixed_lr: bool = False  # lr_policy "fixed" instead of "step"
 
 
 STAGES = {
@@ -43,6 +44,11 @@ STAGES = {
     "heads": Stage("heads", "4..3+m", 0.001, 60000, ALL_CONVS, "eq9"),
     # pre-BM (the ablation) is pre-trained like BM.
     "pre_bm": Stage("pre_bm", "1 (pre-BM)", 0.02, 180000, (), "uniform"),
+    # [interp] SPEC 5's optional warm-up (WARMUP=on; default off): "a low initial learning rate
+    # ... increase the learning rate when the loss is reduced significantly". Start lr 0.002 (a
+    # tenth of step 1's), fixed; switch rule: after 5% of step 1's iterations, where step 1
+    # resumes from the warm-up's solverstate (its iterations count towards step 1's).
+    "warmup": Stage("warmup", "1 (warm-up)", 0.002, 9000, (), "uniform", fixed_lr=True),
     # The audit's control (beyond the paper): BM continued with uniform weights, all layers
     # trainable, at the fine-tuning learning rate, for exactly the iterations stages 2, 3
     # and the heads had, so more training can be told from weighting and multi-center learning.
@@ -64,7 +70,7 @@ def get_stage(name: str) -> Stage:
 # where its loss still falls (at 0.0018 it had levelled off by iteration 840 of a 1,200 run).
 SCHEDULES = {
     "demo": {"stage1": (1500, 600), "stage2": (60, 30), "stage3": (150, 75), "heads": (150, 75),
-             "pre_bm": (1500, 600)},
+             "pre_bm": (1500, 600), "warmup": (75, 75)},
 }
 
 

@@ -124,7 +124,7 @@ def _worker(spec: StageSpec, stop_after: int | None) -> int:
         it = solver.iter
         if it % sp.display == 0 or it == sp.max_iter:
             loss = sum(w * float(solver.net.blobs[t].data) for t, w in weights.items())
-            lr = sp.base_lr * sp.gamma ** (it // sp.stepsize)
+            lr = sp.base_lr * sp.gamma ** (it // sp.stepsize) if sp.lr_policy == "step" else sp.base_lr
             print(json.dumps({"event": "iter", "iter": it, "max_iter": sp.max_iter, "loss": loss, "lr": lr,
                               "elapsed": time.time() - t0, "start": start}), flush=True)
         if interrupted:

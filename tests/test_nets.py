@@ -223,9 +223,15 @@ def test_solvers_carry_the_papers_hyperparameters(scale):
     expected_lr = {"stage1": 0.02, "pre_bm": 0.02, "stage2": 0.001, "stage3": 0.001, "heads": 0.001,
                    "equal_budget": 0.001}
     solvers = [p for p in files if p.startswith("solvers/")]
-    assert len(solvers) == 6 + layout.m
+    assert len(solvers) == 7 + layout.m
+    # the optional warm-up (SPEC 5 [interp]): a tenth of step 1's rate, fixed, for 5% of its iterations
+    warm = text_format.Parse(files["solvers/warmup_solver.prototxt"], caffe_pb2.SolverParameter())
+    assert (warm.base_lr, warm.lr_policy, warm.max_iter) == (pytest.approx(0.002), "fixed", round(9000 * scale))
+    assert warm.snapshot == warm.max_iter  # step 1 resumes from its last solverstate
     for path in solvers:
         base = path.split("/")[1][: -len("_solver.prototxt")]
+        if base == "warmup":
+            continue
         s = text_format.Parse(files[path], caffe_pb2.SolverParameter())
         key = "heads" if base.startswith("head") else base
         assert s.base_lr == pytest.approx(expected_lr[key])

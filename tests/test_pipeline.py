@@ -230,3 +230,32 @@ def test_bad_inputs_are_named(chained, tmp_path):
     r = tool("compute_weights.py", "--run", empty, "--model", run / "models/bm.caffemodel", "--eq", 5,
              "--out", tmp_path / "w.json", check=False)
     assert r.returncode == 2 and "val.txt" in r.stderr and "empty" in r.stderr
+
+
+# ---- the optional warm-up (SPEC 5 [interp]) -------------------------------------------------
+
+def test_step1_resumes_from_the_warmup_solverstate(tmp_path):
+    """WARMUP=on: the warm-up trains at lr 0.002 (fixed) and step 1 continues from its last
+    solverstate, i.e. from its iteration, weights and momentum, as if resumed after a kill."""
+    from mcl.caffe_pb import caffe_pb2
+    layout = get_layout(5)
+    run = new_run(tmp_path / "run", layout, scale=0.001)  # warm-up 9 iterations, step 1 180
+    warm = tool("run_stage.py", "--run", run, "--stage", "warmup")
+    assert "warmup.caffemodel" in warm.stdout
+    state = run / "snapshots" / "warmup_iter_9.solverstate"
+    assert state.exists() and (run / "snapshots" / "warmup_iter_9.caffemodel").exists()
+    log = (run / "logs" / "warmup.log").read_text()
+    assert "lr = 0.002" in log and "lr = 0.02" not in log
+    ss = caffe_pb2.SolverState()
+    ss.ParseFromString(state.read_bytes())
+    assert ss.iter == 9 and len(ss.history) > 0
+    out = tool("run_stage.py", "--run", run, "--stage", "stage1", "--warmup").stdout
+    assert "from the warm-up's solverstate at iteration 9" in out and "resuming from iteration 9" in out
+    entry = json.loads((run / "manifest.json").read_text())["artifacts"]["models/bm.raw.caffemodel"]
+    assert entry["warmup"] == "snapshots/warmup_iter_9.solverstate" and entry["resumed_from_iter"] == 9
+    stage1_log = (run / "logs" / "stage1.log").read_text()
+    assert "Iteration 10" in stage1_log and "Iteration 0," not in stage1_log  # it did not start over
+    # A stage that is not step 1 refuses the warm-up.
+    bad = tool("run_stage.py", "--run", run, "--stage", "stage3", "--init", run / "models" / "bm.caffemodel",
+               "--warmup", check=False)
+    assert bad.returncode == 2 and "only step 1" in bad.stderr

@@ -30,11 +30,11 @@ from mcl import bnstats, caffemodel, loss_weights, manifest  # noqa: E402
 from mcl.fileio import atomic_write  # noqa: E402
 from mcl.engine import provenance as engine_provenance  # noqa: E402
 from mcl.runfiles import derive, run_layout  # noqa: E402
-from mcl.train import StageError, StageSpec, run_stage, snapshots  # noqa: E402
+from mcl.train import SNAPSHOT_RE, StageError, StageSpec, run_stage, snapshots  # noqa: E402
 from mcl.verify import check_stage_inputs  # noqa: E402
 
 DEFAULT_OUT = {"stage1": "bm", "stage2": "stage2", "stage3": "wm", "heads": "heads", "pre_bm": "pre_bm",
-               "equal_budget": "equal_budget"}
+               "equal_budget": "equal_budget", "warmup": "warmup"}
 
 
 def rewrite_weights(net_path: Path, weights_path: Path) -> None:
@@ -65,7 +65,7 @@ def prepare_snapshots(spec: StageSpec, inputs: list[Path]) -> None:
 
 def train_one(run: Path, name: str, init: Path | None, out: Path, weights: Path | None, stage: str,
               bn_stats: str = bnstats.DEFAULT, bn_batches: int = bnstats.DEFAULT_BATCHES,
-              engine: str = "caffe", device: str = "cpu") -> dict:
+              engine: str = "caffe", device: str = "cpu", warmup: Path | None = None) -> dict:
     net_path = run / "nets" / f"{name}_train.prototxt"
     solver_path = run / "solvers" / f"{name}_solver.prototxt"
     for p in (net_path, solver_path):
@@ -77,7 +77,8 @@ def train_one(run: Path, name: str, init: Path | None, out: Path, weights: Path 
     raw = bnstats.raw_path(out)
     spec = StageSpec(run, name, init, raw, engine, device)
     trained_by = engine_provenance(engine, device)
-    inputs = [solver_path, net_path] + ([init] if init else [])
+    inputs = [solver_path, net_path] + ([init] if init else []) + ([warmup, warmup.with_suffix(".caffemodel")]
+                                                                    if warmup else [])
     settings = manifest.solver_settings(solver_path)
     data_manifest = run / "data" / "manifest.json"  # the training data, where data_prep wrote them
     raw_inputs = inputs + ([weights] if weights else []) + ([data_manifest] if data_manifest.exists() else [])
@@ -88,12 +89,14 @@ def train_one(run: Path, name: str, init: Path | None, out: Path, weights: Path 
         print(f"[{name}] Caffe's model {raw.name} is current for these inputs: training skipped")
     else:
         prepare_snapshots(spec, inputs)
+        if warmup is not None and not snapshots(spec):
+            seed_from_warmup(spec, warmup)
         t0 = time.time()
         summary = run_stage(spec)
         wall = time.time() - t0
         manifest.record(run, raw, stage, settings, raw_inputs, wall, resumed_from_iter=summary["resumed_from"],
                         final_loss=(summary["last"] or {}).get("loss"), log=str(spec.log_path.relative_to(run)),
-                        bn_stats="running", **trained_by)
+                        bn_stats="running", **trained_by, **({"warmup": str(warmup.relative_to(run))} if warmup else {}))
     last = summary["last"] or {}
     t1 = time.time()
     stats = bnstats.finish_stage(run, net_path, raw, out, bn_stats, bn_batches)
@@ -105,6 +108,28 @@ def train_one(run: Path, name: str, init: Path | None, out: Path, weights: Path 
            else "Caffe's running BatchNorm statistics kept")
     print(f"[{name}] done in {wall:.1f} s, {how} ({time.time() - t1:.1f} s) -> {out}")
     return entry
+
+
+def seed_from_warmup(spec: StageSpec, state: Path) -> None:
+    """Step 1 resumes from the warm-up's solverstate (SPEC 5): it becomes the stage's first snapshot,
+    so the runner resumes from it as from any snapshot (weights, momentum, iteration, data position)."""
+    from mcl.caffe_pb import caffe_pb2
+    it = int(SNAPSHOT_RE.search(state.name).group(1))
+    solver_state = caffe_pb2.SolverState()
+    solver_state.ParseFromString(state.read_bytes())
+    model = spec.snapshot_prefix.with_name(f"{spec.snapshot_prefix.name}_iter_{it}.caffemodel")
+    atomic_write(model, state.with_suffix(".caffemodel").read_bytes())
+    solver_state.learned_net = str(model.relative_to(spec.run))
+    atomic_write(model.with_suffix(".solverstate"), solver_state.SerializeToString())
+    print(f"[{spec.name}] starting from the warm-up's solverstate at iteration {it} ({state.name})")
+
+
+def warmup_state(run: Path) -> Path:
+    """The warm-up's final solverstate (a finished warm-up keeps only its last snapshot)."""
+    found = snapshots(StageSpec(run, "warmup", None, run / "models" / "warmup.caffemodel"))
+    if not found:
+        raise StageError(f"{run / 'snapshots'}: no warm-up snapshot (train --stage warmup first)")
+    return found[0][1]
 
 
 def heads_init(run: Path, wm: Path, clusters, name: str = "heads") -> Path:
@@ -121,6 +146,9 @@ def main(argv=None) -> int:
     ap.add_argument("--init", help="caffemodel to start from (the previous stage's model)")
     ap.add_argument("--loss-weights", help="weights JSON (Eq. 5 for stage2/3, Eq. 9 for heads)")
     ap.add_argument("--separate", action="store_true", help="heads: one run per head instead of one joint run")
+    ap.add_argument("--warmup", action="store_true",
+                    help="stage1: start from the warm-up's final solverstate (SPEC 5's optional warm-up; train "
+                         "--stage warmup first)")
     ap.add_argument("--name", help="train the stage on a named copy of its net and solver (nets/NAME_train.prototxt, "
                                    "snapshots/NAME): an ablation with its own loss weights and snapshots")
     ap.add_argument("--out", help="output caffemodel (default models/<bm|stage2|wm|heads|pre_bm>.caffemodel)")
@@ -154,7 +182,10 @@ def main(argv=None) -> int:
             derive(run, args.stage, args.name)
         if args.stage != "heads":
             out = Path(args.out) if args.out else run / "models" / f"{DEFAULT_OUT[args.stage]}.caffemodel"
-            train_one(run, name, init, out.resolve(), weights, args.stage, **bn)
+            if args.warmup and args.stage != "stage1":
+                raise StageError("--warmup: only step 1 (stage1) starts from the warm-up")
+            train_one(run, name, init, out.resolve(), weights, args.stage, **bn,
+                      warmup=warmup_state(run) if args.warmup else None)
             return 0
         if init is None:
             raise StageError("heads: --init (the weighting model WM) is required")

@@ -280,9 +280,24 @@ def ordering_verdict(pairs: dict) -> str:
             f"more iterations")
 
 
+def _not_finite(numbers: dict, prefix: str = "") -> list[str]:
+    """Models among `numbers` whose mean error is not finite (a training run that diverged)."""
+    out = []
+    for k, v in numbers.items():
+        if isinstance(v, dict) and "inter_ocular" in v:
+            if not np.isfinite(v["inter_ocular"]["mean_error"]):
+                out.append(prefix + k)
+        elif isinstance(v, dict):
+            out += _not_finite(v, f"{prefix}{k} / ")
+    return out
+
+
 def _result(numbers: dict, expectation: str, held: bool, key: str, layout: Layout, run: Path | None = None) -> dict:
+    # A comparison with NaN is False either way round: a diverged model never counts as evidence.
+    diverged = _not_finite(numbers)
     return {"numbers": numbers, "paper": paper_entry(key, run_settings(run) if run else None),
-            "expected_direction": expectation, "direction_held": bool(held)}
+            "expected_direction": expectation, "direction_held": bool(held) and not diverged,
+            "not_finite": diverged}
 
 
 # ---- settings of a run -----------------------------------------------------------------------

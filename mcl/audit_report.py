@@ -101,6 +101,9 @@ def _ablation_md(name: str, doc: dict, layout) -> list[str]:
             lines.append(f"| {k} | {100 * p['mean_difference']:+.3f} | {100 * p['standard_error']:.3f} | "
                          f"{p['faces']} | {'better' if p['better'] else 'worse' if p['worse'] else 'no'} |")
         lines += ["", f"**Ordering:** {doc['ordering']}.", ""]
+    if doc.get("not_finite"):
+        lines += [f"**Not finite:** {', '.join(doc['not_finite'])}: the model's errors are NaN or infinite (its "
+                  "training diverged; see its stage log), so this experiment is no evidence either way.", ""]
     lines += [f"- Expected direction: {doc['expected_direction']}. "
               f"**{'Held' if doc['direction_held'] else 'Did not hold'}** on this run."]
     lines += _paper_lines(doc["paper"]) + [""]

@@ -169,3 +169,14 @@ def test_ordering_is_claimed_only_where_the_control_supports_it():
     assert "reflects more training" in audit.ordering_verdict(more_training)
     nothing = {k: no for k in full}
     assert audit.ordering_verdict(nothing).startswith("no BM > WM > AM ordering is supported")
+
+
+def test_a_diverged_model_is_never_evidence():
+    """NaN compares False either way round: the result must say not held and name the model."""
+    layout = get_layout(68)
+    nan = {"inter_ocular": {"mean_error": float("nan")}}
+    ok = {"inter_ocular": {"mean_error": 0.08}}
+    res = audit._result({"BM": ok, "pre-BM": nan}, "BM better", True, "pre_bm", layout)
+    assert res["direction_held"] is False and res["not_finite"] == ["pre-BM"]
+    fine = audit._result({"BM": ok, "pre-BM": ok}, "BM better", True, "pre_bm", layout)
+    assert fine["direction_held"] is True and fine["not_finite"] == []

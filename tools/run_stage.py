@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -98,6 +99,9 @@ def train_one(run: Path, name: str, init: Path | None, out: Path, weights: Path 
                         final_loss=(summary["last"] or {}).get("loss"), log=str(spec.log_path.relative_to(run)),
                         bn_stats="running", **trained_by, **({"warmup": str(warmup.relative_to(run))} if warmup else {}))
     last = summary["last"] or {}
+    if last.get("loss") is not None and not math.isfinite(last["loss"]):
+        print(f"[{name}] WARNING: training diverged: the loss is {last['loss']} at the end of the stage "
+              f"(see {spec.log_path}); its model's predictions will not be finite", file=sys.stderr)
     t1 = time.time()
     stats = bnstats.finish_stage(run, net_path, raw, out, bn_stats, bn_batches)
     entry = manifest.record(run, out, stage, settings, raw_inputs + [raw],

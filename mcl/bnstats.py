@@ -187,8 +187,8 @@ def phase_losses(run: Path, train_net_path: Path, model: Path, batches: int = 1)
     from google.protobuf import text_format
     run = Path(run).resolve()
     net_param = text_format.Parse(Path(train_net_path).read_text(), caffe_pb2.NetParameter())
-    weights = {top: (lay.loss_weight[0] if len(lay.loss_weight) else 1.0)
-               for lay in net_param.layer if lay.type == "EuclideanLoss" for top in lay.top}
+    from mcl.train import loss_weights_of
+    weights = loss_weights_of(net_param)
     caffe.set_mode_cpu()
     out = {}
     cwd = os.getcwd()

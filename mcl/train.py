@@ -66,7 +66,8 @@ def snapshots(spec: StageSpec) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
-def _loss_weights(net_param) -> dict[str, float]:
+def loss_weights_of(net_param) -> dict[str, float]:
+    """Loss top -> its loss_weight (EuclideanLoss; Caffe's default 1): the terms of Eq. 4's total."""
     return {top: (lay.loss_weight[0] if len(lay.loss_weight) else 1.0)
             for lay in net_param.layer if lay.type == "EuclideanLoss" for top in lay.top}
 
@@ -82,7 +83,7 @@ def _worker(spec: StageSpec, stop_after: int | None) -> int:
     os.chdir(spec.run)
     sp = text_format.Parse(spec.solver_path.read_text(), caffe_pb2.SolverParameter())
     net_param = text_format.Parse((spec.run / sp.train_net).read_text(), caffe_pb2.NetParameter())
-    weights = _loss_weights(net_param)
+    weights = loss_weights_of(net_param)
     n_data = sum(1 for lay in net_param.layer if lay.type in DATA_LAYER_TYPES)
     solver = caffe.SGDSolver(str(spec.solver_path))
     start = 0

@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", help="caffemodel (default models/<product of the stage>.caffemodel)")
     ap.add_argument("--compare", action="store_true", help="compare the raw model with the product")
     ap.add_argument("--out", help="write the model with recomputed statistics here")
-    ap.add_argument("--batches", type=int, default=bnstats.DEFAULT_BATCHES,
+    ap.add_argument("--batches", type=int,
                     help=f"training batches to recompute over (default {bnstats.DEFAULT_BATCHES}); with --compare, "
                          "batches the losses are averaged over (default 4)")
     ap.add_argument("--split", default="test", help="split of the mean error with --compare (default test)")
@@ -72,10 +72,10 @@ def main(argv=None) -> int:
     try:
         if args.out:
             r = bnstats.recompute(run, run / "nets" / f"{args.stage}_train.prototxt", model, Path(args.out),
-                                  args.batches)
+                                  args.batches or bnstats.DEFAULT_BATCHES)
             print(f"wrote {args.out}: {r['bn_layers']} BatchNorm layers recomputed over {r['bn_batches']} batches")
         if args.compare:
-            batches = args.batches if "--batches" in (argv or sys.argv) else 4
+            batches = args.batches or 4
             doc = compare(run, args.stage, model, batches, args.split)
             print(f"{args.stage}: Eq. 4 loss on the first {batches} training batches, {args.split} mean error")
             print(f"{'model':<16}{'TRAIN phase':>13}{'TEST phase':>12}{'ratio':>8}{'mean error %':>14}{'failure %':>11}")

@@ -300,6 +300,25 @@ class BatchNorm(Layer):
     def _view(self, v, x):
         return v.view((1, -1) + (1,) * (x.dim() - 2)) if x.dim() > 1 else v
 
+    def fused(self, x, weight, bias, relu: bool):
+        """This layer, then Scale(weight, bias) over axis 1, then ReLU if `relu`, in one kernel.
+
+        The same arithmetic as forward() followed by Scale and ReLU, rounded once per element
+        instead of after each layer; the statistics blobs move exactly as in forward().
+        """
+        if self.use_global_stats:
+            mean, var = (self.frozen_mean, self.frozen_var) if self.frozen else self.stored_stats()
+            y = F.batch_norm(x, mean, var, weight, bias, False, 0.0, self.eps)
+        else:
+            batch_mean, batch_var = torch.zeros_like(self.mean_sum), torch.zeros_like(self.var_sum)
+            y = F.batch_norm(x, batch_mean, batch_var, weight, bias, True, 1.0, self.eps)
+            with torch.no_grad():
+                self.factor.mul_(self.maf).add_(1.0)
+                self.mean_sum.mul_(self.maf).add_(batch_mean)
+                self.var_sum.mul_(self.maf).add_(batch_var)
+        # In place: batch_norm keeps its input for the backward pass, not its output.
+        return F.relu_(y) if relu else y
+
     def forward(self, x):
         if self.use_global_stats:
             mean, var = (self.frozen_mean, self.frozen_var) if self.frozen else self.stored_stats()
@@ -734,6 +753,8 @@ class CaffeNet(nn.Module):
             if n not in inputs:
                 raise NetError(f"input {n!r} not given (inputs: {', '.join(self.input_names)})")
             blobs[n] = inputs[n]
+        if self._plan is not None and upto is None and record is None:
+            return self._run_plan(blobs)
         for s in self.specs:
             if s.type not in INPUT_TYPES:
                 out = self.layers[self._keys[s.name]](*[blobs[b] for b in s.bottoms])
@@ -745,6 +766,150 @@ class CaffeNet(nn.Module):
                         record.append((s.name, t, v))
             if s.name == upto:
                 break
+        return blobs
+
+    def fuse(self) -> CaffeNet:
+        """Train faster: run each BatchNorm -> Scale (-> ReLU) chain as one fused kernel.
+
+        A chain qualifies when the Scale (one bottom, a learned scale of shape (C,) on axis 1)
+        reads only the BatchNorm's top and comes right after it, and a ReLU (slope 0) right
+        after that works in place on the Scale's top; and no other layer reads a blob the
+        chain overwrites. The layers keep their blobs; forward() with `upto` or `record`
+        still runs layer by layer. Undone by unfuse().
+        """
+        self._need_setup("fuse")
+        groups = self._loss_groups()
+        grouped = {id(s): g for g in groups for s in g["members"]}
+        plan, i, specs = [], 0, self.specs
+        while i < len(specs):
+            s = specs[i]
+            if id(s) in grouped:
+                g = grouped[id(s)]
+                if s is g["losses"][0]:
+                    plan.append(("losses", g))
+                i += 1
+                continue
+            chain = self._chain(i)
+            if chain is None:
+                plan.append(("layer", s))
+                i += 1
+                continue
+            plan.append(("fused", chain))
+            i += len(chain[3])
+        self._plan = plan
+        self._groups = groups
+        return self
+
+    def _loss_groups(self) -> list[dict]:
+        """Eq. 4 as the generated nets spell it: two blobs (N, K*m) each cut by a Slice into K pieces
+        along axis 1, and K EuclideanLoss layers, the k-th on the k-th piece of each. Such a group
+        runs as one difference and one reduction: loss_k = sum over rows and the k-th m columns of
+        (a - b)^2 / N / 2, Caffe's EuclideanLoss of each piece. The Slices go when only the group
+        reads their pieces."""
+        specs = self.specs
+        made_by = {t: (s, k) for s in specs if s.type == "Slice" for k, t in enumerate(s.tops)}
+        readers: dict[str, list] = {}
+        for s in specs:
+            for b in s.bottoms:
+                readers.setdefault(b, []).append(s)
+        pairs: dict[tuple, list] = {}
+        for s in specs:
+            if s.type != "EuclideanLoss" or len(s.bottoms) != 2 or not all(b in made_by for b in s.bottoms):
+                continue
+            (sa, ka), (sb, kb) = made_by[s.bottoms[0]], made_by[s.bottoms[1]]
+            pairs.setdefault((id(sa), id(sb)), []).append((s, sa, ka, sb, kb))
+        groups = []
+        for items in pairs.values():
+            _, sa, _, sb, _ = items[0]
+            la, lb = self.layer(sa.name), self.layer(sb.name)
+            src_a, src_b = self.shapes[sa.bottoms[0]], self.shapes[sb.bottoms[0]]
+            k = len(sa.tops)
+            if (len(items) != k or len(sb.tops) != k or [it[2] for it in items] != list(range(k))
+                    or [it[4] for it in items] != list(range(k)) or len(src_a) != 2 or src_a != src_b
+                    or la.axis != 1 or lb.axis != 1 or len(set(la.sizes)) != 1 or la.sizes != lb.sizes
+                    or any(s.tops[0] in readers for s, *_ in items)):
+                continue
+            losses = [it[0] for it in items]
+            members = list(losses)
+            for sl in (sa, sb):
+                if all(r in losses for t in sl.tops for r in readers.get(t, [])):
+                    members.append(sl)
+            groups.append({"losses": losses, "members": members, "a": sa.bottoms[0], "b": sb.bottoms[0],
+                           "k": k, "m": la.sizes[0], "tops": [s.tops[0] for s in losses]})
+        return groups
+
+    def loss_vector(self, blobs: dict, tops: list[str]) -> torch.Tensor:
+        """The losses of `tops`, in order, as one vector (the fused groups' own vectors where they fit)."""
+        vectors, i = [], 0
+        by_first = {g["tops"][0]: g for g in (self._groups if self._plan is not None else [])}
+        while i < len(tops):
+            g = by_first.get(tops[i])
+            if g is not None and tops[i:i + g["k"]] == g["tops"] and "vector" in g:
+                vectors.append(g.pop("vector"))
+                i += g["k"]
+            else:
+                vectors.append(blobs[tops[i]].reshape(1))
+                i += 1
+        return vectors[0] if len(vectors) == 1 else torch.cat(vectors)
+
+    def _chain(self, i: int):
+        """(BatchNorm module, Scale module, relu, the layers' specs) of a fusable chain at specs[i]."""
+        specs = self.specs
+        bn = specs[i]
+        if bn.type != "BatchNorm" or i + 1 >= len(specs) or len(bn.bottoms) != 1:
+            return None
+        shape = self.shapes.get(bn.bottoms[0], ())
+        if len(shape) != 4 or shape[0] * shape[2] * shape[3] < 2:
+            return None  # (batch statistics over one value per channel: the layer-by-layer path)
+        sc = specs[i + 1]
+        scale = self.layer(sc.name)
+        if (sc.type != "Scale" or sc.bottoms != bn.tops or scale.two_bottoms or scale.axis != 1
+                or tuple(scale.weight.shape) != (self.shapes[bn.tops[0]][1],)):
+            return None
+        used = [s for s in specs if s is not bn and s is not sc]
+        if bn.tops[0] != sc.tops[0] and any(bn.tops[0] in s.bottoms for s in used):
+            return None  # the normalised blob is read elsewhere: keep it
+        members = [bn, sc]
+        relu = False
+        if i + 2 < len(specs):
+            r = specs[i + 2]
+            if (r.type == "ReLU" and r.bottoms == sc.tops and r.tops == sc.tops
+                    and not self.layer(r.name).slope):
+                members.append(r)
+                relu = True
+        return self.layer(bn.name), scale, relu, members
+
+    def unfuse(self) -> CaffeNet:
+        self._plan = None
+        return self
+
+    _plan = None
+    _groups: list = []
+
+    def _run_plan(self, blobs: dict) -> dict:
+        for kind, what in self._plan:
+            if kind == "layer":
+                s = what
+                if s.type in INPUT_TYPES:
+                    continue
+                out = self.layers[self._keys[s.name]](*[blobs[b] for b in s.bottoms])
+                if isinstance(out, torch.Tensor):
+                    out = (out,)
+                for t, v in zip(s.tops, out):
+                    blobs[t] = v
+            elif kind == "losses":
+                a, b = blobs[what["a"]], blobs[what["b"]]
+                d = a - b
+                n = a.shape[0]
+                vec = (d * d).view(n, what["k"], what["m"]).sum(dim=(0, 2)) / n / 2.0
+                what["vector"] = vec
+                for k, t in enumerate(what["tops"]):
+                    blobs[t] = vec[k]
+            else:
+                bn, scale, relu, members = what
+                y = bn.fused(blobs[members[0].bottoms[0]], scale.weight,
+                             scale.bias if "bias" in scale.blob_names else None, relu)
+                blobs[members[-1].tops[0]] = y
         return blobs
 
     def freeze_batchnorm(self) -> CaffeNet:

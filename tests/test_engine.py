@@ -274,6 +274,79 @@ def test_free_running_equals_caffe(run, caffe_runs, stage):
             np.testing.assert_array_equal(a, b, err_msg=f"fixed layer {name}")
 
 
+# ---- the fused kernels (Solver(fast=True), the default) against the layer-by-layer net -------------
+
+@pytest.mark.parametrize("stage,chains,groups", [("stage1", 9, 1), ("stage2", 9, 1), ("heads", 9, 4)])
+def test_fused_net_is_the_layer_by_layer_net(run, caffe_runs, stage, chains, groups):
+    """Every BatchNorm -> Scale -> ReLU chain and every Eq. 4 group of the generated nets is fused,
+    and the fused net trains as the layer-by-layer one: the same losses, blobs and statistics up to
+    float32 rounding, over 6 iterations (a learning-rate change included)."""
+    init = caffe_runs[stage]["init"]
+    slow = Solver(run, run / "solvers" / f"{stage}_solver.prototxt", fast=False)
+    fast = Solver(run, run / "solvers" / f"{stage}_solver.prototxt")
+    for s in (slow, fast):
+        if init is not None:
+            s.copy_from(init)
+    kinds = [k for k, _ in fast.net._plan]
+    assert (kinds.count("fused"), kinds.count("losses")) == (chains, groups)
+    assert slow.net._plan is None
+    skip = inert(caffe_runs[stage]["net"])
+    for k in range(6):
+        slow.step()
+        fast.step()
+        assert fast.loss == pytest.approx(slow.loss, rel=1e-5), f"iteration {k}"
+        assert fast.last_losses.shape == (len(fast.loss_tops),)
+        np.testing.assert_allclose(fast.last_losses.numpy(), slow.last_losses.numpy(), rtol=1e-5)
+    a, b = fast.blobs(), slow.blobs()
+    for name in b:
+        for i, (x, y) in enumerate(zip(a[name], b[name])):
+            if (name, i) in skip:
+                assert np.abs(x - y).max() <= INERT_ABS, (name, i)
+            else:
+                assert relerr(x, y) <= 1e-3, f"{name}[{i}] differs by {relerr(x, y):.1e}"
+
+
+def test_fuse_leaves_what_does_not_fit(tmp_path):
+    """A normalised blob read by another layer, a leaky ReLU, a Slice read elsewhere: those layers
+    run one by one, and the values are the layer-by-layer net's."""
+    from mcl import torchnet
+    text = """
+    layer { name: "in" type: "Input" top: "x" top: "t" input_param { shape { dim: 4 dim: 3 dim: 5 dim: 5 }
+                                                                    shape { dim: 4 dim: 4 } } }
+    layer { name: "c1" type: "Convolution" bottom: "x" top: "c1" convolution_param { num_output: 3 kernel_size: 3 pad: 1
+            weight_filler { type: "gaussian" std: 0.3 } } }
+    layer { name: "bn1" type: "BatchNorm" bottom: "c1" top: "n1" }
+    layer { name: "sc1" type: "Scale" bottom: "n1" top: "s1" scale_param { bias_term: true } }
+    layer { name: "r1" type: "ReLU" bottom: "s1" top: "s1" relu_param { negative_slope: 0.1 } }
+    layer { name: "sum" type: "Eltwise" bottom: "n1" bottom: "s1" top: "e" }
+    layer { name: "bn2" type: "BatchNorm" bottom: "e" top: "e" }
+    layer { name: "sc2" type: "Scale" bottom: "e" top: "e" scale_param { bias_term: true } }
+    layer { name: "r2" type: "ReLU" bottom: "e" top: "e" relu_param { negative_slope: 0.1 } }
+    layer { name: "fc" type: "InnerProduct" bottom: "e" top: "p" inner_product_param { num_output: 4
+            weight_filler { type: "gaussian" std: 0.1 } } }
+    layer { name: "ps" type: "Slice" bottom: "p" top: "p1" top: "p2" slice_param { axis: 1 } }
+    layer { name: "ts" type: "Slice" bottom: "t" top: "t1" top: "t2" slice_param { axis: 1 } }
+    layer { name: "l1" type: "EuclideanLoss" bottom: "p1" bottom: "t1" top: "l1" }
+    layer { name: "l2" type: "EuclideanLoss" bottom: "p2" bottom: "t2" top: "l2" }
+    layer { name: "extra" type: "EuclideanLoss" bottom: "p1" bottom: "t2" top: "l3" }
+    """
+    param = text_format.Parse(text, caffe_pb2.NetParameter())
+    ref = torchnet.from_netparameter(param, "TRAIN", seed=3)
+    net = torchnet.from_netparameter(param, "TRAIN", seed=3).fuse()
+    plan = [(k, v.name if k == "layer" else [m.name for m in v[3]]) for k, v in net._plan]
+    assert ("fused", ["bn2", "sc2"]) in plan and ("layer", "r2") in plan  # the leaky ReLU stays a layer
+    assert ("layer", "bn1") in plan and ("layer", "sc1") in plan  # n1 is read by the Eltwise
+    assert "losses" not in [k for k, _ in net._plan]  # p1 is read by a third loss
+    g = torch.Generator().manual_seed(0)
+    inputs = {"x": torch.randn(4, 3, 5, 5, generator=g), "t": torch.randn(4, 4, generator=g)}
+    want, got = ref(inputs), net(inputs)
+    for top in ("l1", "l2", "l3", "e", "p"):
+        torch.testing.assert_close(got[top], want[top], rtol=1e-5, atol=1e-6)
+    for name, arrays in ref.caffe_blobs().items():
+        for x, y in zip(net.caffe_blobs()[name], arrays):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
 # ---- solver settings the engine refuses --------------------------------------------------------------
 
 def test_unsupported_solver_settings_are_named(run):

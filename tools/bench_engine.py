@@ -4,10 +4,12 @@
 Stage 1 (all layers trainable) and the joint heads stage of the 68-point nets at
 batch 64, generated for a scratch run exactly as `make nets` writes them, on the
 same random HDF5 batches. Each engine runs in its own process with the same
-number of CPU threads (OpenBLAS for Caffe, intra-op threads for torch); the two
-are stepped in alternation, one iteration at a time, so both see the same load
-on a shared machine. Figures are medians over the timed iterations, after a few
-warm-up iterations.
+number of CPU threads (OpenBLAS for Caffe, intra-op threads for torch). The two
+take turns of a few iterations each, so both see the same load on a shared
+machine, and never run at once: one engine's idle threads must not take cores
+from the other (OpenBLAS's threads spin for about 0.1 s after each call, so each
+turn starts after a pause, and with untimed iterations). Figures are medians over
+the timed iterations.
 
 Also printed: the projected time of the paper's whole schedule (SPEC 5: 180k
 iterations of stage 1, 60k each of stages 2 and 3 counted at stage 1's rate, which
@@ -85,8 +87,15 @@ def child(engine: str, run: Path, stage: str, device: str, threads: int) -> int:
     return 0
 
 
-def bench_stage(run: Path, stage: str, device: str, threads: int, warmup: int, iters: int):
-    """Wall-clock and process CPU ms of every timed iteration, per engine."""
+def bench_stage(run: Path, stage: str, device: str, threads: int, warmup: int, iters: int,
+                block: int = 4, settle: float = 0.5):
+    """Wall-clock and process CPU ms of every timed iteration, per engine.
+
+    The engines take turns in blocks: after a pause of `settle` seconds (so the idle engine's
+    threads have stopped spinning: OpenBLAS's wait for work, about 0.1 s, would otherwise take
+    a core from the other) each runs `warmup` untimed iterations, then `block` timed ones, as
+    in a training run; the first engine alternates between turns.
+    """
     env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
                GLOG_minloglevel="2")
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the engine's worker runs (mcl/engine/worker.py)
@@ -102,15 +111,19 @@ def bench_stage(run: Path, stage: str, device: str, threads: int, warmup: int, i
                 raise RuntimeError(f"the {engine} process failed to start (exit {p.wait()})")
         times = {engine: [] for engine in procs}
         cpu = {engine: [] for engine in procs}
-        for i in range(warmup + iters):
-            order = list(procs) if i % 2 == 0 else list(procs)[::-1]
+        turn = 0
+        while min(len(t) for t in times.values()) < iters:
+            order = list(procs) if turn % 2 == 0 else list(procs)[::-1]
+            turn += 1
             for engine in order:
-                procs[engine].stdin.write("step\n")
-                procs[engine].stdin.flush()
-                wall_ms, cpu_ms = map(float, procs[engine].stdout.readline().split())
-                if i >= warmup:
-                    times[engine].append(wall_ms)
-                    cpu[engine].append(cpu_ms)
+                time.sleep(settle)
+                for i in range(warmup + min(block, iters - len(times[engine]))):
+                    procs[engine].stdin.write("step\n")
+                    procs[engine].stdin.flush()
+                    wall_ms, cpu_ms = map(float, procs[engine].stdout.readline().split())
+                    if i >= warmup:
+                        times[engine].append(wall_ms)
+                        cpu[engine].append(cpu_ms)
         return times, cpu
     finally:
         for p in procs.values():
@@ -131,8 +144,10 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=64, help="batch size (default 64, the paper's)")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads of each engine (default 2)")
     ap.add_argument("--device", default="cpu", help="torch engine's device: cpu (default) or cuda")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed iterations first (default 3)")
-    ap.add_argument("--iters", type=int, default=8, help="timed iterations per engine and stage (default 8)")
+    ap.add_argument("--warmup", type=int, default=2,
+                    help="untimed iterations at the start of each engine's turn (default 2)")
+    ap.add_argument("--iters", type=int, default=12, help="timed iterations per engine and stage (default 12)")
+    ap.add_argument("--block", type=int, default=4, help="timed iterations per turn (default 4)")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     ap.add_argument("--child", choices=("caffe", "torch"), help=argparse.SUPPRESS)
     ap.add_argument("--run", help=argparse.SUPPRESS)
@@ -146,7 +161,7 @@ def main(argv=None) -> int:
         run = Path(tmp)
         write_run(run, args.layout, args.batch, rows=4 * args.batch)
         for stage in STAGES:
-            times, cpu = bench_stage(run, stage, args.device, args.threads, args.warmup, args.iters)
+            times, cpu = bench_stage(run, stage, args.device, args.threads, args.warmup, args.iters, args.block)
             res[stage] = {e: statistics.median(t) for e, t in times.items()}
             res[stage].update({f"{e}_cpu": statistics.median(t) for e, t in cpu.items()})
             res[stage]["all"] = {"wall": times, "cpu": cpu}
@@ -154,8 +169,9 @@ def main(argv=None) -> int:
                   f"{res[stage]['torch']:8.1f} ms/iter", flush=True)
     load1 = os.getloadavg()[0]
     print(f"\nMCL torch engine vs Caffe: layout {args.layout}, batch {args.batch}, {args.threads} CPU threads each, "
-          f"torch on {args.device}; median of {args.iters} iterations after {args.warmup} warm-up, "
-          f"engines stepped in alternation (load average {load0:.1f} -> {load1:.1f})")
+          f"torch on {args.device}; median of {args.iters} iterations, in turns of {args.block} after "
+          f"{args.warmup} untimed, "
+          f"engines in alternating turns (load average {load0:.1f} -> {load1:.1f})")
     print(f"{'stage':<24}{'Caffe ms/iter':>14}{'torch ms/iter':>15}{'speed-up':>10}"
           f"{'CPU ms: Caffe':>16}{'torch':>8}{'ratio':>8}")
     labels = {"stage1": "stage 1 (all layers)", "heads": "heads (joint)"}

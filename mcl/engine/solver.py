@@ -5,6 +5,14 @@ prototxt and the train net it names (mcl.torchnet builds the net from the
 NetParameter, so there is no second description of the nets), feeds the net's
 data layers as Caffe does (feeds.py), and updates as sgd_solver.cpp does (sgd.py).
 
+Speed (`fast`, the default): each BatchNorm -> Scale -> ReLU chain runs as one fused
+kernel, and each Eq. 4 group of sliced EuclideanLoss layers as one difference and one
+reduction (CaffeNet.fuse). That changes only where float32 results are rounded, never
+what is computed: tests/test_engine.py holds the engine to Caffe with it on.
+Channels-last maps were measured and refused: PyTorch's channels-last BatchNorm
+sums in one pass (E[x^2] - E[x]^2 style), and its gradients lose up to all their
+digits where they cancel (the scale's gradient at initialisation).
+
 Snapshots are Caffe's own files: `<prefix>_iter_<N>.caffemodel` (a NetParameter
 with the blobs) and `<prefix>_iter_<N>.solverstate` (a SolverState with one
 history blob per learnable blob, in Caffe's order), so the next stage, the
@@ -40,7 +48,8 @@ def configure_device(device: torch.device, tf32: bool = False) -> None:
 class Solver:
     """SGD over one train net, iteration by iteration, as Caffe's SGDSolver::Step(1)."""
 
-    def __init__(self, run, solver_path, device: str = "cpu", tf32: bool = False, fillers: str = "auto"):
+    def __init__(self, run, solver_path, device: str = "cpu", tf32: bool = False, fillers: str = "auto",
+                 fast: bool = True):
         from mcl import torchnet
         self.run = Path(run).resolve()
         self.solver_path = Path(solver_path)
@@ -62,6 +71,10 @@ class Solver:
         self.loss_weights = [float(self.net.loss_weights[t]) for t in self.loss_tops]
         self._w = torch.tensor(self.loss_weights, dtype=torch.float32, device=self.device)
         self.sgd = CaffeSGD(self.settings, self._blobs())
+        # Speed (module docstring): fused BatchNorm-Scale-ReLU kernels and Eq. 4 groups.
+        self.fast = fast
+        if fast:
+            self.net.fuse()
         self.iter = 0
         self.last_losses: torch.Tensor | None = None
         self.last_rate = self.settings.rate(0)
@@ -140,8 +153,9 @@ class Solver:
 
     def step(self) -> None:
         """One iteration: forward and backward on the iteration's batches, then Caffe's update."""
-        out = self.net(feeding.batch(self.feeds, self.iter))
-        losses = torch.stack([out[t].reshape(()) for t in self.loss_tops])
+        inputs = feeding.batch(self.feeds, self.iter)
+        out = self.net(inputs)
+        losses = self.net.loss_vector(out, self.loss_tops)
         (losses * self._w).sum().backward()
         self.last_rate = self.sgd.apply_update(self.iter)
         self.last_losses = losses.detach()

@@ -675,6 +675,7 @@ class CaffeNet(nn.Module):
             dup = sorted({n for n in self.layer_names if self.layer_names.count(n) > 1})
             raise NetError(f"layer names repeat: {', '.join(dup)}")
         self.input_names = [t for s in specs if s.type in INPUT_TYPES for t in s.tops]
+        self.input_layer_names = {s.name for s in specs if s.type in INPUT_TYPES}
         self.layers = nn.ModuleDict()
         self._keys = {}
         for s in specs:
@@ -754,6 +755,8 @@ class CaffeNet(nn.Module):
                 raise NetError(f"input {n!r} not given (inputs: {', '.join(self.input_names)})")
             blobs[n] = inputs[n]
         if self._plan is not None and upto is None and record is None:
+            for name, value in inputs.items():  # blobs of skipped layers, computed elsewhere
+                blobs.setdefault(name, value)
             return self._run_plan(blobs)
         for s in self.specs:
             if s.type not in INPUT_TYPES:
@@ -886,11 +889,28 @@ class CaffeNet(nn.Module):
     _plan = None
     _groups: list = []
 
+    skip: frozenset = frozenset()  # layers the fused forward leaves out (their tops are given)
+
+    def forward_layers(self, blobs: dict, names) -> dict:
+        """Only the layers `names`, in the net's order, one by one on `blobs` (a new dict)."""
+        blobs, names = dict(blobs), set(names)
+        for s in self.specs:
+            if s.name in names:
+                out = self.layers[self._keys[s.name]](*[blobs[b] for b in s.bottoms])
+                for t, v in zip(s.tops, (out,) if isinstance(out, torch.Tensor) else out):
+                    blobs[t] = v
+        return blobs
+
     def _run_plan(self, blobs: dict) -> dict:
+        skip = self.skip
         for kind, what in self._plan:
+            if kind == "fused" and skip and any(m.name in skip for m in what[3]):
+                rest = [m.name for m in what[3] if m.name not in skip]
+                blobs.update(self.forward_layers(blobs, rest) if rest else {})
+                continue
             if kind == "layer":
                 s = what
-                if s.type in INPUT_TYPES:
+                if s.type in INPUT_TYPES or s.name in skip:
                     continue
                 out = self.layers[self._keys[s.name]](*[blobs[b] for b in s.bottoms])
                 if isinstance(out, torch.Tensor):

@@ -306,6 +306,65 @@ def test_fused_net_is_the_layer_by_layer_net(run, caffe_runs, stage, chains, gro
                 assert relerr(x, y) <= 1e-3, f"{name}[{i}] differs by {relerr(x, y):.1e}"
 
 
+def test_fixed_trunk_runs_once_per_row(run, caffe_runs):
+    """Heads: the fixed trunk's pool4 (and the normalised targets) are computed once per training row,
+    and again whenever a trunk blob is written; where a BatchNorm of the trunk uses batch statistics
+    (FROZEN_BN_HEADS=batch) or the trunk learns, every iteration runs it, as Caffe does."""
+    init = caffe_runs["heads"]["init"]
+    solvers = [Solver(run, run / "solvers" / "heads_solver.prototxt", fast=f) for f in (True, False)]
+    for s in solvers:
+        s.copy_from(init)
+    fast, slow = solvers
+    assert set(fast.trunk.frontier) == {"pool4", "landmarks_norm"}
+    assert {"conv11", "conv43", "conv43_bn", "pool4"} <= set(fast.trunk.skip)
+    rows = fast.feeds[0].rows
+    for k in range(4):
+        for s in solvers:
+            s.step()
+        assert fast.loss == pytest.approx(slow.loss, rel=1e-5), f"iteration {k}"
+    assert len(fast.trunk.cached[0].tops["pool4"]) == rows
+    # A trunk written after the cache was made (here: conv43 and its statistics changed).
+    for s in solvers:
+        blobs = s.blobs()
+        s.net.load_caffe_blobs({"conv43": [1.5 * a for a in blobs["conv43"]],
+                                "conv43_bn": [blobs["conv43_bn"][0] * 0.5, *blobs["conv43_bn"][1:]]}, strict=False)
+    for k in range(3):
+        before = fast.loss
+        for s in solvers:
+            s.step()
+        assert fast.loss == pytest.approx(slow.loss, rel=1e-5), f"iteration {k} after the change"
+    assert fast.loss != pytest.approx(before, rel=1e-3)
+    for stage in ("stage1", "stage2", "stage3"):
+        assert Solver(run, run / "solvers" / f"{stage}_solver.prototxt").trunk is None, stage
+    text = (run / "nets" / "heads_train.prototxt").read_text()
+    assert "use_global_stats: true" in text
+    (run / "nets" / "heads_batch_train.prototxt").write_text(text.replace("use_global_stats: true",
+                                                                           "use_global_stats: false"))
+    (run / "solvers" / "heads_batch_solver.prototxt").write_text(
+        (run / "solvers" / "heads_solver.prototxt").read_text().replace("heads_train", "heads_batch_train"))
+    assert Solver(run, run / "solvers" / "heads_batch_solver.prototxt").trunk is None
+
+
+def test_heads_with_the_trunk_cache_resume_to_the_same_bits(run, caffe_runs):
+    init = caffe_runs["heads"]["init"]
+    whole = torch_solver(run, "heads", init)
+    part = torch_solver(run, "heads", init)
+    for _ in range(5):
+        whole.step()
+        part.step()
+    state = part.snapshot()
+    for _ in range(4):
+        whole.step()
+    again = Solver(run, run / "solvers" / "heads_solver.prototxt")
+    again.restore(state)
+    for _ in range(4):
+        again.step()
+    a, b = whole.blobs(), again.blobs()
+    for name in a:
+        for x, y in zip(a[name], b[name]):
+            np.testing.assert_array_equal(x, y, err_msg=name)
+
+
 def test_fuse_leaves_what_does_not_fit(tmp_path):
     """A normalised blob read by another layer, a leaky ReLU, a Slice read elsewhere: those layers
     run one by one, and the values are the layer-by-layer net's."""

@@ -7,8 +7,10 @@ data layers as Caffe does (feeds.py), and updates as sgd_solver.cpp does (sgd.py
 
 Speed (`fast`, the default): each BatchNorm -> Scale -> ReLU chain runs as one fused
 kernel, and each Eq. 4 group of sliced EuclideanLoss layers as one difference and one
-reduction (CaffeNet.fuse). That changes only where float32 results are rounded, never
-what is computed: tests/test_engine.py holds the engine to Caffe with it on.
+reduction (CaffeNet.fuse); and where the shared layers are fixed (the heads), their
+outputs are computed once per training row (trunk.py). That changes only where float32
+results are rounded, never what is computed: tests/test_engine.py holds the engine to
+Caffe with all of it on.
 Channels-last maps were measured and refused: PyTorch's channels-last BatchNorm
 sums in one pass (E[x^2] - E[x]^2 style), and its gradients lose up to all their
 digits where they cancel (the scale's gradient at initialisation).
@@ -30,6 +32,7 @@ from google.protobuf import text_format
 from mcl import caffemodel
 from mcl.caffe_pb import caffe_pb2
 from mcl.engine import feeds as feeding
+from mcl.engine import trunk as trunk_cache
 from mcl.engine.fillers import caffe_initial_blobs
 from mcl.engine.sgd import Blob, CaffeSGD, Settings
 from mcl.fileio import atomic_write
@@ -73,8 +76,12 @@ class Solver:
         self.sgd = CaffeSGD(self.settings, self._blobs())
         # Speed (module docstring): fused BatchNorm-Scale-ReLU kernels and Eq. 4 groups.
         self.fast = fast
+        self.trunk = None
         if fast:
             self.net.fuse()
+            self.trunk = trunk_cache.plan(self.net, self.feeds)
+            if self.trunk is not None:
+                self.net.skip = frozenset(self.trunk.skip)
         self.iter = 0
         self.last_losses: torch.Tensor | None = None
         self.last_rate = self.settings.rate(0)
@@ -154,6 +161,8 @@ class Solver:
     def step(self) -> None:
         """One iteration: forward and backward on the iteration's batches, then Caffe's update."""
         inputs = feeding.batch(self.feeds, self.iter)
+        if self.trunk is not None:
+            inputs.update(self.trunk.batch(self.iter))
         out = self.net(inputs)
         losses = self.net.loss_vector(out, self.loss_tops)
         (losses * self._w).sum().backward()

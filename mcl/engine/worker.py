@@ -67,6 +67,13 @@ def work(spec, stop_after: int | None, device: str = "cpu") -> int:
         _log(f"Copying weights from {spec.init}")
         _emit(event="init", **{"from": str(spec.init)})
 
+    if solver.trunk is not None:  # before the handlers: a signal here ends the process at once
+        t1 = time.time()
+        solver.trunk.build()
+        rows = max(f.rows for f in solver.trunk.cached)
+        _log(f"Fixed trunk ({solver.trunk.skip[0]} .. {solver.trunk.skip[-1]}, {len(solver.trunk.skip)} layers): "
+             f"{', '.join(solver.trunk.frontier)} computed once for {rows} training rows in {time.time() - t1:.1f} s")
+
     interrupted = False
 
     def on_signal(signum, frame):

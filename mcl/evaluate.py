@@ -112,7 +112,8 @@ def metrics(errors: np.ndarray, layout: Layout) -> dict:
     out = {
         "faces": int(len(face)),
         "mean_error": float(face.mean()),
-        "failure_rate": {f"{t:.2f}": float((face > t).mean()) for t in FAILURE_THRESHOLDS},
+        # A face whose error is not finite (a diverged model) failed: it never reaches the CED either.
+        "failure_rate": {f"{t:.2f}": float((~(face <= t)).mean()) for t in FAILURE_THRESHOLDS},
         "auc": {f"{t:.2f}": auc(face, t) for t in AUC_LIMITS},
         "per_cluster": {name: float(errors[:, list(idx)].mean()) for name, idx in layout.clusters},
         "per_landmark": [float(x) for x in errors.mean(axis=0)],

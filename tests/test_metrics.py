@@ -46,6 +46,16 @@ def test_a_face_exactly_at_ten_percent_is_not_a_failure_and_just_above_is():
     assert m["failure_rate"]["0.08"] == pytest.approx(3 / 3)  # all three are above 8%
 
 
+def test_a_face_whose_error_is_not_finite_is_a_failure():
+    """A diverged model predicts NaN: its faces fail at every threshold and never reach the CED."""
+    layout = get_layout(5)
+    errors = np.array([[0.02] * 5, [np.nan] * 5, [np.inf] * 5, [0.5] * 5])
+    m = metrics(errors, layout)
+    assert m["failure_rate"]["0.10"] == pytest.approx(3 / 4)
+    assert m["failure_rate"]["0.08"] == pytest.approx(3 / 4)
+    assert m["auc"]["0.10"] == pytest.approx(auc(np.array([0.02, 9, 9, 9]), 0.10))
+
+
 def test_outer_corner_normalisation_68_points():
     layout = get_layout(68)
     rng = np.random.default_rng(0)

@@ -16,14 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from mcl import bnstats, manifest, netgen
+from mcl import bnstats, manifest, netgen, paper
 from mcl.evaluate import EvalError, evaluate_model, load_net, load_split
 from mcl.layouts import Layout
 
 ABLATIONS = ("pre_bm", "perturbation", "single_head", "simplified_am", "weighting_simplified_am", "occlusion",
              "equal_budget")
-DELTAS = (0.1, 0.2, 0.3, 0.4)  # the paper's perturbation range: "When delta is 0.4, WM can still ..."
-OCCLUDED_FRACTION = 0.3  # Section IV-D: "Randomly 30% testing faces ... with left eyes being occluded"
+# Sec. IV-C-2: "When delta is 0.4, WM can still ..."; [interp] four equal steps up to it.
+DELTAS = tuple(round(paper.value("perturbation.delta_max") * k / 4, 6) for k in range(1, 5))
+OCCLUDED_FRACTION = paper.value("occlusion.share")  # Sec. IV-D: "Randomly 30% testing faces ... left eyes"
 OCCLUSION_CLUSTER = "left_eye"
 OCCLUSION_FILL = 128  # gray, in pixel values; in the net's input units (128 - 128) / 128 = 0
 # [interp] "held" for the weighting's robustness: the mean error of every perturbed WM within

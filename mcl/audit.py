@@ -272,13 +272,21 @@ def ordering_verdict(pairs: dict) -> str:
     if control:
         return ("WM and AM beat BM trained for as many more iterations beyond noise, but not every step of BM > WM "
                 "> AM is beyond noise")
-    if steps:
+    beat = [m for m in ("WM", "AM") if beyond(f"{m} vs BM + equal budget")]
+    if steps and not beat:
         return ("BM > WM > AM holds beyond noise, but BM trained for as many more iterations does as well: the "
                 "ordering reflects more training, not weighting or multi-center learning")
+    versus = "BM trained for as many more iterations"
+    if len(beat) == 1:
+        other = "AM" if beat == ["WM"] else "WM"
+        control_text = f"{beat[0]} beats {versus}, {other} does not"
+    else:
+        control_text = f"neither WM nor AM beats {versus}"
+    if steps:
+        return f"BM > WM > AM holds beyond noise, but {control_text}: the ordering is not supported as a whole"
     clear = [k for k, p in pairs.items() if p["better"]]
     return (f"no BM > WM > AM ordering is supported (paired per-face errors, {PAIRED_Z:g} standard errors): beyond "
-            f"noise only {', '.join(clear) if clear else 'nothing'}; WM and AM do not beat BM trained for as many "
-            f"more iterations")
+            f"noise only {', '.join(clear) if clear else 'nothing'}; {control_text}")
 
 
 def _not_finite(numbers: dict, prefix: str = "") -> list[str]:

@@ -169,6 +169,14 @@ def test_ordering_is_claimed_only_where_the_control_supports_it():
     assert "reflects more training" in audit.ordering_verdict(more_training)
     nothing = {k: no for k in full}
     assert audit.ordering_verdict(nothing).startswith("no BM > WM > AM ordering is supported")
+    assert audit.ordering_verdict(nothing).endswith("neither WM nor AM beats BM trained for as many more iterations")
+    # The demo's case: only AM's steps are beyond noise; the verdict names which model beats the control.
+    am_only = dict(nothing, **{"AM vs WM": yes, "AM vs BM + equal budget": yes})
+    verdict = audit.ordering_verdict(am_only)
+    assert verdict.startswith("no BM > WM > AM ordering is supported") and "AM vs WM, AM vs BM + equal budget" in verdict
+    assert verdict.endswith("AM beats BM trained for as many more iterations, WM does not")
+    partial = dict(full, **{"WM vs BM + equal budget": no})
+    assert audit.ordering_verdict(partial).endswith("the ordering is not supported as a whole")
 
 
 def test_a_diverged_model_is_never_evidence():

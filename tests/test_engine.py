@@ -461,6 +461,25 @@ def test_killed_torch_stage_resumes_to_the_same_bits(tmp_path, monkeypatch, sour
     assert "Iteration 35, loss = " in log and "Snapshotting solver state" in log
 
 
+def test_bench_engine_prints_both_engines_and_the_projection(tmp_path, caffe):
+    """`make bench-engine`'s tool, at a tiny size: both engines timed per stage, the heads' trunk
+    pass timed on its own, the projection and the verdict printed, the figures in its JSON."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "tools/bench_engine.py"), "--layout", "5", "--batch", "8",
+                           "--threads", "1", "--iters", "2", "--block", "1", "--warmup", "1", "--settle", "0.05",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "projected paper schedule" in proc.stdout and "stage 1: torch engine" in proc.stdout
+    assert "the fixed trunk's one pass over the split" in proc.stdout
+    res = json.loads(out.read_text())
+    for stage in ("stage1", "heads"):
+        for engine in ("caffe", "torch"):
+            assert len(res[stage]["all"]["wall"][engine]) == 2 and res[stage][engine] > 0
+    assert res["heads"]["trunk_ms_per_row"] > 0 and res["stage1"]["trunk_ms_per_row"] is None
+    assert res["training_rows_300w"] == 28330  # 3,148 faces (Sec. IV-A-1), 10% validation, 10 copies
+    assert res["stage1_speedup"] == pytest.approx(res["stage1"]["caffe"] / res["stage1"]["torch"])
+
+
 # ---- the whole pipeline: ENGINE=torch against ENGINE=caffe --------------------------------------------------
 
 def make(*args):

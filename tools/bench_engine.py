@@ -173,6 +173,7 @@ def main(argv=None) -> int:
                     help="untimed iterations at the start of each engine's turn (default 2)")
     ap.add_argument("--iters", type=int, default=12, help="timed iterations per engine and stage (default 12)")
     ap.add_argument("--block", type=int, default=4, help="timed iterations per turn (default 4)")
+    ap.add_argument("--settle", type=float, default=0.5, help="pause before each turn, seconds (default 0.5)")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     ap.add_argument("--child", choices=("caffe", "torch"), help=argparse.SUPPRESS)
     ap.add_argument("--run", help=argparse.SUPPRESS)
@@ -187,7 +188,7 @@ def main(argv=None) -> int:
         write_run(run, args.layout, args.batch, rows=4 * args.batch)
         for stage in STAGES:
             times, cpu, trunk = bench_stage(run, stage, args.device, args.threads, args.warmup, args.iters,
-                                            args.block)
+                                            args.block, args.settle)
             res[stage] = {e: statistics.median(t) for e, t in times.items()}
             res[stage].update({f"{e}_cpu": statistics.median(t) for e, t in cpu.items()})
             res[stage]["all"] = {"wall": times, "cpu": cpu}
@@ -223,6 +224,7 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(dict(res, layout=args.layout, batch=args.batch, threads=args.threads,
                                                    device=args.device, projected_hours=total,
+                                                   training_rows_300w=rows, stage1_speedup=speed,
                                                    load_average=[load0, load1]), indent=2))
     return 0
 

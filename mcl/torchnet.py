@@ -300,41 +300,36 @@ class BatchNorm(Layer):
     def _view(self, v, x):
         return v.view((1, -1) + (1,) * (x.dim() - 2)) if x.dim() > 1 else v
 
+    def _native(self, x, weight=None, bias=None):
+        """PyTorch's fused batch_norm kernels (forward and backward, several times faster in
+        training), with an optional Scale folded in. With momentum 1 its running buffers receive
+        the batch mean and the m/(m-1)-corrected variance, which Caffe's running sums take in."""
+        if self.use_global_stats:
+            mean, var = (self.frozen_mean, self.frozen_var) if self.frozen else self.stored_stats()
+            return F.batch_norm(x, mean, var, weight, bias, False, 0.0, self.eps)
+        batch_mean, batch_var = torch.zeros_like(self.mean_sum), torch.zeros_like(self.var_sum)
+        y = F.batch_norm(x, batch_mean, batch_var, weight, bias, True, 1.0, self.eps)
+        with torch.no_grad():
+            self.factor.mul_(self.maf).add_(1.0)
+            self.mean_sum.mul_(self.maf).add_(batch_mean)
+            self.var_sum.mul_(self.maf).add_(batch_var)
+        return y
+
     def fused(self, x, weight, bias, relu: bool):
         """This layer, then Scale(weight, bias) over axis 1, then ReLU if `relu`, in one kernel.
 
         The same arithmetic as forward() followed by Scale and ReLU, rounded once per element
         instead of after each layer; the statistics blobs move exactly as in forward().
         """
-        if self.use_global_stats:
-            mean, var = (self.frozen_mean, self.frozen_var) if self.frozen else self.stored_stats()
-            y = F.batch_norm(x, mean, var, weight, bias, False, 0.0, self.eps)
-        else:
-            batch_mean, batch_var = torch.zeros_like(self.mean_sum), torch.zeros_like(self.var_sum)
-            y = F.batch_norm(x, batch_mean, batch_var, weight, bias, True, 1.0, self.eps)
-            with torch.no_grad():
-                self.factor.mul_(self.maf).add_(1.0)
-                self.mean_sum.mul_(self.maf).add_(batch_mean)
-                self.var_sum.mul_(self.maf).add_(batch_var)
+        y = self._native(x, weight, bias)
         # In place: batch_norm keeps its input for the backward pass, not its output.
         return F.relu_(y) if relu else y
 
     def forward(self, x):
+        if x.dim() >= 2 and (self.use_global_stats or x.numel() > x.shape[1]):
+            return self._native(x)
         if self.use_global_stats:
             mean, var = (self.frozen_mean, self.frozen_var) if self.frozen else self.stored_stats()
-            if x.dim() >= 2:
-                return F.batch_norm(x, mean, var, None, None, False, 0.0, self.eps)
-        elif x.dim() >= 2 and x.numel() > x.shape[1]:
-            # Batch statistics through PyTorch's fused kernels (forward and backward, several times
-            # faster in training). With momentum 1 its running buffers receive the batch mean and the
-            # m/(m-1)-corrected variance, which Caffe's running sums then take in as below.
-            batch_mean, batch_var = torch.zeros_like(self.mean_sum), torch.zeros_like(self.var_sum)
-            y = F.batch_norm(x, batch_mean, batch_var, None, None, True, 1.0, self.eps)
-            with torch.no_grad():
-                self.factor.mul_(self.maf).add_(1.0)
-                self.mean_sum.mul_(self.maf).add_(batch_mean)
-                self.var_sum.mul_(self.maf).add_(batch_var)
-            return y
         else:
             dims = [0] + list(range(2, x.dim()))
             mean = x.mean(dim=dims)

@@ -767,7 +767,9 @@ class CaffeNet(nn.Module):
         return blobs
 
     def fuse(self) -> CaffeNet:
-        """Train faster: run each BatchNorm -> Scale (-> ReLU) chain as one fused kernel.
+        """Train faster: each BatchNorm -> Scale (-> ReLU) chain as one fused kernel, each Eq. 4
+        group of sliced EuclideanLoss layers as one reduction (_loss_groups; its losses as one
+        vector through loss_vector()).
 
         A chain qualifies when the Scale (one bottom, a learned scale of shape (C,) on axis 1)
         reads only the BatchNorm's top and comes right after it, and a ReLU (slope 0) right

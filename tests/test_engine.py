@@ -309,7 +309,8 @@ def test_fused_net_is_the_layer_by_layer_net(run, caffe_runs, stage, chains, gro
 def test_fixed_trunk_runs_once_per_row(run, caffe_runs):
     """Heads: the fixed trunk's pool4 (and the normalised targets) are computed once per training row,
     and again whenever a trunk blob is written; where a BatchNorm of the trunk uses batch statistics
-    (FROZEN_BN_HEADS=batch) or the trunk learns, every iteration runs it, as Caffe does."""
+    (FROZEN_BN_HEADS=batch: only conv11 is then a fixed function of a face) or the trunk learns,
+    every iteration runs it, as Caffe does."""
     init = caffe_runs["heads"]["init"]
     solvers = [Solver(run, run / "solvers" / "heads_solver.prototxt", fast=f) for f in (True, False)]
     for s in solvers:
@@ -334,8 +335,10 @@ def test_fixed_trunk_runs_once_per_row(run, caffe_runs):
             s.step()
         assert fast.loss == pytest.approx(slow.loss, rel=1e-5), f"iteration {k} after the change"
     assert fast.loss != pytest.approx(before, rel=1e-3)
-    for stage in ("stage1", "stage2", "stage3"):
+    for stage in ("stage1", "stage3"):
         assert Solver(run, run / "solvers" / f"{stage}_solver.prototxt").trunk is None, stage
+    # Stage 2: conv11..conv32 fixed, their BatchNorms global (FROZEN_BN_STAGE2's default): pool3 is cached.
+    assert set(Solver(run, run / "solvers" / "stage2_solver.prototxt").trunk.frontier) == {"pool3", "landmarks_norm"}
     text = (run / "nets" / "heads_train.prototxt").read_text()
     assert "use_global_stats: true" in text
     (run / "nets" / "heads_batch_train.prototxt").write_text(text.replace("use_global_stats: true",
@@ -462,7 +465,7 @@ def test_killed_torch_stage_resumes_to_the_same_bits(tmp_path, monkeypatch, sour
 
 
 def test_bench_engine_prints_both_engines_and_the_projection(tmp_path, caffe):
-    """`make bench-engine`'s tool, at a tiny size: both engines timed per stage, the heads' trunk
+    """`make bench-engine`'s tool, at a tiny size: both engines timed per stage, the fixed layers'
     pass timed on its own, the projection and the verdict printed, the figures in its JSON."""
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(ROOT / "tools/bench_engine.py"), "--layout", "5", "--batch", "8",
@@ -470,12 +473,13 @@ def test_bench_engine_prints_both_engines_and_the_projection(tmp_path, caffe):
                            "--json", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "projected paper schedule" in proc.stdout and "stage 1: torch engine" in proc.stdout
-    assert "the fixed trunk's one pass over the split" in proc.stdout
+    assert "heads: the fixed layers' one pass over the split" in proc.stdout
     res = json.loads(out.read_text())
-    for stage in ("stage1", "heads"):
+    for stage in ("stage1", "stage2", "heads"):
         for engine in ("caffe", "torch"):
             assert len(res[stage]["all"]["wall"][engine]) == 2 and res[stage][engine] > 0
-    assert res["heads"]["trunk_ms_per_row"] > 0 and res["stage1"]["trunk_ms_per_row"] is None
+    assert res["heads"]["trunk_ms_per_row"] > 0 and res["stage2"]["trunk_ms_per_row"] > 0
+    assert res["stage1"]["trunk_ms_per_row"] is None
     assert res["training_rows_300w"] == 28330  # 3,148 faces (Sec. IV-A-1), 10% validation, 10 copies
     assert res["stage1_speedup"] == pytest.approx(res["stage1"]["caffe"] / res["stage1"]["torch"])
 

@@ -1,21 +1,23 @@
-"""The fixed trunk's outputs, computed once per training row instead of once per iteration.
+"""The fixed leading layers' outputs, computed once per training row instead of once per iteration.
 
-In the heads stage (SPEC 5, steps 4..3+m) every shared layer is fixed and, under the
-default `global` reading, its BatchNorms use their stored statistics: the trunk is
-then a fixed function of each face, and Caffe recomputes the same pool4 features
-every time a face comes round again (the paper's 60k iterations of batch 64 pass
-over the training split many times). The torch engine computes them once, in
-batches of the net's batch size from row 0 of the split, and feeds each iteration
-the rows Caffe's data layer would give (Feed's arithmetic), so the heads train on
-the values Caffe computes, up to float32 rounding (tests/test_engine.py holds the
-heads stage to Caffe with the cache on).
+In the heads stage (SPEC 5, steps 4..3+m) every shared layer is fixed, and in stage 2
+the first six convolutions are; under the default `global` reading their BatchNorms
+use their stored statistics. Those layers are then a fixed function of each face,
+and Caffe recomputes the same pool4 (heads) or pool3 (stage 2) every time a face
+comes round again (the paper's 60k iterations of batch 64 pass over the training
+split many times). The torch engine computes them once, in batches of the net's
+batch size from row 0 of the split, and feeds each iteration the rows Caffe's data
+layer would give (Feed's arithmetic), so the layers after them train on the values
+Caffe computes, up to float32 rounding (tests/test_engine.py holds stage 2 and the
+heads to Caffe with the cache on).
 
 The fixed prefix: layers reached only from data tops, with no blob that learns, and
 each a function of one row at a time: Convolution, InnerProduct, Pooling, ReLU,
-Scale, and BatchNorm with use_global_stats. Under `batch` (FROZEN_BN_HEADS=batch) a
-BatchNorm mixes the rows of a batch, so the prefix stops before it and nothing worth
-caching is left. The cache is rebuilt when any blob of the prefix is written
-(loading weights, restoring a snapshot), which torch's version counters show.
+Scale, and BatchNorm with use_global_stats. Under `batch` (FROZEN_BN_STAGE2 or
+FROZEN_BN_HEADS=batch) a BatchNorm mixes the rows of a batch, so the prefix stops
+before it (at conv11, not worth keeping). The cache is rebuilt when any blob of the
+prefix is written (loading weights, restoring a snapshot), which torch's version
+counters show.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 from mcl.engine.feeds import Feed
 
 ROW_WISE = ("Convolution", "InnerProduct", "Pooling", "ReLU", "Scale", "BatchNorm")
-MAX_BYTES = 4 << 30  # above this the trunk runs every iteration, as in Caffe
+MAX_BYTES = 1 << 30  # above this the trunk runs every iteration, as in Caffe
 
 
 class TrunkCache:
@@ -93,15 +95,12 @@ def plan(net, feed_list: list[Feed]) -> TrunkCache | None:
         skip.append(s.name)
         for t in s.tops:
             fixed[t] = feed
-    if not any(net.layer(n).spec.type == "Convolution" for n in skip):
+    # Worth it from two convolutions on (one alone costs little to recompute, and its maps are
+    # larger than the face), and within MAX_BYTES.
+    if sum(net.layer(n).spec.type == "Convolution" for n in skip) < 2 or not frontier:
         return None
-    if not frontier:
-        return None
-    # Worth it only where the cache is no larger than the rows it replaces (pool4: 1024 floats a face).
     for feed in {id(f): f for f in frontier.values()}.values():
-        cached = sum(_row_size(net.shapes[b]) for b, f in frontier.items() if f is feed)
-        given = sum(_row_size(t.shape) for t in feed.tops.values())
-        if cached > given or cached * 4 * feed.rows > MAX_BYTES:
+        if sum(_row_size(net.shapes[b]) for b, f in frontier.items() if f is feed) * 4 * feed.rows > MAX_BYTES:
             return None
     return TrunkCache(net, feed_list, skip, frontier)
 

@@ -199,12 +199,13 @@ def test_each_step_is_caffes(run, caffe_runs, stage):
     ref = caffe_runs[stage]
     t = torch_solver(run, stage, ref["init"])
     skip = inert(ref["net"])
-    worst_per_step = []
+    worst_per_step, loss_rel = [], []
     for k in range(ITERATIONS):
         t.restore(run / "snapshots" / f"caffe_{stage}_iter_{k}.solverstate.h5")
         assert t.iter == k
         t.step()
         assert t.loss == pytest.approx(ref["losses"][k], rel=LOSS_RTOL), f"iteration {k}"
+        loss_rel.append(abs(t.loss - ref["losses"][k]) / abs(ref["losses"][k]))
         blobs, history = caffe_state(run, stage, k + 1)
         mine = t.blobs()
         hist = {(b.layer, b.index): h.numpy() for b, h in zip(t.sgd.blobs, t.sgd.history)}
@@ -224,7 +225,8 @@ def test_each_step_is_caffes(run, caffe_runs, stage):
             for a, b in zip(mine[name], blobs[name]):
                 np.testing.assert_array_equal(a, b, err_msg=f"fixed layer {name} moved at iteration {k}")
         worst_per_step.append(worst)
-    print(f"{stage}: worst blob per step {['%.1e' % w for w in worst_per_step]}")
+    print(f"{stage}: worst blob per step {['%.1e' % w for w in worst_per_step]}; "
+          f"largest loss difference {max(loss_rel):.1e} relative")
     assert np.median(worst_per_step) <= STEP_TYPICAL, worst_per_step
 
 

@@ -12,7 +12,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 SETUP_STAMP := .venv/.mcl-setup.stamp
 
-# `make demo` alone: the synthetic faces on the demo's own schedule (mcl/stages.py SCHEDULES),
+# `make demo` alone: the synthetic faces on the demo's own schedule (mcl/method/stages.py SCHEDULES),
 # in runs/demo, with the audit's equal-budget control and occlusion test.
 ifeq ($(MAKECMDGOALS),demo)
 SCHEDULE ?= demo
@@ -57,7 +57,7 @@ HEADS ?= joint
 # [interp] BatchNorm statistics of every stage's product: recomputed (default) or running (Caffe's raw).
 BN_STATS ?= recomputed
 BN_BATCHES ?= 60
-# [interp] SPEC 5's optional warm-up before step 1 (mcl/stages.py): off (default) or on.
+# [interp] SPEC 5's optional warm-up before step 1 (mcl/method/stages.py): off (default) or on.
 WARMUP ?= off
 # [interp] BatchNorm of the layers a step fixes: global (frozen whole, default) or batch.
 FROZEN_BN_STAGE2 ?= global
@@ -100,7 +100,7 @@ $(NETS): $(RUN)/.settings/train | $(SETUP_STAMP)
 	@touch $@
 
 # ---- Algorithm 1 ---------------------------------------------------------------
-# Every stage ends with the BatchNorm statistics step (mcl/bnstats.py): Caffe's model
+# Every stage ends with the BatchNorm statistics step (mcl/caffe/bnstats.py): Caffe's model
 # is kept as models/<name>.raw.caffemodel beside the stage's product.
 # A changed BN_STATS re-runs only that step where Caffe's model is still current.
 STAGE_OPTS := --bn-stats $(BN_STATS) --bn-batches $(BN_BATCHES) --engine $(ENGINE) --device $(DEVICE)

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mcl.data.augment import AugmentSettings, CropJob, crop_samples, train_crop_ratio  # noqa: E402
 from mcl.data.readers import read_300w  # noqa: E402
 from mcl.data.synth import write_synth_300w  # noqa: E402
-from mcl.layouts import IBUG68  # noqa: E402
+from mcl.method.layouts import IBUG68  # noqa: E402
 
 
 def main(argv=None) -> int:

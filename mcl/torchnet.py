@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mcl.port.proto import caffe_pb2
+from mcl.caffe.proto import caffe_pb2
 
 PHASES = {"TRAIN": caffe_pb2.TRAIN, "TEST": caffe_pb2.TEST}
 INPUT_TYPES = ("Input", "HDF5Data", "Data")

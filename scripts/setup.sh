@@ -158,7 +158,7 @@ step_caffe() {
 }
 
 step_check() {
-  GLOG_minloglevel=2 "$VENV/bin/python" -m mcl.caffe_check || fail check "Caffe does not import or lacks a layer we need"
+  GLOG_minloglevel=2 "$VENV/bin/python" -m mcl.caffe.check || fail check "Caffe does not import or lacks a layer we need"
 }
 
 step_apt

@@ -26,7 +26,7 @@ def caffe():
 
 @pytest.fixture(scope="session")
 def caffe_tool():
-    from mcl.caffe_check import caffe_tool as find
+    from mcl.caffe.check import caffe_tool as find
     return find()
 
 
@@ -74,7 +74,7 @@ def write_hdf5(run: Path, split: str, images, points, iod) -> Path:
 
 
 def write_lmdb(run: Path, split: str, images, points, iod) -> None:
-    from mcl.caffe_pb import caffe_pb2
+    from mcl.caffe.proto import caffe_pb2
     data = run / "data"
     data.mkdir(parents=True, exist_ok=True)
     for name, make in ((f"{split}_lmdb", "image"), (f"{split}_targets_lmdb", "target")):

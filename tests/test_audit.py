@@ -9,10 +9,10 @@ import subprocess
 
 import numpy as np
 import pytest
-
 from conftest import ROOT
-from mcl import audit
-from mcl.layouts import get_layout
+
+from mcl.evaluation import audit
+from mcl.method.layouts import get_layout
 
 # ---- perturbation weights (Section IV-C-2) ---------------------------------------------------
 

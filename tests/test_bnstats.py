@@ -1,4 +1,4 @@
-"""The BatchNorm statistics step after every stage (mcl/bnstats.py) in real Caffe.
+"""The BatchNorm statistics step after every stage (mcl/caffe/bnstats.py) in real Caffe.
 
 The run trains on the built-in synthetic faces with a constant learning rate, so
 the weights keep moving through the whole (short) stage as they do early in any
@@ -15,10 +15,10 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import ROOT
-from mcl import bnstats, caffemodel
-from mcl.train import StageSpec, run_stage
+
+from mcl.caffe import bnstats, caffemodel
+from mcl.caffe.train import StageSpec, run_stage
 
 PY = sys.executable
 

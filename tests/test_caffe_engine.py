@@ -7,13 +7,12 @@ import re
 
 import numpy as np
 import pytest
-from google.protobuf import text_format
-
 from conftest import run_caffe, synthetic_batch, write_hdf5, write_lmdb
+from google.protobuf import text_format
 
 
 def test_import_caffe_and_layer_types(caffe):
-    from mcl.caffe_check import REQUIRED_LAYERS
+    from mcl.caffe.check import REQUIRED_LAYERS
     assert set(REQUIRED_LAYERS) <= set(caffe.layer_type_list())
 
 
@@ -25,7 +24,8 @@ def test_caffe_tool_version(caffe_tool):
 def tiny_net(caffe, phase: str, batch: int = 16):
     """Every layer type of the paper: LMDB Data + HDF5Data in, conv/BN/Scale/ReLU,
     MAX and global AVE pooling, InnerProduct, Slice, EuclideanLoss with loss_weight."""
-    from caffe import layers as L, params as P
+    from caffe import layers as L
+    from caffe import params as P
     n = caffe.NetSpec()
     if phase == "deploy":
         n.data = L.Input(shape=dict(dim=[1, 1, 50, 50]))
@@ -58,7 +58,7 @@ def tiny_run(tmp_path, caffe, monkeypatch):
     write_hdf5(tmp_path, "train", images, points / 10.0, iod)  # targets in tenths of pixels
     (tmp_path / "train.prototxt").write_text(str(tiny_net(caffe, "train")))
     (tmp_path / "deploy.prototxt").write_text(str(tiny_net(caffe, "deploy")))
-    from mcl.caffe_pb import caffe_pb2
+    from mcl.caffe.proto import caffe_pb2
     s = caffe_pb2.SolverParameter(train_net="train.prototxt", base_lr=0.01, lr_policy="fixed",
                                   momentum=0.9, weight_decay=0.0005, max_iter=60, snapshot=60,
                                   snapshot_prefix="snapshots/tiny", display=1, random_seed=7,

@@ -28,7 +28,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from test_data_fixtures import write_300w, write_cofw_v73, write_generic, write_mtfl, write_pts_crlf
 from test_verify import ROOT, tiny_run
 
@@ -74,8 +73,8 @@ class Ctx:
         return path
 
     def other_layout_weights(self) -> Path:
-        from mcl import loss_weights
-        from mcl.layouts import get_layout
+        from mcl.method import loss_weights
+        from mcl.method.layouts import get_layout
         path = self.tmp / "w68.json"
         path.write_text(json.dumps(loss_weights.document(get_layout(68), "eq5", weights=[1.0] * 68)))
         return path
@@ -632,7 +631,7 @@ def a_listing_other_net(ctx):
 
 def a_listing_missing_head(ctx):
     listing = ctx.tmp / "heads_separate.json"
-    from mcl.layouts import get_layout
+    from mcl.method.layouts import get_layout
     listing.write_text(json.dumps({"layout": "5", "heads": {c: f"models/head_{c}.caffemodel"
                                                             for c in get_layout(5).cluster_names}}))
     return _asm(ctx, listing, [str(ctx.run / "models" / f"head_{get_layout(5).cluster_names[0]}.caffemodel")])

@@ -9,11 +9,23 @@ import numpy as np
 import pytest
 import scipy.io
 
-from mcl.data.augment import (CROP, AugmentSettings, CropJob, apply_affine, augment_face, box_crop_affine,
-                              crop_face, crop_samples, face_rng, flip_image, flip_points, train_crop_ratio)
+from mcl.data.augment import (
+    CROP,
+    AugmentSettings,
+    CropJob,
+    apply_affine,
+    augment_face,
+    box_crop_affine,
+    crop_face,
+    crop_samples,
+    face_rng,
+    flip_image,
+    flip_points,
+    train_crop_ratio,
+)
 from mcl.data.readers import Sample, read_300w
 from mcl.data.synth import TEMPLATE, generate_face, write_synth_300w
-from mcl.layouts import AFLW5, IBUG68, LAYOUTS
+from mcl.method.layouts import AFLW5, IBUG68, LAYOUTS
 
 FIVE = np.array([[70.0, 80.0], [130.0, 78.0], [101.0, 112.0], [78.0, 140.0], [124.0, 142.0]])
 

@@ -22,7 +22,8 @@ caffe = pytest.importorskip("caffe", reason="Caffe is installed by `make setup`"
 
 
 def two_way_net(split: str, batch: int, n_points: int):
-    from caffe import layers as L, params as P
+    from caffe import layers as L
+    from caffe import params as P
 
     n = caffe.NetSpec()
     n.data_lmdb = L.Data(source=f"data/{split}_lmdb", backend=P.Data.LMDB, batch_size=batch,

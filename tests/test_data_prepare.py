@@ -13,13 +13,13 @@ import time
 import h5py
 import numpy as np
 import pytest
+from test_data_fixtures import write_300w, write_cofw_v73, write_generic, write_mtfl
 
 from mcl.data.augment import AugmentSettings, apply_affine
 from mcl.data.pipeline import PrepareSettings, prepare, split_validation
 from mcl.data.readers import DataError
 from mcl.data.writers import read_hdf5_list, sha256_file
-from mcl.layouts import IBUG68
-from test_data_fixtures import write_300w, write_cofw_v73, write_generic, write_mtfl
+from mcl.method.layouts import IBUG68
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "data_prep", "prepare.py")

@@ -7,12 +7,20 @@ import os
 import cv2
 import numpy as np
 import pytest
-
-from mcl.data.readers import (DataError, check_in_image, load_image, mtfl_box, read_300w, read_cofw, read_generic,
-                              read_mtfl, read_pts)
-from mcl.layouts import AFLW5, COFW29, derive_from_68
 from test_data_fixtures import write_300w, write_cofw_v73, write_generic, write_mtfl, write_pts_crlf
 
+from mcl.data.readers import (
+    DataError,
+    check_in_image,
+    load_image,
+    mtfl_box,
+    read_300w,
+    read_cofw,
+    read_generic,
+    read_mtfl,
+    read_pts,
+)
+from mcl.method.layouts import AFLW5, COFW29, derive_from_68
 
 # ---- 300-W --------------------------------------------------------------------------
 

@@ -8,7 +8,6 @@ import math
 import subprocess
 
 import pytest
-
 from conftest import ROOT
 
 

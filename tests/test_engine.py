@@ -39,15 +39,16 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, synthetic_batch, write_hdf5, write_lmdb
 from google.protobuf import text_format
 
-from conftest import ROOT, synthetic_batch, write_hdf5, write_lmdb
-from mcl import caffemodel, loss_weights
-from mcl.caffe_pb import caffe_pb2
+from mcl.caffe import caffemodel, reweight
+from mcl.caffe.proto import caffe_pb2
 from mcl.engine import feeds as feeding
 from mcl.engine.sgd import SolverError
 from mcl.engine.solver import Solver, _read_model, _read_state
-from mcl.layouts import get_layout
+from mcl.method import loss_weights
+from mcl.method.layouts import get_layout
 
 torch.set_num_threads(1)
 
@@ -96,7 +97,7 @@ def run(tmp_path_factory):
     eq9.write_text(json.dumps(loss_weights.document(layout, "eq9",
                                                     clusters=loss_weights.eq9(rng.uniform(.05, .2, 5), layout))))
     for name, w in (("stage2", eq5), ("stage3", eq5), ("heads", eq9)):
-        loss_weights.rewrite_file(path / "nets" / f"{name}_train.prototxt", w)
+        reweight.rewrite_file(path / "nets" / f"{name}_train.prototxt", w)
     (path / "snapshots").mkdir()
     return path
 
@@ -169,8 +170,8 @@ def torch_solver(run, stage, init) -> Solver:
 
 def test_feeds_give_caffes_batches(tmp_path, monkeypatch, caffe):
     """HDF5 over two files and LMDB (image + targets), wrapping around: the batches Caffe's layers give."""
-    from mcl import netgen
-    from mcl.stages import STAGES as ST
+    from mcl.caffe import netgen
+    from mcl.method.stages import STAGES as ST
     layout = get_layout(5)
     images, points, iod = synthetic_batch(13, layout.n_points, 4)
     write_hdf5(tmp_path, "a", images[:7], points[:7], iod[:7])
@@ -440,7 +441,7 @@ def new_run(path, source="hdf5"):
 
 @pytest.mark.parametrize("source", ["hdf5", "lmdb"])
 def test_killed_torch_stage_resumes_to_the_same_bits(tmp_path, monkeypatch, source):
-    from mcl.train import StageError, StageSpec, run_stage
+    from mcl.caffe.train import StageError, StageSpec, run_stage
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     a = new_run(tmp_path / "a", source)  # stage 1: 36 iterations, a snapshot every 3
     b = tmp_path / "b"

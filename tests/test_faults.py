@@ -16,13 +16,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-
-from mcl.verify import check_run
 from test_data_prepare import descendants, still_running, tree
 from test_verify import PREPARE, ROOT, tiny_run, tool
+
+from mcl.run.verify import check_run
 
 KILLS = 10  # per tool, each one catching the tool running
 SEED = 2024
@@ -110,7 +109,7 @@ def test_killed_stage_reruns_to_identical_weights(tmp_path_factory, tmp_path):
 def test_a_snapshot_cut_short_is_passed_over(tmp_path_factory, tmp_path, suffix):
     """A kill while Caffe writes a snapshot leaves it cut short under its final name;
     Caffe aborts on such a file, so resuming takes the snapshot before it."""
-    from mcl.train import StageError, StageSpec, run_stage
+    from mcl.caffe.train import StageError, StageSpec, run_stage
     base, run = tiny_run(tmp_path_factory)
     folder = tmp_path / "r"
     shutil.copytree(base, folder)

@@ -9,8 +9,8 @@ import pytest
 
 from mcl.data.augment import crop_face
 from mcl.data.readers import Sample
-from mcl.evaluate import auc, ced, landmark_errors, metrics, score, to_image
-from mcl.layouts import get_layout
+from mcl.evaluation.evaluate import auc, ced, landmark_errors, metrics, score, to_image
+from mcl.method.layouts import get_layout
 
 
 def faces_5(shifts, d=50.0):

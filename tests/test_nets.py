@@ -9,12 +9,13 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, run_caffe, synthetic_batch, write_hdf5, write_lmdb
-from mcl import caffemodel, loss_weights, netgen
-from mcl.layouts import LAYOUTS, get_layout
-from mcl.runfiles import net_files, reference_files, run_files
-from mcl.stages import ALL_CONVS, FIRST_SIX, STAGES
+
+from mcl.caffe import caffemodel, netgen, reweight
+from mcl.caffe.runfiles import net_files, reference_files, run_files
+from mcl.method import loss_weights
+from mcl.method.layouts import LAYOUTS, get_layout
+from mcl.method.stages import ALL_CONVS, FIRST_SIX, STAGES
 
 LAYOUT_NAMES = sorted(LAYOUTS, key=int)
 
@@ -124,7 +125,7 @@ def bm_run(tmp_path_factory, caffe):
 
 
 def solver_for(caffe, run, layout, stage_name, net_proto, seed=0, tag=None):
-    from mcl import solvers
+    from mcl.caffe import solvers
     tag = tag or stage_name
     write_net(run / f"{tag}.prototxt", net_proto)
     s = solvers.solver(STAGES[stage_name], f"{tag}.prototxt", f"snap_{tag}", scale=0.001, seed=seed)
@@ -215,8 +216,9 @@ def test_parameter_counts_match_section_2(tmp_path, caffe, name):
 
 @pytest.mark.parametrize("scale", [1.0, 0.01])
 def test_solvers_carry_the_papers_hyperparameters(scale):
-    from mcl.caffe_pb import caffe_pb2
     from google.protobuf import text_format
+
+    from mcl.caffe.proto import caffe_pb2
     layout = get_layout(68)
     files = run_files(layout, scale=scale, seed=42)
     # equal_budget: the audit's control, BM continued at the fine-tuning rate for stages 2, 3 and heads
@@ -247,8 +249,9 @@ def test_solvers_carry_the_papers_hyperparameters(scale):
 
 
 def test_committed_solvers_are_scale_one():
-    from mcl.caffe_pb import caffe_pb2
     from google.protobuf import text_format
+
+    from mcl.caffe.proto import caffe_pb2
     s = text_format.Parse((ROOT / "solvers/68/stage1_solver.prototxt").read_text(), caffe_pb2.SolverParameter())
     assert (s.base_lr, s.max_iter, s.stepsize) == (pytest.approx(0.02), 180000, 30000)
 
@@ -293,14 +296,14 @@ def test_rewriting_weights_round_trips_exactly(tmp_path):
     rng = np.random.default_rng(4)
     u = rng.uniform(0.1, 4, layout.n_points)
     doc = loss_weights.document(layout, "eq5", weights=u)
-    net, changes = loss_weights.rewrite(netgen.train_net(layout, STAGES["stage2"]), doc)
+    net, changes = reweight.rewrite(netgen.train_net(layout, STAGES["stage2"]), doc)
     assert len(changes) == layout.n_points and all(ch.old == 1.0 for ch in changes)
-    back = loss_weights.read_back(netgen.parse_net(netgen.to_text(net)), layout)
+    back = reweight.read_back(netgen.parse_net(netgen.to_text(net)), layout)
     np.testing.assert_array_equal(back[None], u.astype(np.float32))
     per_cluster = loss_weights.eq9(rng.uniform(0.5, 2, layout.n_points), layout)
     doc9 = loss_weights.document(layout, "eq9", clusters=per_cluster)
-    heads, _ = loss_weights.rewrite(netgen.heads_net(layout, STAGES["heads"]), doc9)
-    back = loss_weights.read_back(netgen.parse_net(netgen.to_text(heads)), layout)
+    heads, _ = reweight.rewrite(netgen.heads_net(layout, STAGES["heads"]), doc9)
+    back = reweight.read_back(netgen.parse_net(netgen.to_text(heads)), layout)
     for c in layout.cluster_names:
         np.testing.assert_array_equal(back[c], per_cluster[c].astype(np.float32))
 
@@ -309,13 +312,13 @@ def test_mismatched_weights_are_refused():
     five, sixty_eight = get_layout(5), get_layout(68)
     net = netgen.train_net(sixty_eight, STAGES["stage2"])
     with pytest.raises(loss_weights.WeightsError, match="weights for layout 5, but net mcl_68_stage2_hdf5 is layout 68"):
-        loss_weights.rewrite(net, loss_weights.document(five, "eq5", weights=[1] * 5))
+        reweight.rewrite(net, loss_weights.document(five, "eq5", weights=[1] * 5))
     bad = {"layout": "68", "n_points": 68, "weights": [1.0] * 67}
     with pytest.raises(loss_weights.WeightsError, match="67 values, layout 68 has 68 landmarks"):
-        loss_weights.rewrite(net, bad)
+        reweight.rewrite(net, bad)
     single = loss_weights.document(sixty_eight, "eq5", weights=[1] * 68)
     with pytest.raises(loss_weights.WeightsError, match="head for cluster 'left_eye'"):
-        loss_weights.rewrite(netgen.heads_net(sixty_eight, STAGES["heads"]), single)
+        reweight.rewrite(netgen.heads_net(sixty_eight, STAGES["heads"]), single)
 
 
 def test_set_loss_weights_tool(tmp_path):
@@ -328,7 +331,7 @@ def test_set_loss_weights_tool(tmp_path):
     assert ok.returncode == 0, ok.stderr
     assert "loss_01" in ok.stdout and "0.5000" in ok.stdout and "rewrote 5 loss weights" in ok.stdout
     assert net_path.read_text().startswith("# MCL-Caffe net: layout 5")
-    back = loss_weights.read_back(netgen.parse_net(net_path.read_text()), layout)[None]
+    back = reweight.read_back(netgen.parse_net(net_path.read_text()), layout)[None]
     np.testing.assert_array_equal(back, np.float32([0.5, 1.5, 1, 1, 1]))
     (tmp_path / "bad.json").write_text('{"layout": "68", "n_points": 68, "weights": []}')
     bad = subprocess.run(tool + [str(net_path), str(tmp_path / "bad.json")], capture_output=True, text=True)

@@ -10,12 +10,13 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, synthetic_batch, write_hdf5, write_lmdb
-from mcl import assemble, caffemodel, loss_weights, netgen
-from mcl.layouts import LAYOUTS, get_layout
-from mcl.stages import ALPHA
-from mcl.train import StageError, StageSpec, run_stage
+
+from mcl.caffe import assemble, caffemodel, netgen, reweight
+from mcl.caffe.train import StageError, StageSpec, run_stage
+from mcl.method import loss_weights
+from mcl.method.layouts import LAYOUTS, get_layout
+from mcl.method.stages import ALPHA
 
 PY = sys.executable
 
@@ -103,7 +104,7 @@ def test_chain_writes_every_artifact_with_a_complete_manifest(chained):
     # The nets trained with the weights the tools computed.
     u = json.loads((run / "weights/bm_eq5.json").read_text())["weights"]
     net = netgen.parse_net((run / "nets/stage3_train.prototxt").read_text())
-    np.testing.assert_array_equal(loss_weights.read_back(net, layout)[None], np.float32(u))
+    np.testing.assert_array_equal(reweight.read_back(net, layout)[None], np.float32(u))
 
 
 def test_am_is_the_splice_of_the_heads_and_costs_what_bm_costs(chained, caffe):
@@ -136,7 +137,7 @@ def test_assembly_refuses_a_tampered_self_check(chained, caffe):
     W[0, 0] += 1e-3
     caffemodel.set_blob(shape.blobs[0], W)
     caffemodel.save(am, run / "tampered.caffemodel")
-    from mcl.evaluate import load_net
+    from mcl.evaluation.evaluate import load_net
     nets = {c: load_net(run / "nets/heads_deploy.prototxt", run / "models/heads.caffemodel") for c in layout.cluster_names[:1]}
     nets.update({c: nets[layout.cluster_names[0]] for c in layout.cluster_names})
     am_net = load_net(run / "models/am_deploy.prototxt", run / "tampered.caffemodel")
@@ -237,7 +238,7 @@ def test_bad_inputs_are_named(chained, tmp_path):
 def test_step1_resumes_from_the_warmup_solverstate(tmp_path):
     """WARMUP=on: the warm-up trains at lr 0.002 (fixed) and step 1 continues from its last
     solverstate, i.e. from its iteration, weights and momentum, as if resumed after a kill."""
-    from mcl.caffe_pb import caffe_pb2
+    from mcl.caffe.proto import caffe_pb2
     layout = get_layout(5)
     run = new_run(tmp_path / "run", layout, scale=0.001)  # warm-up 9 iterations, step 1 180
     warm = tool("run_stage.py", "--run", run, "--stage", "warmup")

@@ -14,12 +14,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import ROOT
-from mcl import netgen, torchnet
-from mcl.layouts import get_layout
-from mcl.port import convert
 from test_torchnet import random_blobs
+
+from mcl import torchnet
+from mcl.caffe import netgen
+from mcl.method.layouts import get_layout
+from mcl.port import convert
 
 ATOL = 1e-4
 

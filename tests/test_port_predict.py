@@ -10,12 +10,12 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import ROOT
-from mcl import evaluate
-from mcl.data.readers import read_dataset, read_pts
-from mcl.layouts import get_layout
 from test_port import caffe_model, deploy_text
+
+from mcl.data.readers import read_dataset, read_pts
+from mcl.evaluation import evaluate
+from mcl.method.layouts import get_layout
 
 
 def load_tool(name):

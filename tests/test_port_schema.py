@@ -8,12 +8,13 @@ import subprocess
 import sys
 
 import numpy as np
-from google.protobuf import text_format
-
 from conftest import ROOT
-from mcl.port import caffe_schema, convert
-from mcl.port.proto import caffe_pb2 as real
+from google.protobuf import text_format
 from test_port import V1_NET, authors_extended, caffe_model
+
+from mcl.caffe import schema as caffe_schema
+from mcl.caffe.proto import caffe_pb2 as real
+from mcl.port import convert
 
 
 def _key(f):
@@ -48,7 +49,7 @@ def test_port_without_any_caffe_equals_the_usual_port(caffe, tmp_path):
     usual = convert.port(proto, model, formats=("onnx",), reference="opencv")
     out = tmp_path / "out"
     code = ("import sys, json; sys.modules['caffe'] = None; sys.path.insert(0, 'tools'); "
-            "from mcl.port import proto; assert getattr(proto.caffe_pb2, 'BUILTIN', False), proto.SOURCE; "
+            "from mcl.caffe import proto; assert getattr(proto.caffe_pb2, 'BUILTIN', False), proto.SOURCE; "
             "import port; "
             f"sys.exit(port.main(['export', '--prototxt', {str(proto)!r}, '--caffemodel', {str(model)!r}, "
             f"'--out', {str(out)!r}, '--formats', 'onnx,npz', '--fold']))")

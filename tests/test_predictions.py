@@ -13,10 +13,10 @@ import cv2
 import h5py
 import numpy as np
 import pytest
-
 from conftest import ROOT, synthetic_batch, write_hdf5
-from mcl import manifest
-from mcl.layouts import get_layout
+
+from mcl.method.layouts import get_layout
+from mcl.run import manifest
 
 PY = sys.executable
 METRIC_KEYS = ("mean_error", "failure_rate", "auc", "per_cluster", "per_landmark")
@@ -166,13 +166,13 @@ def test_evaluation_writes_overlays_and_the_provenance_of_every_number(tiny, wri
 
 
 def test_overlays_pick_the_best_and_the_worst_faces():
-    from mcl.report import overlay_order
+    from mcl.evaluation.report import overlay_order
     best, worst = overlay_order(np.array([0.3, 0.1, 0.5, 0.2, 0.4]), 2)
     assert best.tolist() == [1, 3] and worst.tolist() == [2, 4]
 
 
 def test_speed_table_single_core_for_5_29_68_beside_the_paper(monkeypatch):
-    from mcl import speed
+    from mcl.caffe import speed
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "8")  # the caller's setting must not reach the timing
     monkeypatch.setenv("OMP_NUM_THREADS", "8")
     table = speed.measure_layouts(("5", "29", "68"), repeats=3, warmup=1, caffe_iterations=2)
@@ -184,12 +184,12 @@ def test_speed_table_single_core_for_5_29_68_beside_the_paper(monkeypatch):
         assert r["caffe_time"]["forward_ms"] > 0 and r["caffe_time"]["phase"] == "TEST"
     paper_row = table["paper"]
     assert (paper_row["median_ms"], paper_row["fps"], paper_row["layout"]) == (17.5, 57, "68")
-    from mcl.report import speed_markdown
+    from mcl.evaluation.report import speed_markdown
     assert "17.5" in speed_markdown(table) and "BM/AM deploy, 68 points" in speed_markdown(table)
 
 
 def test_the_paper_table_holds_spec_10_with_citations():
-    from mcl import paper
+    from mcl.method import paper
     spec_10 = {"mean_error.aflw": 5.38, "mean_error.cofw": 6.00, "mean_error.ibug": 8.51,
                "speed.ms_per_face": 17.5, "speed.fps": 57, "occlusion.wm_left_eye": 6.60,
                "occlusion.am_left_eye": 6.50, "dan.reported": 7.57, "dan.retrained": 7.97, "dan.weighting": 7.81,

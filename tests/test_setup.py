@@ -7,7 +7,6 @@ import os
 import subprocess
 from pathlib import Path
 
-
 from conftest import ROOT
 
 
@@ -37,5 +36,5 @@ def test_a_folder_that_is_not_caffe_is_refused_with_the_way_out(tmp_path):
     assert "step 'link caffe' failed" in proc.stderr and str(tmp_path) in proc.stderr
     assert "MCL_CAFFE_ROOT" in proc.stderr
     # The environment still points at the working Caffe.
-    check = subprocess.run([str(ROOT / ".venv/bin/python"), "-m", "mcl.caffe_check"], capture_output=True, text=True)
+    check = subprocess.run([str(ROOT / ".venv/bin/python"), "-m", "mcl.caffe.check"], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from mcl import netgen, torchnet
-from mcl.layouts import LAYOUTS, get_layout
-from mcl.stages import STAGES
+from mcl import torchnet
+from mcl.caffe import netgen
+from mcl.method.layouts import LAYOUTS, get_layout
+from mcl.method.stages import STAGES
 
 ATOL = 1e-4
 LAYOUT_NAMES = sorted(LAYOUTS, key=int)

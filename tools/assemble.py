@@ -20,10 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from mcl import assemble, caffemodel, manifest, netgen  # noqa: E402
-from mcl.evaluate import EvalError, load_net, load_split  # noqa: E402
+from mcl.caffe import assemble, caffemodel, netgen  # noqa: E402
+from mcl.caffe.runfiles import run_layout  # noqa: E402
+from mcl.evaluation.evaluate import EvalError, load_net, load_split  # noqa: E402
 from mcl.fileio import atomic_write  # noqa: E402
-from mcl.runfiles import run_layout  # noqa: E402
+from mcl.run import manifest  # noqa: E402
 
 
 def main(argv=None) -> int:

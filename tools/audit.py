@@ -24,11 +24,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mcl import audit, loss_weights, manifest  # noqa: E402
-from mcl.caffemodel import ModelError  # noqa: E402
-from mcl.evaluate import EvalError  # noqa: E402
+from mcl.caffe.caffemodel import ModelError  # noqa: E402
+from mcl.caffe.runfiles import run_layout  # noqa: E402
+from mcl.evaluation import audit  # noqa: E402
+from mcl.evaluation.evaluate import EvalError  # noqa: E402
 from mcl.fileio import atomic_write  # noqa: E402
-from mcl.runfiles import run_layout  # noqa: E402
+from mcl.method import loss_weights  # noqa: E402
+from mcl.run import manifest  # noqa: E402
 
 
 def cmd_perturb(args, run: Path) -> None:
@@ -82,7 +84,7 @@ def _write(run: Path, out: Path, doc: dict, stage: str, inputs: list[Path]) -> N
 
 
 def cmd_report(args, run: Path) -> None:
-    from mcl import audit_report
+    from mcl.evaluation import audit_report
     paths = audit_report.write(run, Path(args.out_dir) if args.out_dir else run / "audit",
                                speed_repeats=args.speed_repeats)
     print(f"wrote {', '.join(str(p) for p in paths)}")

@@ -43,9 +43,9 @@ def write_run(run: Path, layout_name: str, batch: int, rows: int) -> None:
     import h5py
     import numpy as np
 
+    from mcl.caffe.runfiles import run_files
     from mcl.fileio import atomic_write
-    from mcl.layouts import get_layout
-    from mcl.runfiles import run_files
+    from mcl.method.layouts import get_layout
     layout = get_layout(layout_name)
     for rel, text in run_files(layout, scale=1.0, seed=0, source="hdf5", batch_size=batch).items():
         atomic_write(run / rel, text)
@@ -151,9 +151,9 @@ def bench_stage(run: Path, stage: str, device: str, threads: int, warmup: int, i
 def training_rows() -> int:
     """Training rows of 300-W as `make data` writes them: the paper's training faces less the
     validation share, times the augmented copies of each (mcl.data defaults)."""
-    from mcl import paper
     from mcl.data.augment import AugmentSettings
     from mcl.data.pipeline import PrepareSettings
+    from mcl.method import paper
     faces = paper.value("split.ibug.train")
     val = PrepareSettings(dataset="ibug", out="").val_fraction
     return int(round(faces * (1 - val))) * AugmentSettings().copies

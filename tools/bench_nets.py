@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mcl import netgen, solvers  # noqa: E402
-from mcl.layouts import LAYOUTS, get_layout  # noqa: E402
-from mcl.stages import BATCH_SIZE, STAGES  # noqa: E402
+from mcl.caffe import netgen, solvers  # noqa: E402
+from mcl.method.layouts import LAYOUTS, get_layout  # noqa: E402
+from mcl.method.stages import BATCH_SIZE, STAGES  # noqa: E402
 
 
 def write_data(run: Path, layout, n: int, seed: int) -> None:

@@ -5,7 +5,7 @@
   tools/bench_speed.py --weights 68=runs/ibug-68/models/am.caffemodel --deploy 68=runs/ibug-68/models/am_deploy.prototxt
 
 Batch 1, forward only, every BLAS thread count forced to 1 and the timing pinned
-to one core, in a child process (mcl/speed.py); the median of --repeats passes
+to one core, in a child process (mcl/caffe/speed.py); the median of --repeats passes
 with its spread, and `caffe time -phase TEST` beside it. Prints a markdown
 table; --out writes it with the JSON of every figure.
 """
@@ -19,7 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mcl import report, speed  # noqa: E402
+from mcl.caffe import speed  # noqa: E402
+from mcl.evaluation import report  # noqa: E402
 from mcl.fileio import atomic_write  # noqa: E402
 
 

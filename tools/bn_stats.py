@@ -23,11 +23,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mcl import bnstats  # noqa: E402
-from mcl.caffemodel import ModelError  # noqa: E402
-from mcl.evaluate import EvalError, evaluate_model, load_net, load_split  # noqa: E402
+from mcl.caffe import bnstats  # noqa: E402
+from mcl.caffe.caffemodel import ModelError  # noqa: E402
+from mcl.caffe.runfiles import run_layout  # noqa: E402
+from mcl.evaluation.evaluate import EvalError, evaluate_model, load_net, load_split  # noqa: E402
 from mcl.fileio import atomic_write  # noqa: E402
-from mcl.runfiles import run_layout  # noqa: E402
+from mcl.run import provenance  # noqa: E402
 
 PRODUCT = {"stage1": "bm", "stage2": "stage2", "stage3": "wm", "heads": "heads", "pre_bm": "pre_bm"}
 
@@ -47,7 +48,7 @@ def compare(run: Path, stage: str, model: Path, batches: int, split: str) -> dic
         ev = evaluate_model(load_net(deploy, path), data, layout, output)
         r["mean_error"] = ev["inter_ocular"]["mean_error"]
         r["failure_rate"] = ev["inter_ocular"]["failure_rate"]["0.10"]
-        r["model"], r["bn_stats"] = str(path), bnstats.model_setting(run, path)
+        r["model"], r["bn_stats"] = str(path), provenance.bn_stats_of(run, path)
         rows[label] = r
     return {"stage": stage, "split": split, "batches": batches, "output": output, "rows": rows}
 

@@ -19,12 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mcl import loss_weights, manifest, report  # noqa: E402
-from mcl.evaluate import validation_errors  # noqa: E402
+from mcl.caffe.runfiles import run_layout  # noqa: E402
+from mcl.evaluation.evaluate import validation_errors  # noqa: E402
 from mcl.fileio import atomic_write  # noqa: E402
-from mcl.runfiles import run_layout  # noqa: E402
-from mcl.stages import ALPHA  # noqa: E402
-from mcl.verify import check_creatable  # noqa: E402
+from mcl.method import loss_weights  # noqa: E402
+from mcl.method.stages import ALPHA  # noqa: E402
+from mcl.run import manifest, provenance  # noqa: E402
+from mcl.run.verify import check_creatable  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -44,7 +45,7 @@ def main(argv=None) -> int:
         errors, res = validation_errors(run, Path(args.model), layout, args.split)
         common = dict(errors=[float(e) for e in errors], split=args.split, faces=res["inter_ocular"]["faces"],
                       model=str(Path(args.model).resolve()), mean_error=res["inter_ocular"]["mean_error"],
-                      provenance=report.provenance(run, Path(args.model).resolve()))
+                      provenance=provenance.trained_with(run, Path(args.model).resolve()))
         if args.eq == 5:
             doc = loss_weights.document(layout, "eq5", weights=loss_weights.eq5(errors), **common)
             rows = [("all", doc["weights"])]

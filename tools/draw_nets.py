@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mcl import netgen  # noqa: E402
-from mcl.layouts import LAYOUTS, get_layout  # noqa: E402
-from mcl.stages import STAGES  # noqa: E402
+from mcl.caffe import netgen  # noqa: E402
+from mcl.method.layouts import LAYOUTS, get_layout  # noqa: E402
+from mcl.method.stages import STAGES  # noqa: E402
 
 
 def main(argv=None) -> int:

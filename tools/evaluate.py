@@ -10,7 +10,7 @@ layout has them). A predictions file holds one face per line, in the order of
 the split's faces, 2n numbers x1 y1 x2 y2 ... in original-image pixels,
 1-based like .pts files (--coords-base 0 for 0-based files). Speed is the
 forward pass at batch 1, one BLAS thread, one pinned core, as the paper
-measures it (mcl/speed.py). Writes <out>.json, <out>.md (a readable report),
+measures it (mcl/caffe/speed.py). Writes <out>.json, <out>.md (a readable report),
 <out>_ced.png and <out>_overlays_<name>.png (best and worst faces). Bad input
 exits 2 naming the file (and line); nothing is written then.
 """
@@ -26,12 +26,14 @@ from pathlib import Path
 os.environ.setdefault("GLOG_minloglevel", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mcl import manifest, report  # noqa: E402
-from mcl.caffemodel import ModelError  # noqa: E402
-from mcl.evaluate import EvalError, parse_model, parse_named_file, run_evaluation  # noqa: E402
-from mcl.predictions import write_predictions  # noqa: E402
-from mcl.runfiles import run_layout  # noqa: E402
-from mcl.verify import check_creatable  # noqa: E402
+from mcl.caffe.caffemodel import ModelError  # noqa: E402
+from mcl.caffe.runfiles import run_layout  # noqa: E402
+from mcl.evaluation import report  # noqa: E402
+from mcl.evaluation.evaluate import EvalError  # noqa: E402
+from mcl.evaluation.job import parse_model, parse_named_file, run_evaluation  # noqa: E402
+from mcl.evaluation.predictions import write_predictions  # noqa: E402
+from mcl.run import manifest  # noqa: E402
+from mcl.run.verify import check_creatable  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -6,7 +6,7 @@ statistics recomputed at each point (as the stage's product would have them).
 
 Trains in Caffe on a private copy of the stage's solver (the run's own files and models are
 not touched), writes <out>.json and <out>.png (default RUN/curves/<stage>). Used to choose
-the demo's schedule (mcl/stages.py SCHEDULES).
+the demo's schedule (mcl/method/stages.py SCHEDULES).
 """
 
 from __future__ import annotations
@@ -16,14 +16,13 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("GLOG_minloglevel", "2")
 
-from mcl import curves  # noqa: E402
-from mcl.evaluate import EvalError  # noqa: E402
+from mcl.evaluation import curves  # noqa: E402
+from mcl.evaluation.evaluate import EvalError  # noqa: E402
 from mcl.fileio import atomic_write  # noqa: E402
 
 

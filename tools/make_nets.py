@@ -14,11 +14,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mcl.caffe.netgen import FROZEN_BN_DEFAULT, FROZEN_BN_SETTINGS  # noqa: E402
+from mcl.caffe.runfiles import reference_files, run_files  # noqa: E402
 from mcl.fileio import atomic_write  # noqa: E402
-from mcl.layouts import LAYOUTS, get_layout  # noqa: E402
-from mcl.netgen import FROZEN_BN_DEFAULT, FROZEN_BN_SETTINGS  # noqa: E402
-from mcl.runfiles import reference_files, run_files  # noqa: E402
-from mcl.stages import BATCH_SIZE, SCHEDULES  # noqa: E402
+from mcl.method.layouts import LAYOUTS, get_layout  # noqa: E402
+from mcl.method.stages import BATCH_SIZE, SCHEDULES  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     ap.add_argument("--scale", type=float, default=1.0, help="schedule scale for --run (default 1)")
     ap.add_argument("--schedule", choices=("paper",) + tuple(SCHEDULES), default="paper",
                     help="paper: the paper's iterations times --scale (default); demo: the demo's own "
-                         "iterations and steps per stage (mcl/stages.py)")
+                         "iterations and steps per stage (mcl/method/stages.py)")
     ap.add_argument("--seed", type=int, default=0, help="solver random_seed for --run (default 0)")
     ap.add_argument("--batch", type=int, default=BATCH_SIZE,
                     help=f"batch size for --run (default {BATCH_SIZE}, the paper's; smaller for smoke runs)")

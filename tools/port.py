@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     from mcl import torchnet
     from mcl.fileio import atomic_write
     from mcl.port import convert
-    from mcl.verify import check_creatable
+    from mcl.run.verify import check_creatable
 
     try:
         if args.command == "back":

@@ -27,20 +27,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mcl import bnstats, caffemodel, loss_weights, manifest  # noqa: E402
+from mcl.caffe import (  # noqa: E402
+    bnstats,
+    caffemodel,
+    reweight,  # noqa: E402
+)
+from mcl.caffe.runfiles import derive, run_layout  # noqa: E402
+from mcl.caffe.train import SNAPSHOT_RE, StageError, StageSpec, run_stage, snapshots  # noqa: E402
 from mcl.fileio import atomic_write  # noqa: E402
-from mcl.engine import provenance as engine_provenance  # noqa: E402
-from mcl.runfiles import derive, run_layout  # noqa: E402
-from mcl.train import SNAPSHOT_RE, StageError, StageSpec, run_stage, snapshots  # noqa: E402
-from mcl.verify import check_stage_inputs  # noqa: E402
+from mcl.run import manifest  # noqa: E402
+from mcl.run.provenance import engine_record  # noqa: E402
+from mcl.run.verify import check_stage_inputs  # noqa: E402
 
 DEFAULT_OUT = {"stage1": "bm", "stage2": "stage2", "stage3": "wm", "heads": "heads", "pre_bm": "pre_bm",
                "equal_budget": "equal_budget", "warmup": "warmup"}
 
 
 def rewrite_weights(net_path: Path, weights_path: Path) -> None:
-    changes = loss_weights.rewrite_file(net_path, weights_path)
-    print(loss_weights.change_table(changes, limit=8))
+    changes = reweight.rewrite_file(net_path, weights_path)
+    print(reweight.change_table(changes, limit=8))
     print(f"loss weights of {net_path.name} set from {weights_path}")
 
 
@@ -77,7 +82,7 @@ def train_one(run: Path, name: str, init: Path | None, out: Path, weights: Path 
     # Caffe's model goes to <out>.raw.caffemodel; the statistics step makes <out> from it.
     raw = bnstats.raw_path(out)
     spec = StageSpec(run, name, init, raw, engine, device)
-    trained_by = engine_provenance(engine, device)
+    trained_by = engine_record(engine, device)
     inputs = [solver_path, net_path] + ([init] if init else []) + ([warmup, warmup.with_suffix(".caffemodel")]
                                                                     if warmup else [])
     settings = manifest.solver_settings(solver_path)
@@ -117,7 +122,7 @@ def train_one(run: Path, name: str, init: Path | None, out: Path, weights: Path 
 def seed_from_warmup(spec: StageSpec, state: Path) -> None:
     """Step 1 resumes from the warm-up's solverstate (SPEC 5): it becomes the stage's first snapshot,
     so the runner resumes from it as from any snapshot (weights, momentum, iteration, data position)."""
-    from mcl.caffe_pb import caffe_pb2
+    from mcl.caffe.proto import caffe_pb2
     it = int(SNAPSHOT_RE.search(state.name).group(1))
     solver_state = caffe_pb2.SolverState()
     solver_state.ParseFromString(state.read_bytes())

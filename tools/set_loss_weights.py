@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mcl import loss_weights  # noqa: E402
+from mcl.caffe import reweight  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -27,11 +27,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     out = args.out or args.net
     try:
-        changes = loss_weights.rewrite_file(args.net, args.weights, out)
+        changes = reweight.rewrite_file(args.net, args.weights, out)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(loss_weights.change_table(changes, args.rows))
+    print(reweight.change_table(changes, args.rows))
     print(f"rewrote {len(changes)} loss weights of {args.net} -> {out}")
     return 0
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mcl.verify import VerifyError, check_run  # noqa: E402
+from mcl.run.verify import VerifyError, check_run  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -8,4 +8,7 @@ Modules:
   writers   HDF5 (+ list files) and LMDB (images + targets), and reading them back
   sheet     contact sheets (faces with their landmarks drawn)
   pipeline  `prepare`: the whole job behind data_prep/prepare.py
+
+May import: `mcl.method` (layouts), `mcl.fileio` and `mcl.caffe`'s file layer (the LMDB Datum);
+never pycaffe.
 """

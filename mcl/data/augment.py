@@ -23,7 +23,6 @@ import mmap
 import multiprocessing as mp
 import os
 import signal
-import sys
 import tempfile
 import threading
 from concurrent.futures import ProcessPoolExecutor
@@ -36,7 +35,7 @@ import cv2
 import numpy as np
 
 from mcl.data.readers import OUTSIDE_TOLERANCE, DataError, Sample, check_in_image, load_image
-from mcl.layouts import INPUT_SIZE, Layout
+from mcl.method.layouts import INPUT_SIZE, Layout
 
 CROP = INPUT_SIZE  # SPEC 1: 50 x 50 grayscale face patches
 AUGMENT_STREAM = 1  # seed-sequence stream of the augmentation (the synthetic set uses others)

@@ -26,13 +26,30 @@ import numpy as np
 
 from mcl import __version__
 from mcl.data import synth
-from mcl.data.augment import (DEFAULT_TEST_CROP, TEST_CROPS, AugmentSettings, CropJob, CropSet, crop_samples,
-                              effective_crop_scale, train_crop_ratio)
-from mcl.data.readers import (DATASETS, DEFAULT_LAYOUT, MTFL_BOX_SCALE, OUTSIDE_TOLERANCE, DataError, Sample,
-                              W300_SPLITS, load_image, read_dataset)
+from mcl.data.augment import (
+    DEFAULT_TEST_CROP,
+    TEST_CROPS,
+    AugmentSettings,
+    CropJob,
+    CropSet,
+    crop_samples,
+    effective_crop_scale,
+    train_crop_ratio,
+)
+from mcl.data.readers import (
+    DATASETS,
+    DEFAULT_LAYOUT,
+    MTFL_BOX_SCALE,
+    OUTSIDE_TOLERANCE,
+    W300_SPLITS,
+    DataError,
+    Sample,
+    load_image,
+    read_dataset,
+)
 from mcl.data.sheet import contact_sheet, draw_face
 from mcl.data.writers import HDF5_MAX_MB, PIXEL_MEAN, PIXEL_SCALE, sha256_file, write_hdf5, write_lmdb
-from mcl.layouts import get_layout
+from mcl.method.layouts import get_layout
 
 VAL_STREAM = 3  # seed-sequence streams: 1 augmentation, 2 synthetic faces
 SHUFFLE_STREAM = 4

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from mcl.layouts import Layout, derive_from_68, get_layout
+from mcl.method.layouts import Layout, derive_from_68, get_layout
 
 
 class DataError(Exception):

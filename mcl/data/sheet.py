@@ -6,7 +6,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from mcl.layouts import Layout
+from mcl.method.layouts import Layout
 
 TILE = 160
 _PALETTE = [(60, 220, 60), (230, 160, 40), (40, 200, 230), (200, 80, 220), (80, 120, 255), (255, 255, 80),

@@ -32,7 +32,7 @@ import numpy as np
 from mcl import __version__
 from mcl.data.augment import chunked, face_rng, parallel_map
 from mcl.data.readers import W300_SUBSET_DIRS, write_pts
-from mcl.layouts import IBUG68
+from mcl.method.layouts import IBUG68
 
 SYNTH_STREAM = 2  # seed-sequence stream of the generator (augmentation uses 1)
 TRAIN_SUBSETS = ("afw", "helen_trainset", "lfpw_trainset")

@@ -26,8 +26,8 @@ import numpy as np
 
 from mcl.data.augment import CROP, CropSet
 from mcl.data.readers import DataError
+from mcl.method.layouts import PIXEL_MEAN, PIXEL_SCALE
 
-from mcl.layouts import PIXEL_MEAN, PIXEL_SCALE
 HDF5_MAX_MB = 256
 LMDB_COMMIT_EVERY = 4096
 
@@ -187,7 +187,7 @@ def check_lmdb(path) -> int:
 
 def _caffe_pb2():
     try:
-        from mcl.caffe_pb import caffe_pb2
+        from mcl.caffe.proto import caffe_pb2
     except ImportError as exc:
         raise DataError(f"LMDB output needs Caffe's caffe_pb2 ({exc}); run `make setup`, "
                         f"or write HDF5 only (--formats hdf5)") from None

@@ -10,16 +10,10 @@ Its equality with Caffe is tested stage by stage (tests/test_engine.py).
   feeds.py    the HDF5Data / LMDB Data layers, in Caffe's order
   fillers.py  iteration-0 weights (Caffe's own where pycaffe is there)
   solver.py   Solver: the counterpart of pycaffe's SGDSolver (step, snapshot, restore)
-  worker.py   the stage's child process (`python -m mcl.engine`), as mcl.train's
+  worker.py   the stage's child process (`python -m mcl.engine`), as mcl.caffe.train's
+
+May import: `mcl.method`, `mcl.caffe`'s file layer (proto, caffemodel; never pycaffe, so the engine
+runs where no Caffe is built), `mcl.torchnet`, `mcl.run` and `mcl.fileio`. torch at module top: only
+the stage's child process and the benchmark import this package's modules.
 """
 
-
-def provenance(engine: str, device: str) -> dict:
-    """What the run manifest records of the engine that trained a stage."""
-    if engine == "caffe":
-        return {"engine": "caffe", "device": "cpu"}
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return {"engine": "torch", "device": device, "torch_version": version("torch")}
-    except PackageNotFoundError:
-        return {"engine": "torch", "device": device}

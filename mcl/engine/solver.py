@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from google.protobuf import text_format
 
-from mcl import caffemodel
-from mcl.caffe_pb import caffe_pb2
+from mcl.caffe import caffemodel
+from mcl.caffe.proto import caffe_pb2
 from mcl.engine import feeds as feeding
 from mcl.engine import trunk as trunk_cache
 from mcl.engine.fillers import caffe_initial_blobs

@@ -1,6 +1,6 @@
 """The child process of one stage trained by the torch engine (`python -m mcl.engine`).
 
-It speaks to mcl.train.run_stage exactly as the Caffe worker does: progress as JSON
+It speaks to mcl.caffe.train.run_stage exactly as the Caffe worker does: progress as JSON
 lines on stdout ({"event": "iter", ...}, "resumed", "init", "error", "interrupted",
 "done"), the log on stderr (Caffe-style lines: "Iteration N, loss = ..."), the same
 snapshot files, the same exit codes (130 after Ctrl-C with a snapshot written, 137
@@ -29,9 +29,9 @@ def _emit(**event) -> None:
 def work(spec, stop_after: int | None, device: str = "cpu") -> int:
     import torch
 
-    from mcl.caffemodel import ModelError
+    from mcl.caffe.caffemodel import ModelError
+    from mcl.caffe.train import snapshots
     from mcl.engine.solver import Solver
-    from mcl.train import snapshots
 
     os.chdir(spec.run)
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     # take the cores the working ones need (measured here: 2 threads 1.4-2.7 s/iteration
     # spinning, 0.76 s sleeping, under a load average of 4 on 2 cores). Read when torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from mcl.train import StageSpec, _stop_with_parent
+    from mcl.caffe.train import StageSpec, _stop_with_parent
     ap = argparse.ArgumentParser(description="Worker process of one training stage in the torch engine "
                                              "(used by tools/run_stage.py --engine torch).")
     ap.add_argument("--run", required=True)

@@ -114,8 +114,9 @@ def make_model(folder: Path, prototxt=None, caffemodel=None, seed: int = 0) -> t
     """The given pair, or the 68-point AM deploy net with random blobs (timings need no training)."""
     if prototxt and caffemodel:
         return Path(prototxt), Path(caffemodel), f"{caffemodel}"
-    from mcl import netgen, torchnet
-    from mcl.layouts import get_layout
+    from mcl import torchnet
+    from mcl.caffe import netgen
+    from mcl.method.layouts import get_layout
     from mcl.port import convert
     net_param = netgen.deploy_net(get_layout("68"))
     net = torchnet.from_netparameter(net_param)
@@ -141,7 +142,7 @@ def make_model(folder: Path, prototxt=None, caffemodel=None, seed: int = 0) -> t
 def faces(folder: Path, run=None, n_test: int = 100) -> tuple[dict, dict, str]:
     """(calibration split, test split, where from): the run's val and test splits, or a
     synthetic set prepared here (data_prep/prepare.py --dataset synth)."""
-    from mcl import evaluate
+    from mcl.evaluation import evaluate
     if run and (Path(run) / "data" / "test.txt").exists():
         return evaluate.load_split(run, "val"), evaluate.load_split(run, "test"), f"{run}/data (val, test)"
     root = Path(__file__).resolve().parents[2]
@@ -158,8 +159,13 @@ def faces(folder: Path, run=None, n_test: int = 100) -> tuple[dict, dict, str]:
 
 def quantize_int8(fp32_path: Path, out_path: Path, calib: np.ndarray) -> None:
     """Static QDQ int8: u8 activations, s8 per-channel weights (VNNI's U8S8), MinMax calibration."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Faces(CalibrationDataReader):
         def __init__(self):
@@ -202,6 +208,7 @@ def _engines(spec: dict) -> dict:
         runners["opencv"] = run_opencv
     if "torch" in spec["engines"]:
         import torch
+
         from mcl.port import convert
         torch.set_num_threads(threads)
         cm, tnet = convert.read_model(files["prototxt"], files["caffemodel"])
@@ -261,8 +268,9 @@ def run_child(spec: dict, threads: int) -> dict:
 def accuracy(files: dict, test: dict) -> dict:
     """Mean error (inter-ocular) of fp32 and int8 ONNX on the test faces, and int8's shift from fp32."""
     import onnxruntime as ort
-    from mcl import evaluate
-    from mcl.layouts import get_layout
+
+    from mcl.evaluation import evaluate
+    from mcl.method.layouts import get_layout
     layout = get_layout("68")
     out = {}
     preds = {}
@@ -284,9 +292,10 @@ def accuracy(files: dict, test: dict) -> dict:
 
 def benchmark(prototxt=None, caffemodel=None, run=None, rounds: int = 5, block: int = 40, batch: int = 64,
               engines=ENGINES, log=print) -> dict:
+    import torch
+
     from mcl import torchnet  # noqa: F401  (fails early without torch)
     from mcl.port import convert
-    import torch
     tmp = Path(tempfile.mkdtemp(prefix="mcl-bench-port-"))
     try:
         proto, model, what = make_model(tmp, prototxt, caffemodel)

@@ -1,6 +1,6 @@
 """A Caffe deploy net and its trained blobs, out to NumPy / PyTorch / ONNX and back.
 
-Reading needs protobuf only (`mcl.port.proto`). Before anything is run the pair
+Reading needs protobuf only (`mcl.caffe.proto`). Before anything is run the pair
 is checked the way Caffe's copy_from would see it, but stricter: every layer
 with blobs must be in the caffemodel, with blobs of the net's shapes. Every
 export is built in memory and checked against a reference engine (Caffe where
@@ -22,8 +22,8 @@ from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
 from mcl import torchnet
+from mcl.caffe.proto import caffe_pb2
 from mcl.fileio import atomic_write
-from mcl.port.proto import caffe_pb2
 
 TOLERANCE = 1e-4  # largest |difference| to the reference engine an export may show ...
 RELATIVE = 2e-6  # ... or this share of the output's largest |value| where larger (float32 resolution)
@@ -477,7 +477,7 @@ def layout_of(net_param, outputs_shape: dict[str, tuple]) -> str | None:
     m = NET_NAME_RE.match(net_param.name or "")
     if m:
         return m.group("layout")
-    from mcl.layouts import LAYOUTS
+    from mcl.method.layouts import LAYOUTS
     sizes = {shape[-1] // 2 for shape in outputs_shape.values() if len(shape) == 2 and shape[-1] % 2 == 0}
     hits = [name for name, lay in LAYOUTS.items() if lay.n_points in sizes]
     return hits[0] if len(hits) == 1 else None

@@ -3,7 +3,7 @@ its mapping back to the picture.
 
 The crop is `mcl.data.augment.crop_face` (the val/test crop the data preparation writes),
 the pixels `mcl.data.writers.network_input` ((p - 128) * 0.0078125), and the mapping back
-`mcl.evaluate.to_image` through the crop's crop_to_image: the same functions the
+`mcl.evaluation.evaluate.to_image` through the crop's crop_to_image: the same functions the
 evaluation's numbers come from.
 """
 
@@ -19,9 +19,9 @@ import numpy as np
 from mcl.data.augment import DEFAULT_TEST_CROP, TEST_CROPS, crop_face
 from mcl.data.readers import DataError, Sample, check_box, load_image, write_pts
 from mcl.data.writers import network_input
-from mcl.evaluate import to_image
+from mcl.evaluation.evaluate import to_image
 from mcl.fileio import atomic_write
-from mcl.layouts import Layout, get_layout
+from mcl.method.layouts import Layout, get_layout
 
 DEFAULT_CROP_SCALE = 1.25  # data_prep's default for 300-W and the synthetic set
 

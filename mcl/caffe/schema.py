@@ -183,7 +183,7 @@ def module():
         pool = descriptor_pool.DescriptorPool()
         fdesc = pool.Add(file_descriptor())
         desc = pool.FindFileByName(fdesc.name) if not hasattr(fdesc, "message_types_by_name") else fdesc
-        mod = types.ModuleType("mcl_caffe_subset_pb2", "caffe.proto subset built by mcl.port.caffe_schema")
+        mod = types.ModuleType("mcl_caffe_subset_pb2", "caffe.proto subset built by mcl.caffe.schema")
         mod.DESCRIPTOR = desc
         for name in MESSAGES:
             setattr(mod, name, message_factory.GetMessageClass(desc.message_types_by_name[name]))

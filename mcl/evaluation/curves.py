@@ -1,5 +1,5 @@
 """Learning curves: a stage trained in Caffe, scored on the test split every K iterations
-with its BatchNorm statistics recomputed (mcl/bnstats.py), so each point is what the
+with its BatchNorm statistics recomputed (mcl/caffe/bnstats.py), so each point is what the
 stage's product would be at that length."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from mcl import bnstats
-from mcl.caffe_pb import caffe_pb2
-from mcl.evaluate import evaluate_model, load_net, load_split
-from mcl.runfiles import run_layout
+from mcl.caffe import bnstats
+from mcl.caffe.proto import caffe_pb2
+from mcl.caffe.runfiles import run_layout
+from mcl.evaluation.evaluate import evaluate_model, load_net, load_split
 
 
 def learning_curve(run: Path, stage: str, tmp: Path, max_iter: int, stepsize: int, every: int,
@@ -72,7 +72,8 @@ def plot(doc: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from mcl.report import _save
+
+    from mcl.evaluation.report import _save
     it = [p["iter"] for p in doc["points"]]
     fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
     for label, style in (("recomputed", "-o"), ("running", "--x")):

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 from mcl import __version__
+from mcl.caffe.netgen import FROZEN_BN_DEFAULT
 from mcl.fileio import atomic_write
-from mcl.netgen import FROZEN_BN_DEFAULT
-from mcl.stages import BATCH_SIZE
+from mcl.method.stages import BATCH_SIZE
 
 HEADER_RE = re.compile(r"layout (?P<layout>\w+), schedule scale (?P<scale>[0-9.eE+-]+), "
                        r"seed (?P<seed>-?\d+), input (?P<input>\w+)(, batch (?P<batch>\d+))?(, frozen BatchNorm (?P<fbn>\w+))?(, schedule (?P<schedule>\w+))?")
@@ -33,7 +33,7 @@ def sha256(path) -> str:
 
 def caffe_version() -> str:
     try:
-        from mcl.caffe_check import caffe_version as v
+        from mcl.caffe.check import caffe_version as v
         return v()
     except Exception as exc:  # recorded, not fatal: the manifest says what it could not learn
         return f"unknown ({exc})"
@@ -93,7 +93,7 @@ def solver_settings(solver_path: Path) -> dict:
     """The settings a stage ran with, read back from its solver (the header names scale and seed)."""
     from google.protobuf import text_format
 
-    from mcl.caffe_pb import caffe_pb2
+    from mcl.caffe.proto import caffe_pb2
     text = Path(solver_path).read_text()
     s = text_format.Parse(text, caffe_pb2.SolverParameter())
     header = text.splitlines()[0] if text.startswith("#") else ""

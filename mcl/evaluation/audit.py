@@ -3,7 +3,7 @@
 Each ablation is its own Make target writing `<run>/audit/<ablation>.json`
 (its models are trained by tools/run_stage.py like any stage); `report` gathers
 them into `audit.json` and `audit.md`. The paper's numbers come from
-mcl/paper.py alone. On data that is not the paper's benchmark (the built-in
+mcl/method/paper.py alone. On data that is not the paper's benchmark (the built-in
 synthetic faces, or a different schedule) the paper's numbers are not expected:
 the report then compares the *direction* of each effect and says whether it held.
 """
@@ -16,9 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mcl import bnstats, manifest, netgen, paper
-from mcl.evaluate import EvalError, evaluate_model, load_net, load_split
-from mcl.layouts import Layout
+from mcl.caffe import netgen
+from mcl.evaluation.evaluate import evaluate_model, load_net, load_split
+from mcl.method import paper
+from mcl.method.layouts import Layout
+from mcl.run import provenance
 
 ABLATIONS = ("pre_bm", "perturbation", "single_head", "simplified_am", "weighting_simplified_am", "occlusion",
              "equal_budget")
@@ -71,7 +73,7 @@ def score(run: Path, spec: ModelSpec, data: dict, layout: Layout) -> dict:
     net = load_net(run / spec.deploy, run / spec.model)
     r = evaluate_model(net, data, layout, spec.output)
     r["model"], r["deploy"], r["output"] = spec.model, spec.deploy, spec.output
-    r["bn_stats"] = bnstats.model_setting(run, run / spec.model)
+    r["bn_stats"] = provenance.bn_stats_of(run, run / spec.model)
     return r
 
 
@@ -134,7 +136,7 @@ def occlude(data: dict, layout: Layout, seed: int, fraction: float = OCCLUDED_FR
 def load_test(run: Path, split: str = "test") -> dict:
     import h5py
 
-    from mcl.evaluate import split_files
+    from mcl.evaluation.evaluate import split_files
     data = load_split(run, split)
     parts = []
     for f in split_files(run, split):
@@ -149,9 +151,9 @@ def load_test(run: Path, split: str = "test") -> dict:
 # ---- the ablations -----------------------------------------------------------------------
 
 def paper_entry(experiment: str, run_settings: dict | None = None) -> dict:
-    """What the paper says of `experiment`: its findings and figures (mcl/paper.py), and
+    """What the paper says of `experiment`: its findings and figures (mcl/method/paper.py), and
     whether this run is on the paper's benchmark (else only directions are comparable)."""
-    from mcl import paper
+    from mcl.method import paper
     rs = run_settings or {}
     bench = paper.benchmark(rs.get("dataset") or "", rs.get("layout") or "", rs.get("test_split"))
     figures = {f.key: {"value": f.value, "unit": f.unit, "what": f.what, "where": f.where}
@@ -336,7 +338,7 @@ def run_settings(run: Path) -> dict:
             "Eq. 5 normalisation": "u_j = n b_j / sum_k b_k (mean weight 1)",
             "Eq. 9 within groups": "proportional to WM's error inside P_i and Q_i, group totals from Eq. 8",
             "alpha (Eq. 6)": 125,
-            "clusters": "mcl/layouts.py (29 points: brows by mirror pairs; 68: eyes with brows, contour 1-6/7-11/12-17)",
+            "clusters": "mcl/method/layouts.py (29 points: brows by mirror pairs; 68: eyes with brows, contour 1-6/7-11/12-17)",
             "learning-rate multipliers": "weights 1 / decay 1, biases 2 / decay 0",
             "warm-up before step 1 (SPEC 5)": (f"on: lr 0.002 fixed for 5% of step 1, which resumes from "
                                                f"{bm['warmup']}" if bm.get("warmup") else "off"),

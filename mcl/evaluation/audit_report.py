@@ -1,8 +1,8 @@
 """The audit's report: `<run>/audit/audit.json` and `audit.md` with its plots.
 
 Reads the files the audit's Make targets wrote (models.json and one JSON per
-ablation, see mcl/audit.py), the run's manifest and the evaluation, and sets
-every figure beside what the paper says of it (mcl/paper.py).
+ablation, see mcl/evaluation/audit.py), the run's manifest and the evaluation, and sets
+every figure beside what the paper says of it (mcl/method/paper.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mcl import audit
+from mcl.evaluation import audit
 from mcl.fileio import atomic_write
 
 TITLES = {
@@ -112,18 +112,18 @@ def _ablation_md(name: str, doc: dict, layout) -> list[str]:
 
 def _speed(run: Path, layout, repeats: int) -> dict:
     """5-, 29- and 68-point nets side by side; the run's own AM for its layout (AM costs what BM costs)."""
-    from mcl import speed
+    from mcl.caffe import speed
     am = Path(run) / "models" / "am.caffemodel"
     return speed.layouts_side_by_side(repeats=repeats, weights={layout.name: am} if am.exists() else None)
 
 
 def _speed_md(sp: dict) -> list[str]:
-    from mcl import report
+    from mcl.evaluation import report
     return ["## Speed (single core, batch 1, forward only, BLAS threads forced to 1)", "", report.speed_markdown(sp)]
 
 
 def write(run: Path, out_dir: Path, speed_repeats: int = 50) -> list[Path]:
-    from mcl.runfiles import run_layout
+    from mcl.caffe.runfiles import run_layout
     run, out_dir = Path(run), Path(out_dir)
     t0 = time.time()
     layout = run_layout(run)
@@ -162,7 +162,7 @@ def write(run: Path, out_dir: Path, speed_repeats: int = 50) -> list[Path]:
               "paper-literal pipeline is another run with `BN_STATS=running`. AM (running) is assembled from the "
               "raw heads; with the heads' trunk frozen under `global` it carries WM's statistics.", ""]
     lines += HEAD + [_row(k, v) for k, v in doc["models"].items()] + [""]
-    from mcl import paper
+    from mcl.method import paper
     pm = paper.mean_error(settings["dataset"] or "", settings["layout"] or "", settings.get("test_split"))
     if pm is not None:
         lines += [f"Paper: MCL mean error {pm.value:.2f}% ({pm.where})."]
@@ -180,7 +180,7 @@ def write(run: Path, out_dir: Path, speed_repeats: int = 50) -> list[Path]:
                   + ", ".join(f"`make {a}`" for a in doc["missing_ablations"]) + ").", ""]
     lines += _speed_md(sp)
     lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
-    lines += ["## The paper's numbers used here (mcl/paper.py)", "", paper.markdown()]
+    lines += ["## The paper's numbers used here (mcl/method/paper.py)", "", paper.markdown()]
     doc["wall_time_s"] = round(time.time() - t0, 2)
     atomic_write(out_dir / "audit.json", json.dumps(doc, indent=2, default=_json_default) + "\n")
     atomic_write(out_dir / "audit.md", "\n".join(lines) + "\n")
@@ -195,7 +195,7 @@ def _json_default(o):
 
 def _plots(run: Path, out_dir: Path, doc: dict, layout) -> list[Path]:
     """CED of every model of the audit on one plot; best and worst faces of BM, WM, AM."""
-    from mcl import report
+    from mcl.evaluation import report
     curves = {}
     for k, v in doc["models"].items():
         curves[k] = v

@@ -1,6 +1,6 @@
 """Check that the Caffe in use imports and has every layer type the paper needs.
 
-Run as ``python -m mcl.caffe_check``; ``make setup`` runs it after linking Caffe.
+Run as ``python -m mcl.caffe.check``; ``make setup`` runs it after linking Caffe.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Every number of a report is tied to what produced it: for a model, the schedule
 scale, seed, engine and BatchNorm-statistics setting its run's manifest records
-(`provenance`); for every number, the test-crop protocol of the split's crops
-(`data_protocol`). An evaluation document (the JSON tools/evaluate.py writes)
+(`mcl.run.provenance.trained_with`); for every number, the test-crop protocol of the split's
+crops (`mcl.run.provenance.data_protocol`). An evaluation document (the JSON tools/evaluate.py writes)
 holds all of it, and the markdown is rebuilt from that document alone.
 
 Overlays are drawn on the split's own 50 x 50 network inputs (the HDF5 `data`
@@ -21,83 +21,15 @@ from pathlib import Path
 import numpy as np
 
 from mcl.fileio import atomic_write
-from mcl.layouts import PIXEL_MEAN, PIXEL_SCALE, Layout
+from mcl.method.layouts import PIXEL_MEAN, PIXEL_SCALE, Layout
+from mcl.run import provenance
 
-DEFAULT_ENGINE = "caffe"
-DEFAULT_TEST_CROP = "ours"  # data prepared before the test-crop setting existed used our box crops
 GT_COLOUR = (60, 220, 60)  # BGR green: ground truth
 PRED_COLOUR = (40, 40, 255)  # BGR red: prediction
 OVERLAY_SCALE = 3  # 50 x 50 crops drawn at 150 x 150
 
 
 # ---- where each number comes from ------------------------------------------------------
-
-def provenance(run: Path, model: Path) -> dict:
-    """Schedule scale, seed, engine, BatchNorm statistics and stage of a run's model, from its manifest.
-
-    A model made from other models (AM from the heads) takes what its input models
-    agree on; "mixed" where they differ, None where nothing is recorded. The engine
-    is "caffe" unless the manifest names another.
-    """
-    from mcl import bnstats
-    found = _walk(Path(run), Path(model), set())
-    out = {k: _agree(found[k]) for k in ("schedule_scale", "seed", "engine", "stage")}
-    out["engine"] = out["engine"] or DEFAULT_ENGINE
-    out["bn_stats"] = bnstats.model_setting(run, model)
-    return out
-
-
-def _walk(run: Path, model: Path, seen: set) -> dict[str, set]:
-    from mcl import manifest
-    found: dict[str, set] = {k: set() for k in ("schedule_scale", "seed", "engine", "stage")}
-    try:
-        e = manifest.entry(run, model)
-    except (ValueError, OSError):
-        e = None
-    key = str(Path(model).resolve())
-    if e is None or key in seen:
-        return found
-    seen.add(key)
-    s = e.get("settings") or {}
-    engine = e.get("engine") or s.get("engine")
-    if engine:
-        found["engine"].add(engine)
-    if e.get("stage"):
-        found["stage"].add(e["stage"])
-    if "schedule_scale" in s:
-        found["schedule_scale"].add(s["schedule_scale"])
-        if "seed" in s:
-            found["seed"].add(s["seed"])
-        return found
-    for name in e.get("inputs", {}):
-        if name.endswith(".caffemodel"):
-            sub = _walk(run, Path(run) / name if not os.path.isabs(name) else Path(name), seen)
-            for k in ("schedule_scale", "seed", "engine"):
-                found[k] |= sub[k]
-    return found
-
-
-def _agree(values: set):
-    if not values:
-        return None
-    return values.pop() if len(values) == 1 else "mixed"
-
-
-def data_protocol(run: Path) -> dict:
-    """The test-crop protocol (and crop scale, dataset) of a run's split crops, from RUN/data/manifest.json."""
-    path = Path(run) / "data" / "manifest.json"
-    if not path.exists():
-        return {"test_crop": None, "crop_scale": None, "dataset": None, "test_split": None,
-                "source": "no data/manifest.json in the run"}
-    try:
-        doc = json.loads(path.read_text())
-    except ValueError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
-    s = doc.get("settings", {})
-    return {"test_crop": s.get("test_crop", DEFAULT_TEST_CROP), "crop_scale": s.get("crop_scale"),
-            "dataset": doc.get("source", {}).get("dataset"), "test_split": s.get("test_split"),
-            "source": "data/manifest.json"}
-
 
 def protocol_text(protocol: dict) -> str:
     """One sentence naming the test-crop protocol."""
@@ -131,7 +63,7 @@ def evaluation_markdown(doc: dict, layout: Layout) -> str:
              f"Crops of every model's numbers below: {protocol_text(protocol)}"
              + (", as the run's data/manifest.json records it." if protocol.get("test_crop") else "."), "",
              "BatchNorm statistics: `recomputed` for the final weights by the statistics step, `running` as "
-             "Caffe's running averages left them (mcl/bnstats.py).", "",
+             "Caffe's running averages left them (mcl/caffe/bnstats.py).", "",
              "| model | BatchNorm statistics | faces | mean error | failure 10% | failure 8% | AUC@0.08 | AUC@0.10 "
              "| ms/face | FPS |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -170,7 +102,7 @@ def evaluation_markdown(doc: dict, layout: Layout) -> str:
 
 
 def speed_markdown(table: dict) -> str:
-    """The table of mcl.speed.measure_layouts: our nets beside the paper's row."""
+    """The table of mcl.caffe.speed.measure_layouts: our nets beside the paper's row."""
     lines = ["| net | layout | median ms/face | IQR ms | min ms | FPS | `caffe time` forward ms |",
              "|---|---|---|---|---|---|---|"]
     for r in table["rows"]:
@@ -199,7 +131,7 @@ def provenance_label(r: dict) -> str:
     if r.get("source") == "predictions":
         return f"predictions file, {r.get('coords_base')}-based"
     return (f"scale {_fmt(r.get('schedule_scale'), 'g', '?')}, seed {_fmt(r.get('seed'), 'd', '?')}, "
-            f"{r.get('engine') or DEFAULT_ENGINE}, BN {r.get('bn_stats') or '?'}, crop {r.get('test_crop') or '?'}")
+            f"{r.get('engine') or provenance.DEFAULT_ENGINE}, BN {r.get('bn_stats') or '?'}, crop {r.get('test_crop') or '?'}")
 
 
 def plot_ced(curves: dict, path: Path, title: str, limit: float | None = None,
@@ -211,7 +143,7 @@ def plot_ced(curves: dict, path: Path, title: str, limit: float | None = None,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mcl.evaluate import ced
+    from mcl.evaluation.evaluate import ced
     labels = {k: provenance_label(v) for k, v in curves.items() if isinstance(v, dict)}
     curves = {k: np.asarray(v["face_errors"] if isinstance(v, dict) else v, dtype=np.float64)
               for k, v in curves.items()}
@@ -317,9 +249,9 @@ def write_overlays(path: Path, data: dict, pred_img: np.ndarray, face_errors: np
 def plot_overlays(run: Path, model: Path, deploy: Path, path: Path, name: str, split: str = "test",
                   output: str | None = None, k: int = 8) -> Path:
     """Run a model over a run's split and draw its best and worst faces (write_overlays)."""
-    from mcl import netgen
-    from mcl.evaluate import load_net, load_split, predict_image, score
-    from mcl.runfiles import run_layout
+    from mcl.caffe import netgen
+    from mcl.caffe.runfiles import run_layout
+    from mcl.evaluation.evaluate import load_net, load_split, predict_image, score
     layout = run_layout(run)
     data = load_split(run, split)
     deploy = Path(deploy)

@@ -8,9 +8,9 @@ schedule scale 1, seed 0, HDF5 input and uniform loss weights.
 
 from __future__ import annotations
 
-from mcl import netgen, solvers
-from mcl.layouts import Layout
-from mcl.stages import BATCH_SIZE, STAGES, check_schedule, stage_iterations
+from mcl.caffe import netgen, solvers
+from mcl.method.layouts import Layout
+from mcl.method.stages import BATCH_SIZE, STAGES, check_schedule, stage_iterations
 
 
 def _header(what: str, layout: Layout, scale: float, seed: int, source: str, batch_size: int,
@@ -100,7 +100,7 @@ def derive(run, stage: str, name: str) -> tuple[str, str]:
 
     from google.protobuf import text_format
 
-    from mcl.caffe_pb import caffe_pb2
+    from mcl.caffe.proto import caffe_pb2
     from mcl.fileio import atomic_write
     run = Path(run)
     base_net, base_solver = run / "nets" / f"{stage}_train.prototxt", run / "solvers" / f"{stage}_solver.prototxt"
@@ -123,7 +123,7 @@ def run_layout(run) -> Layout:
     """The layout a run folder was generated for, read from its deploy net's name."""
     from pathlib import Path
 
-    from mcl.layouts import get_layout
+    from mcl.method.layouts import get_layout
     deploy = Path(run) / "nets" / "deploy.prototxt"
     if not deploy.exists():
         raise ValueError(f"{deploy}: missing (generate the run's nets with `make nets` / tools/make_nets.py --run)")

@@ -3,7 +3,7 @@
 `import caffe` loads libcaffe (pycaffe's package imports its C++ module), so the
 generated caffe_pb2.py of the Caffe we find is loaded by file, under its own
 module name: a later `import caffe` then shares the same message classes.
-Where no Caffe is installed at all, `mcl.port.caffe_schema` builds the subset
+Where no Caffe is installed at all, `mcl.caffe.schema` builds the subset
 of caffe.proto the port reads (the layer set of the MCL nets) from its field
 numbers. MCL_CAFFE_PROTO=builtin forces that subset.
 """
@@ -35,13 +35,13 @@ def _pycaffe_proto_file() -> Path | None:
 def load():
     """The caffe_pb2 module: already imported, pycaffe's by file, or the built-in subset."""
     if os.environ.get("MCL_CAFFE_PROTO") == "builtin":
-        from mcl.port import caffe_schema
+        from mcl.caffe import schema as caffe_schema
         return caffe_schema.module()
     if MODULE in sys.modules:
         return sys.modules[MODULE]
     path = _pycaffe_proto_file()
     if path is None:
-        from mcl.port import caffe_schema
+        from mcl.caffe import schema as caffe_schema
         return caffe_schema.module()
     spec = importlib.util.spec_from_file_location(MODULE, path)
     module = importlib.util.module_from_spec(spec)
@@ -57,4 +57,4 @@ def load():
 
 
 caffe_pb2 = load()
-SOURCE = getattr(caffe_pb2, "__file__", None) or "built-in subset (mcl.port.caffe_schema)"
+SOURCE = getattr(caffe_pb2, "__file__", None) or "built-in subset (mcl.caffe.schema)"

@@ -1,4 +1,6 @@
-"""Per-landmark loss weights u_j (Eq. 5, 8, 9) and their rewriting into a net's loss layers.
+"""Per-landmark loss weights u_j (Eq. 5, 8, 9) and the weights file that carries them.
+
+Writing them into a net's Eq. 4 loss layers is Caffe's side: `mcl.caffe.reweight`.
 
 A weights file is JSON:
   {"layout": "68", "n_points": 68, "kind": "eq5", "weights": [u_1, ..., u_n], ...}
@@ -11,13 +13,11 @@ Extra keys (the errors the weights came from, the model, the settings) are kept.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import numpy as np
 
-from mcl import netgen
-from mcl.layouts import Layout, get_layout
-from mcl.stages import ALPHA
+from mcl.method.layouts import Layout, get_layout
+from mcl.method.stages import ALPHA
 
 
 class WeightsError(ValueError):
@@ -115,99 +115,3 @@ def document(layout: Layout, kind: str, weights=None, clusters=None, **extra) ->
     doc.update(extra)
     validate(doc)
     return doc
-
-
-# ---- rewriting a net's loss layers ------------------------------------------------
-
-@dataclass
-class Change:
-    layer: str
-    cluster: str | None
-    landmark: int  # 1-based
-    old: float
-    new: float
-
-
-def loss_layers(net, layout: Layout) -> dict[str | None, list]:
-    """The net's Eq. 4 loss layers grouped by head (None: the single shape layer)."""
-    groups: dict[str | None, list] = {}
-    names = {netgen.loss_layer_name(j, c): (c, j)
-             for c in (None, *layout.cluster_names) for j in range(1, layout.n_points + 1)}
-    for layer in net.layer:
-        if layer.type == "EuclideanLoss":
-            if layer.name not in names:
-                raise WeightsError(f"net {net.name}: loss layer {layer.name!r} is not an Eq. 4 landmark loss")
-            c, j = names[layer.name]
-            groups.setdefault(c, []).append((j, layer))
-    return {c: [lay for _, lay in sorted(v, key=lambda t: t[0])] for c, v in groups.items()}
-
-
-def rewrite(net, doc: dict, path="weights") -> tuple[object, list[Change]]:
-    """A copy of `net` with every loss_weight set from the weights document.
-
-    The document's layout must be the net's; a single-head net takes 'weights',
-    a head net takes the vector of each of its clusters.
-    """
-    layout = validate(doc, path)
-    net_layout = netgen.net_layout_name(net)
-    if net_layout != layout.name:
-        raise WeightsError(f"{path}: weights for layout {layout.name}, but net {net.name} is layout {net_layout}")
-    out = type(net)()
-    out.CopyFrom(net)
-    groups = loss_layers(out, layout)
-    if not groups:
-        raise WeightsError(f"net {net.name} has no loss layers to rewrite")
-    changes = []
-    for c, layers in groups.items():
-        if len(layers) != layout.n_points:
-            raise WeightsError(f"net {net.name}: {len(layers)} loss layers for {c or 'the shape layer'}, "
-                               f"expected {layout.n_points}")
-        if c is None:
-            if "weights" not in doc:
-                raise WeightsError(f"{path}: net {net.name} has one shape layer and needs 'weights'")
-            vec = doc["weights"]
-        else:
-            if c not in (doc.get("clusters") or {}):
-                raise WeightsError(f"{path}: net {net.name} has a head for cluster {c!r}, but the file has no weights for it")
-            vec = doc["clusters"][c]
-        for j, layer in enumerate(layers, start=1):
-            old = layer.loss_weight[0] if len(layer.loss_weight) else 1.0
-            layer.ClearField("loss_weight")
-            layer.loss_weight.append(float(vec[j - 1]))
-            changes.append(Change(layer.name, c, j, float(old), float(layer.loss_weight[0])))
-    return out, changes
-
-
-def rewrite_file(net_path, weights_path, out_path=None) -> list[Change]:
-    """Rewrite the loss weights of the prototxt at `net_path` (in place unless `out_path`),
-    keeping its comment header; written under a temporary name and renamed."""
-    from pathlib import Path
-
-    from mcl.fileio import atomic_write
-    text = Path(net_path).read_text()
-    header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
-    try:
-        net = netgen.parse_net(text)
-    except Exception as exc:
-        raise WeightsError(f"{net_path}: not a net prototxt ({exc})") from None
-    try:
-        new, changes = rewrite(net, load(weights_path), weights_path)
-    except ValueError as exc:  # the weights file's faults name it; the net's get the net's path
-        msg = str(exc)
-        raise WeightsError(msg if msg.startswith(f"{weights_path}:") else f"{net_path}: {msg}") from None
-    atomic_write(out_path or net_path, header + netgen.to_text(new))
-    return changes
-
-
-def read_back(net, layout: Layout) -> dict[str | None, np.ndarray]:
-    return {c: np.array([lay.loss_weight[0] for lay in layers], dtype=np.float32)
-            for c, layers in loss_layers(net, layout).items()}
-
-
-def change_table(changes: list[Change], limit: int | None = None) -> str:
-    rows = [f"{'layer':<24} {'landmark':>8} {'old':>10} {'new':>10}"]
-    for ch in changes[:limit]:
-        rows.append(f"{ch.layer:<24} {ch.landmark:>8d} {ch.old:>10.4f} {ch.new:>10.4f}")
-    if limit is not None and len(changes) > limit:
-        rows.append(f"... {len(changes) - limit} more")
-    return "\n".join(rows)

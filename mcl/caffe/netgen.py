@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from google.protobuf import text_format
 
-from mcl.caffe_pb import caffe_pb2
-from mcl.layouts import INPUT_SIZE, PIXEL_MEAN, PIXEL_SCALE, Layout
-from mcl.stages import BATCH_SIZE, CONVS, POOL_AFTER, Stage
+from mcl.caffe.proto import caffe_pb2
+from mcl.method.layouts import INPUT_SIZE, PIXEL_MEAN, PIXEL_SCALE, Layout
+from mcl.method.stages import BATCH_SIZE, CONVS, POOL_AFTER, Stage
 
 SHAPE_LAYER = "shape_pred"  # the shape prediction layer (InnerProduct D -> 2n)
 FEATURE_TOP = "pool4"  # x: global average of conv43
@@ -27,7 +27,7 @@ NET_NAME_RE = re.compile(r"^mcl_(?P<layout>\d+)_(?P<what>[a-z0-9_]+)$")
 #   global: use_global_stats, the layer is frozen whole (its stored statistics are
 #           used and never move). "Fix Theta_S" reads most naturally this way, and
 #           the stored statistics are the ones the previous stage's product carries
-#           (recomputed for its final weights by the statistics step, mcl/bnstats.py).
+#           (recomputed for its final weights by the statistics step, mcl/caffe/bnstats.py).
 #   batch:  Caffe's TRAIN default (the authors' deploy nets set no batch_norm_param):
 #           batch statistics, and the stored averages keep moving.
 # Joint and separate heads stay equal under both: the trunk's weights are fixed and

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mcl.evaluate import EvalError
+from mcl.evaluation.evaluate import EvalError
 from mcl.fileio import atomic_write
 
 COORDS_BASES = (0, 1)

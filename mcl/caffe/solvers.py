@@ -6,8 +6,8 @@ intervals that follow from them); every other setting is the paper's.
 
 from __future__ import annotations
 
-from mcl.caffe_pb import caffe_pb2
-from mcl.stages import GAMMA, MOMENTUM, WEIGHT_DECAY, Stage, stage_iterations, stage_stepsize
+from mcl.caffe.proto import caffe_pb2
+from mcl.method.stages import GAMMA, MOMENTUM, WEIGHT_DECAY, Stage, stage_iterations, stage_stepsize
 
 SNAPSHOTS_PER_STAGE = 10  # a resumable point every tenth of a stage
 DISPLAYS_PER_STAGE = 100

@@ -26,7 +26,7 @@ THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 DEFAULT_REPEATS = 30
 DEFAULT_WARMUP = 3
 DEFAULT_CAFFE_ITERATIONS = 20
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 _CAFFE_FORWARD_RE = re.compile(r"Average Forward pass:\s*([0-9.eE+-]+)\s*ms")
 _CAFFE_FB_RE = re.compile(r"Average Forward-Backward:\s*([0-9.eE+-]+)\s*ms")
 
@@ -86,7 +86,7 @@ def time_forward(deploy: Path, weights: Path | None = None, repeats: int = DEFAU
     core = pick_core(core)
     job = {"deploy": str(Path(deploy).resolve()), "weights": str(Path(weights).resolve()) if weights else None,
            "repeats": int(repeats), "warmup": int(warmup), "core": core}
-    proc = subprocess.run([sys.executable, "-m", "mcl.speed", "--child", json.dumps(job)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "mcl.caffe.speed", "--child", json.dumps(job)], capture_output=True,
                           text=True, env=single_core_env({"GLOG_minloglevel": "2"}), timeout=timeout)
     if proc.returncode != 0:
         raise SpeedError(f"timing {deploy} failed ({proc.returncode}): {proc.stderr.strip()[-1500:]}")
@@ -134,7 +134,7 @@ def caffe_time(deploy: Path, iterations: int = DEFAULT_CAFFE_ITERATIONS, core: i
     caffe time loads no weights (the nets keep their fillers' values); the time
     of a forward pass does not depend on them.
     """
-    from mcl.caffe_check import caffe_tool
+    from mcl.caffe.check import caffe_tool
     tool = tool or caffe_tool()
     core = pick_core(core)
     cmd = [tool, "time", "-model", str(deploy), "-iterations", str(int(iterations)), "-phase", "TEST"]
@@ -156,11 +156,12 @@ def measure_layouts(layouts=("5", "29", "68"), weights: dict | None = None, repe
     """The 5-, 29- and 68-point deploy nets timed side by side, with the paper's row.
 
     `weights` maps a layout to a caffemodel (default: random fillers); `deploys` maps
-    a layout to a deploy prototxt (default: mcl.netgen.deploy_net, the BM net, which
+    a layout to a deploy prototxt (default: mcl.caffe.netgen.deploy_net, the BM net, which
     AM equals in cost). caffe_iterations 0 skips `caffe time`.
     """
-    from mcl import netgen, paper
-    from mcl.layouts import get_layout
+    from mcl.caffe import netgen
+    from mcl.method import paper
+    from mcl.method.layouts import get_layout
     weights, deploys = weights or {}, deploys or {}
     core = pick_core(core)
     rows = []
@@ -172,7 +173,7 @@ def measure_layouts(layouts=("5", "29", "68"), weights: dict | None = None, repe
                 deploy = Path(tmp) / f"deploy_{layout.name}.prototxt"
                 deploy.write_text(netgen.to_text(netgen.deploy_net(layout)))
             row = {"name": f"BM/AM deploy, {layout.n_points} points", "layout": layout.name,
-                   "deploy": str(deploys.get(layout.name, "mcl.netgen.deploy_net"))}
+                   "deploy": str(deploys.get(layout.name, "mcl.caffe.netgen.deploy_net"))}
             row.update(time_forward(deploy, weights.get(layout.name), repeats, warmup, core))
             row["caffe_time"] = caffe_time(deploy, caffe_iterations, core) if caffe_iterations > 0 else None
             row["caffe_time_ms"] = row["caffe_time"]["forward_ms"] if row["caffe_time"] else None
@@ -195,7 +196,7 @@ def _main(argv: list[str]) -> int:
     if len(argv) == 2 and argv[0] == "--child":
         _child(json.loads(argv[1]))
         return 0
-    print("internal: python -m mcl.speed --child JOB (use tools/bench_speed.py)", file=sys.stderr)
+    print("internal: python -m mcl.caffe.speed --child JOB (use tools/bench_speed.py)", file=sys.stderr)
     return 2
 
 

@@ -1,6 +1,6 @@
 """Training one stage of Algorithm 1 in real Caffe (pycaffe's SGDSolver), resumably.
 
-The work runs in a child process (`python -m mcl.train`) whose stderr, Caffe's
+The work runs in a child process (`python -m mcl.caffe.train`) whose stderr, Caffe's
 full glog output, goes to `<run>/logs/<stage>.log`; it reports progress as JSON
 lines on stdout, which the parent shows as a progress bar.
 
@@ -77,7 +77,7 @@ def _worker(spec: StageSpec, stop_after: int | None) -> int:
     import caffe
     from google.protobuf import text_format
 
-    from mcl.caffe_pb import caffe_pb2
+    from mcl.caffe.proto import caffe_pb2
 
     caffe.set_mode_cpu()
     os.chdir(spec.run)
@@ -88,7 +88,7 @@ def _worker(spec: StageSpec, stop_after: int | None) -> int:
     solver = caffe.SGDSolver(str(spec.solver_path))
     start = 0
     for it, state in snapshots(spec):
-        from mcl.verify import snapshot_intact
+        from mcl.run.verify import snapshot_intact
         if not snapshot_intact(state, solver.net):  # cut short by a kill: Caffe would abort on it
             continue
         try:
@@ -102,7 +102,7 @@ def _worker(spec: StageSpec, stop_after: int | None) -> int:
             solver.net._forward(0, n_data - 1)
         print(json.dumps({"event": "resumed", "iter": start, "from": str(state)}), flush=True)
     elif spec.init is not None:
-        from mcl.caffemodel import ModelError, check_fits, load
+        from mcl.caffe.caffemodel import ModelError, check_fits, load
         try:  # Caffe would abort on a shape mismatch: check first, report by name
             check_fits(load(spec.init), solver.net, spec.init, require_all=False)
         except ModelError as exc:
@@ -150,7 +150,7 @@ def run_stage(spec: StageSpec, progress: bool = True, stop_after: int | None = N
         raise StageError(f"{spec.init}: the model this stage starts from is missing")
     spec.log_path.parent.mkdir(parents=True, exist_ok=True)
     spec.snapshot_prefix.parent.mkdir(parents=True, exist_ok=True)
-    module = "mcl.engine" if spec.engine == "torch" else "mcl.train"
+    module = "mcl.engine" if spec.engine == "torch" else "mcl.caffe.train"
     cmd = [sys.executable, "-m", module, "--run", str(spec.run), "--name", spec.name, "--out", str(spec.out)]
     if spec.engine == "torch":
         cmd += ["--device", spec.device]
@@ -159,7 +159,7 @@ def run_stage(spec: StageSpec, progress: bool = True, stop_after: int | None = N
     if stop_after is not None:
         cmd += ["--stop-after", str(stop_after)]
     env = dict(os.environ, GLOG_minloglevel="0", GLOG_logtostderr="1",
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]))
     summary = {"stage": spec.name, "resumed_from": 0, "last": None}
     bar = None
     t0 = time.time()

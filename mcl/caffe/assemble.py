@@ -1,30 +1,18 @@
-"""Assembling the heads into one shape prediction layer: the assembled model AM (Eq. 2-3).
+"""The assembled model AM as a caffemodel: the heads' shape layers spliced into one (Eq. 2-3, `mcl.method.assembly`).
 
-For every landmark j in cluster P_i, AM's shape layer takes rows 2j and 2j+1
-(x and y) of head i's weight matrix and entries 2j, 2j+1 of its bias (SPEC 9).
-One InnerProduct D -> 2n remains, so AM costs what BM costs at test time.
+The shared layers come from the head models (checked to be the same trunk), the
+shape layer from splicing; the result is checked against the heads in Caffe.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from mcl import caffemodel
-from mcl.caffemodel import ModelError
-from mcl.layouts import Layout
-from mcl.netgen import SHAPE_LAYER, head_layer_name
-
-
-def splice(head_blobs: dict[str, list[np.ndarray]], layout: Layout) -> tuple[np.ndarray, np.ndarray]:
-    """(W^a, b^a) from each cluster's head (W_i, b_i), Eq. 2-3."""
-    owner = layout.cluster_of()
-    W = np.empty_like(head_blobs[layout.cluster_names[0]][0])
-    b = np.empty_like(head_blobs[layout.cluster_names[0]][1])
-    for j in range(layout.n_points):
-        Wi, bi = head_blobs[layout.cluster_names[owner[j]]]
-        W[2 * j:2 * j + 2] = Wi[2 * j:2 * j + 2]
-        b[2 * j:2 * j + 2] = bi[2 * j:2 * j + 2]
-    return W, b
+from mcl.caffe import caffemodel
+from mcl.caffe.caffemodel import ModelError
+from mcl.caffe.netgen import SHAPE_LAYER, head_layer_name
+from mcl.method.assembly import splice
+from mcl.method.layouts import Layout
 
 
 def _head_blobs(model, cluster: str, path) -> list[np.ndarray]:
@@ -88,7 +76,7 @@ def verify(head_nets: dict, am_net, images: np.ndarray, layout: Layout) -> dict:
     `head_nets` maps each cluster to a pycaffe net computing its head (one net for
     all clusters after joint training, one per cluster after separate runs).
     """
-    from mcl.evaluate import predict
+    from mcl.evaluation.evaluate import predict
     am = predict(am_net, images, [SHAPE_LAYER])[SHAPE_LAYER]
     owner = layout.cluster_of()
     expected = np.empty_like(am)

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mcl import caffemodel
-from mcl.caffe_pb import caffe_pb2
+from mcl.caffe import caffemodel
+from mcl.caffe.proto import caffe_pb2
 
 SETTINGS = ("recomputed", "running")
 DEFAULT = "recomputed"
@@ -159,23 +159,6 @@ def _copy(src: Path, dst: Path) -> None:
     atomic_write(dst, Path(src).read_bytes())
 
 
-def model_setting(run: Path, model: Path) -> str | None:
-    """The statistics setting a run's model was made with, as its manifest entry records it."""
-    from mcl import manifest
-    try:
-        e = manifest.entry(run, model)
-    except (ValueError, OSError):  # a model outside the run, or no manifest
-        return None
-    if e is None:
-        return None
-    if "bn_stats" in e:
-        return e["bn_stats"]
-    # A model made from other models (AM from the heads) carries their statistics.
-    found = {model_setting(run, Path(run) / key) for key in e.get("inputs", {}) if key.endswith(".caffemodel")}
-    found.discard(None)
-    return found.pop() if len(found) == 1 else None
-
-
 def phase_losses(run: Path, train_net_path: Path, model: Path, batches: int = 1) -> dict:
     """Eq. 4 loss of `model` on the first training batches in Caffe's TRAIN and TEST phases.
 
@@ -187,7 +170,7 @@ def phase_losses(run: Path, train_net_path: Path, model: Path, batches: int = 1)
     from google.protobuf import text_format
     run = Path(run).resolve()
     net_param = text_format.Parse(Path(train_net_path).read_text(), caffe_pb2.NetParameter())
-    from mcl.train import loss_weights_of
+    from mcl.caffe.train import loss_weights_of
     weights = loss_weights_of(net_param)
     caffe.set_mode_cpu()
     out = {}

@@ -1,0 +1,13 @@
+"""Evaluation and the audit: the paper's metrics, predictions files, reports and plots, the ablations.
+
+  evaluate      a model over a split and the paper's metrics (SPEC 7), normalised by the inter-ocular distance
+  job           one evaluation of several models and predictions files (tools/evaluate.py)
+  predictions   the predictions-file format, read and written
+  report        markdown tables, CED curves, overlays of the best and worst faces
+  curves        learning curves of a stage
+  audit         the seven ablations and the equal-budget control (SPEC 8); audit_report: their report
+  summary       the run's one-page summary
+
+May import: `mcl.method`, `mcl.caffe`, `mcl.data`, `mcl.run` and `mcl.fileio`; not `mcl.port` or
+`mcl.engine`. pycaffe only through `mcl.caffe` and inside functions; matplotlib inside the plotting functions.
+"""

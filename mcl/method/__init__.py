@@ -1,0 +1,9 @@
+"""The method itself: the paper's equations and Algorithm 1, with no Caffe and no framework.
+
+Holds the landmark layouts and their clusters (`layouts`, SPEC 1), Algorithm 1 as one
+table of stages with their solvers (`stages`, SPEC 5), the loss weights of Eq. 5, 8 and 9
+(`loss_weights`), the assembly of the heads into one layer on arrays, Eq. 2-3
+(`assembly`), and the paper's own numbers, each cited by section (`paper`).
+
+May import: NumPy and the standard library only; nothing else of `mcl`.
+"""

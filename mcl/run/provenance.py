@@ -1,0 +1,102 @@
+"""What a run's model was trained with, and how its split was cropped: the one reader of the manifests for that.
+
+A model's own manifest entry says what it was trained with; a model made from
+other models (AM from the heads, a stage from its start model) takes what its
+input models agree on ("mixed" where they differ, None where nothing is
+recorded). The engine is "caffe" unless an entry names another.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from mcl.run import manifest
+
+DEFAULT_ENGINE = "caffe"
+DEFAULT_TEST_CROP = "ours"  # data prepared before the test-crop setting existed used our box crops
+KEYS = ("schedule_scale", "seed", "engine", "stage", "bn_stats")
+
+
+def trained_with(run: Path, model: Path) -> dict:
+    """Schedule scale, seed, engine, stage and BatchNorm statistics of a run's model, from its manifest."""
+    found = _walk(Path(run), Path(model), set())
+    out = {k: _agree(found[k]) for k in ("schedule_scale", "seed", "engine", "stage")}
+    out["engine"] = out["engine"] or DEFAULT_ENGINE
+    out["bn_stats"] = found["bn_stats"].pop() if len(found["bn_stats"]) == 1 else None
+    return out
+
+
+def bn_stats_of(run: Path, model: Path) -> str | None:
+    """The BatchNorm-statistics setting a run's model was made with (None where unknown or mixed)."""
+    return trained_with(run, model)["bn_stats"]
+
+
+def _walk(run: Path, model: Path, seen: set) -> dict[str, set]:
+    found: dict[str, set] = {k: set() for k in KEYS}
+    try:
+        e = manifest.entry(run, model)
+    except (ValueError, OSError):  # a model outside the run, or no manifest
+        e = None
+    key = str(Path(model).resolve())
+    if e is None or key in seen:
+        return found
+    seen.add(key)
+    s = e.get("settings") or {}
+    engine = e.get("engine") or s.get("engine")
+    if engine:
+        found["engine"].add(engine)
+    if e.get("stage"):
+        found["stage"].add(e["stage"])
+    own_schedule = "schedule_scale" in s
+    if own_schedule:
+        found["schedule_scale"].add(s["schedule_scale"])
+        if "seed" in s:
+            found["seed"].add(s["seed"])
+    if "bn_stats" in e:
+        found["bn_stats"].add(e["bn_stats"])
+    if own_schedule and "bn_stats" in e:
+        return found
+    for name in e.get("inputs", {}):
+        if name.endswith(".caffemodel"):
+            sub = _walk(run, Path(run) / name if not os.path.isabs(name) else Path(name), seen)
+            if not own_schedule:
+                for k in ("schedule_scale", "seed", "engine"):
+                    found[k] |= sub[k]
+            if "bn_stats" not in e:
+                found["bn_stats"] |= sub["bn_stats"]
+    return found
+
+
+def _agree(values: set):
+    if not values:
+        return None
+    return values.pop() if len(values) == 1 else "mixed"
+
+
+def data_protocol(run: Path) -> dict:
+    """The test-crop protocol (and crop scale, dataset) of a run's split crops, from RUN/data/manifest.json."""
+    path = Path(run) / "data" / "manifest.json"
+    if not path.exists():
+        return {"test_crop": None, "crop_scale": None, "dataset": None, "test_split": None,
+                "source": "no data/manifest.json in the run"}
+    try:
+        doc = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    s = doc.get("settings", {})
+    return {"test_crop": s.get("test_crop", DEFAULT_TEST_CROP), "crop_scale": s.get("crop_scale"),
+            "dataset": doc.get("source", {}).get("dataset"), "test_split": s.get("test_split"),
+            "source": "data/manifest.json"}
+
+
+def engine_record(engine: str, device: str) -> dict:
+    """What the run manifest records of the engine that trained a stage."""
+    if engine == "caffe":
+        return {"engine": "caffe", "device": "cpu"}
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return {"engine": "torch", "device": device, "torch_version": version("torch")}
+    except PackageNotFoundError:
+        return {"engine": "torch", "device": device}

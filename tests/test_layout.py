@@ -1,0 +1,179 @@
+"""The house plan, measured from the code's own imports (README, "How the code is laid out").
+
+`python tests/test_layout.py` prints the figures these tests hold the code to.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_ENTRY_LINES = 150
+MAX_TOP_MODULES = 10
+
+
+def modules() -> dict[str, Path]:
+    """Every module of the library: dotted name -> file."""
+    out = {}
+    for path in sorted((ROOT / "mcl").rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def _imports(path: Path):
+    """(module imported, names taken, inside a function?) for every project import of a file."""
+    tree = ast.parse(path.read_text(), str(path))
+    found = []
+
+    def visit(node, in_function):
+        for child in ast.iter_child_nodes(node):
+            inner = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            if isinstance(child, ast.ImportFrom) and child.module and child.level == 0 \
+                    and (child.module == "mcl" or child.module.startswith("mcl.")):
+                found.append((child.module, [a.name for a in child.names], in_function))
+            elif isinstance(child, ast.Import):
+                for a in child.names:
+                    if a.name.startswith("mcl."):
+                        found.append((a.name, [], in_function))
+            visit(child, inner)
+
+    visit(tree, False)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    """Module -> the library modules it imports (a name taken from a package counts as its module)."""
+    mods = modules()
+    edges: dict[str, set[str]] = {m: set() for m in mods}
+    for mod, path in mods.items():
+        for target, names, _ in _imports(path):
+            for name in names or [None]:
+                sub = f"{target}.{name}" if name else target
+                dest = sub if sub in mods else target
+                if dest in mods and dest != mod:
+                    edges[mod].add(dest)
+    return edges
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def strong(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in edges[v]:
+            if w not in index:
+                strong(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    sys.setrecursionlimit(10000)
+    for v in edges:
+        if v not in index:
+            strong(v)
+    return out
+
+
+def private_imports() -> list[str]:
+    """`from mcl.x import _name` anywhere in the library, tools, data_prep or tests."""
+    bad = []
+    for path in sorted(list((ROOT / "mcl").rglob("*.py")) + list((ROOT / "tools").glob("*.py"))
+                       + list((ROOT / "data_prep").glob("*.py"))):
+        for target, names, _ in _imports(path):
+            bad += [f"{path.relative_to(ROOT)}: {target}.{n}" for n in names if _private(n)]
+    return bad
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def function_imports() -> list[str]:
+    return [f"{path.relative_to(ROOT)}: {target}" for path in modules().values()
+            for target, _, inside in _imports(path) if inside]
+
+
+def entry_lines() -> dict[str, int]:
+    return {str(p.relative_to(ROOT)): len(p.read_text().splitlines())
+            for p in sorted(list((ROOT / "tools").glob("*.py")) + list((ROOT / "data_prep").glob("*.py")))}
+
+
+def top_modules() -> list[str]:
+    return sorted(p.name for p in (ROOT / "mcl").glob("*.py"))
+
+
+def test_no_import_cycle_inside_mcl():
+    assert cycles(graph()) == []
+
+
+def test_no_module_imports_a_private_name():
+    assert private_imports() == []
+
+
+def test_entry_points_are_short():
+    long = {p: n for p, n in entry_lines().items() if n > MAX_ENTRY_LINES}
+    assert long == {}
+
+
+def test_few_modules_stand_directly_in_mcl():
+    assert len(top_modules()) <= MAX_TOP_MODULES, top_modules()
+
+
+def test_every_package_says_what_it_holds_and_may_import():
+    for init in sorted((ROOT / "mcl").glob("*/__init__.py")):
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        assert len(doc.split()) >= 20 and "import" in doc, init
+
+
+def test_entry_points_import_only_public_names():
+    for path in list((ROOT / "tools").glob("*.py")) + list((ROOT / "data_prep").glob("*.py")):
+        for target, names, _ in _imports(path):
+            assert not any(_private(n) for n in names), (path, target, names)
+            assert not any(part.startswith("_") for part in target.split(".")), (path, target)
+
+
+def test_the_graph_sees_a_planted_cycle(tmp_path, monkeypatch):
+    """The measurement itself: a cycle planted in a copy of two modules is found."""
+    edges = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(edges) == [["a", "b", "c"]]
+
+
+if __name__ == "__main__":
+    e = graph()
+    print(f"modules: {len(e)}; directly in mcl/: {len(top_modules())} ({', '.join(top_modules())})")
+    print(f"imports between modules: {sum(len(v) for v in e.values())}")
+    print(f"import cycles: {cycles(e) or 'none'}")
+    print(f"function-level imports of the project's own modules: {len(function_imports())}")
+    for line in function_imports():
+        print("   ", line)
+    print(f"private names imported across modules: {private_imports() or 'none'}")
+    lines = entry_lines()
+    print(f"tools/ + data_prep/ lines: {sum(lines.values())}, longest {max(lines.values())}")
+    for p, n in lines.items():
+        if n > MAX_ENTRY_LINES:
+            print(f"    {p}: {n}")
+    per = {}
+    for m in e:
+        folder = "/".join(m.split(".")[:-1]) if not (ROOT / m.replace(".", "/")).is_dir() else m.replace(".", "/")
+        per[folder] = per.get(folder, 0) + 1
+    print("modules per folder:", ", ".join(f"{k}/ {v}" for k, v in sorted(per.items())))
+    subprocess.run(["true"])

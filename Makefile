@@ -36,7 +36,7 @@ LAYOUT ?= $(layout_$(DATASET))
 RUN ?= runs/$(DATASET)-$(LAYOUT)
 DATA_OPTS ?=
 
-.PHONY: setup test demo data bench-data bench-nets nets diagrams clean-run
+.PHONY: setup test demo data bench-data bench-nets nets diagrams clean-run help
 
 setup:
 	bash scripts/setup.sh
@@ -47,10 +47,12 @@ $(SETUP_STAMP): scripts/setup.sh requirements.txt $(wildcard patches/*.patch)
 test: | $(SETUP_STAMP)
 	$(PY) -m pytest
 
+# Algorithm 1 as the stage table says it (mcl/method/stages.py), with the targets that run it.
+help: | $(SETUP_STAMP)
+	@$(PY) -m mcl.method.stages
+	@echo; echo "targets: data stage1 weights-bm stage2 stage3 weights-wm heads assemble evaluate audit demo verify port"
+
 AUDIT_TARGETS := pre_bm perturbation single_head simplified_am weighting_simplified_am occlusion equal_budget
-# A settings file changes only when its settings do, so a changed setting
-# re-runs exactly what depends on it. They are refreshed while this Makefile is
-# read, and only when a pipeline target is asked for.
 SOURCE ?= hdf5
 BATCH ?=
 HEADS ?= joint
@@ -66,20 +68,20 @@ FROZEN_BN_HEADS ?= global
 # Caffe's numerics, mcl/engine), on DEVICE cpu or cuda (torch only).
 ENGINE ?= caffe
 DEVICE ?= cpu
+# Make's record of the settings, one file per group under RUN/.settings/: a group's file changes
+# only when its settings do, so a changed setting re-runs exactly what depends on it. The files
+# are refreshed by a recipe (never while this Makefile is read, so `make -n` writes nothing).
+# nets: what the generated nets and solvers depend on (RUN/run.json holds them as data);
+# train: what every stage is trained with, not the nets (the engine, its device, the warm-up);
+# bn: the statistics step of every stage.
 data_settings := dataset=$(DATASET) data_root=$(DATA_ROOT) layout=$(LAYOUT) seed=$(SEED) opts=$(DATA_OPTS)
-train_settings := layout=$(LAYOUT) scale=$(SCALE) schedule=$(SCHEDULE) seed=$(SEED) source=$(SOURCE) batch=$(BATCH) frozen_bn=$(FROZEN_BN_STAGE2),$(FROZEN_BN_HEADS) warmup=$(WARMUP) engine=$(ENGINE) device=$(DEVICE)
+nets_settings := layout=$(LAYOUT) scale=$(SCALE) schedule=$(SCHEDULE) seed=$(SEED) source=$(SOURCE) batch=$(BATCH) frozen_bn=$(FROZEN_BN_STAGE2),$(FROZEN_BN_HEADS)
+train_settings := warmup=$(WARMUP) engine=$(ENGINE) device=$(DEVICE)
 bn_settings := bn_stats=$(BN_STATS) bn_batches=$(BN_BATCHES)
-PIPELINE_GOALS := data stage1 weights-bm stage2 stage3 weights-wm heads assemble evaluate demo \
-  audit $(AUDIT_TARGETS) audit-models
-define refresh_settings
-$(shell mkdir -p $(RUN)/.settings && printf '%s\n' '$($(1)_settings)' | cmp -s - $(RUN)/.settings/$(1) \
-  || printf '%s\n' '$($(1)_settings)' > $(RUN)/.settings/$(1))
-endef
-ifneq ($(filter $(PIPELINE_GOALS) $(RUN)/%,$(MAKECMDGOALS)),)
-$(call refresh_settings,data)
-$(call refresh_settings,train)
-$(call refresh_settings,bn)
-endif
+$(RUN)/.settings/%: FORCE | $(SETUP_STAMP)
+	@mkdir -p $(@D) && printf '%s\n' '$($*_settings)' | cmp -s - $@ || printf '%s\n' '$($*_settings)' > $@
+.PHONY: FORCE
+FORCE:
 
 # ---- data (SPEC 6): readers, augmentation, HDF5 + LMDB --------------------
 DATA := $(RUN)/data/manifest.json
@@ -94,7 +96,7 @@ bench-data: | $(SETUP_STAMP)
 
 # ---- nets and solvers of the run (SPEC 2-5) ---------------------------------
 NETS := $(RUN)/nets/.generated
-$(NETS): $(RUN)/.settings/train | $(SETUP_STAMP)
+$(NETS): $(RUN)/.settings/nets | $(SETUP_STAMP)
 	$(PY) tools/make_nets.py --run $(RUN) --layout $(LAYOUT) --scale $(SCALE) --schedule $(SCHEDULE) --seed $(SEED) --source $(SOURCE) $(if $(BATCH),--batch $(BATCH)) \
 	  --frozen-bn-stage2 $(FROZEN_BN_STAGE2) --frozen-bn-heads $(FROZEN_BN_HEADS)
 	@touch $@
@@ -104,7 +106,8 @@ $(NETS): $(RUN)/.settings/train | $(SETUP_STAMP)
 # is kept as models/<name>.raw.caffemodel beside the stage's product.
 # A changed BN_STATS re-runs only that step where Caffe's model is still current.
 STAGE_OPTS := --bn-stats $(BN_STATS) --bn-batches $(BN_BATCHES) --engine $(ENGINE) --device $(DEVICE)
-BN := $(RUN)/.settings/bn
+# What every stage's recipe depends on beside its inputs: its training and statistics settings.
+BN := $(RUN)/.settings/train $(RUN)/.settings/bn
 M := $(RUN)/models
 W := $(RUN)/weights
 HEADS_OUT_joint := $(M)/heads.caffemodel

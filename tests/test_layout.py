@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -151,8 +152,35 @@ def test_entry_points_import_only_public_names():
             assert not any(part.startswith("_") for part in target.split(".")), (path, target)
 
 
-def test_the_graph_sees_a_planted_cycle(tmp_path, monkeypatch):
-    """The measurement itself: a cycle planted in a copy of two modules is found."""
+def test_make_dry_run_writes_nothing(tmp_path):
+    """`make -n assemble` prints Algorithm 1 and creates nothing, not even the run folder."""
+    run = tmp_path / "run"
+    proc = subprocess.run(["make", "-n", "assemble", f"RUN={run}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "tools/run_stage.py" in proc.stdout and "tools/assemble.py" in proc.stdout
+    assert not run.exists()
+
+
+def test_engine_and_device_do_not_regenerate_the_nets(tmp_path):
+    """The nets depend on their own settings only: switching ENGINE or DEVICE leaves them as they are."""
+    run = tmp_path / "run"
+    nets = run / "nets" / ".generated"
+    make = ["make", str(nets), f"RUN={run}", "LAYOUT=5", "SCALE=0.0001"]
+    first = subprocess.run(make, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0 and "make_nets.py" in first.stdout, first.stderr
+    made = nets.stat().st_mtime_ns
+    again = subprocess.run(make + ["ENGINE=torch", "DEVICE=cuda"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0 and "make_nets.py" not in again.stdout, again.stdout
+    assert nets.stat().st_mtime_ns == made
+    changed = subprocess.run(make[:-1] + ["SCALE=0.0002"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert "make_nets.py" in changed.stdout  # a setting the nets do depend on regenerates them
+    assert json.loads((run / "run.json").read_text())["schedule_scale"] == 0.0002
+
+
+def test_the_graph_sees_a_planted_cycle():
+    """The measurement itself: a cycle planted in a small graph is found."""
     edges = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert cycles(edges) == [["a", "b", "c"]]
 

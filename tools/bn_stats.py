@@ -28,9 +28,8 @@ from mcl.caffe.caffemodel import ModelError  # noqa: E402
 from mcl.caffe.runfiles import run_layout  # noqa: E402
 from mcl.evaluation.evaluate import EvalError, evaluate_model, load_net, load_split  # noqa: E402
 from mcl.fileio import atomic_write  # noqa: E402
+from mcl.method.stages import STAGES  # noqa: E402
 from mcl.run import provenance  # noqa: E402
-
-PRODUCT = {"stage1": "bm", "stage2": "stage2", "stage3": "wm", "heads": "heads", "pre_bm": "pre_bm"}
 
 
 def compare(run: Path, stage: str, model: Path, batches: int, split: str) -> dict:
@@ -56,7 +55,7 @@ def compare(run: Path, stage: str, model: Path, batches: int, split: str) -> dic
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="run folder")
-    ap.add_argument("--stage", required=True, choices=sorted(PRODUCT), help="the stage whose train net is used")
+    ap.add_argument("--stage", required=True, choices=sorted(STAGES), help="the stage whose train net is used")
     ap.add_argument("--model", help="caffemodel (default models/<product of the stage>.caffemodel)")
     ap.add_argument("--compare", action="store_true", help="compare the raw model with the product")
     ap.add_argument("--out", help="write the model with recomputed statistics here")
@@ -67,7 +66,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="with --compare: also write the figures as JSON here")
     args = ap.parse_args(argv)
     run = Path(args.run).resolve()
-    model = Path(args.model).resolve() if args.model else run / "models" / f"{PRODUCT[args.stage]}.caffemodel"
+    model = Path(args.model).resolve() if args.model else run / STAGES[args.stage].model
     if not args.compare and not args.out:
         ap.error("give --compare or --out")
     try:

@@ -3,7 +3,8 @@
 
 Default: the committed reference copies under prototxt/<layout>/ and
 solvers/<layout>/ (schedule scale 1, seed 0, HDF5 input, uniform loss weights).
-With --run DIR: the files of one run, under DIR/nets and DIR/solvers.
+With --run DIR: the files of one run, under DIR/nets and DIR/solvers, and its settings as
+DIR/run.json (mcl/run/settings.py).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mcl.caffe.netgen import FROZEN_BN_DEFAULT, FROZEN_BN_SETTINGS  # noqa: E402
-from mcl.caffe.runfiles import reference_files, run_files  # noqa: E402
+from mcl.caffe.runfiles import reference_files, run_files, run_settings  # noqa: E402
 from mcl.fileio import atomic_write  # noqa: E402
 from mcl.method.layouts import LAYOUTS, get_layout  # noqa: E402
 from mcl.method.stages import BATCH_SIZE, SCHEDULES  # noqa: E402
+from mcl.run import settings  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -46,7 +48,8 @@ def main(argv=None) -> int:
     if args.run:
         if len(layouts) != 1:
             ap.error("--run needs exactly one --layout")
-        files, root = run_files(layouts[0], args.scale, args.seed, args.source, args.batch, fbn, args.schedule), Path(args.run)
+        opts = (layouts[0], args.scale, args.seed, args.source, args.batch, fbn, args.schedule)
+        files, root = run_files(*opts), Path(args.run)
     else:
         files, root = {}, Path(args.out)
         for layout in layouts:
@@ -54,6 +57,8 @@ def main(argv=None) -> int:
     try:
         for rel, text in sorted(files.items()):
             atomic_write(root / rel, text)
+        if args.run:
+            settings.write(root, run_settings(*opts))
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -7,11 +7,12 @@ what runs inside Caffe.
   netgen         the paper's nets as NetParameters (SPEC 2-4); solvers: its SGD solvers (SPEC 5)
   runfiles       a run's nets and solvers as files; reweight: Eq. 4's loss weights written into a net
   check          that the Caffe we link imports and has the layers the nets need
-  train          the Caffe engine of the stage runner (pycaffe's SGDSolver)
+  train          the Caffe engine of the stage runner (pycaffe's SGDSolver behind mcl.run.worker's interface)
   bnstats        the BatchNorm statistics step (TRAIN-phase forward passes in Caffe)
   assemble       AM as a caffemodel from the heads (Eq. 2-3), checked in Caffe
   speed          forward time as the paper measures it (pycaffe and `caffe time`)
 
-May import: `mcl.method`, `mcl.fileio`, `mcl.data` (for the data layers' files) and `mcl.run`'s
-manifest. pycaffe (`import caffe`) only inside the functions that run something in Caffe.
+May import: `mcl.method`, `mcl.fileio`, `mcl.data` (for the data layers' files) and, in `train`, the
+runner's interface in `mcl.run`. pycaffe (`import caffe`) only inside the functions that run something
+in Caffe, and at the top of `train`, which only the Caffe engine's worker imports.
 """

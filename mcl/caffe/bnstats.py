@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mcl.caffe import caffemodel
+from mcl.caffe import caffemodel, netgen
 from mcl.caffe.proto import caffe_pb2
 
 SETTINGS = ("recomputed", "running")
@@ -170,8 +170,7 @@ def phase_losses(run: Path, train_net_path: Path, model: Path, batches: int = 1)
     from google.protobuf import text_format
     run = Path(run).resolve()
     net_param = text_format.Parse(Path(train_net_path).read_text(), caffe_pb2.NetParameter())
-    from mcl.caffe.train import loss_weights_of
-    weights = loss_weights_of(net_param)
+    weights = netgen.loss_weights_of(net_param)
     caffe.set_mode_cpu()
     out = {}
     cwd = os.getcwd()

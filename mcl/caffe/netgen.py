@@ -20,6 +20,7 @@ from mcl.method.layouts import INPUT_SIZE, PIXEL_MEAN, PIXEL_SCALE, Layout
 from mcl.method.stages import BATCH_SIZE, CONVS, POOL_AFTER, Stage
 
 SHAPE_LAYER = "shape_pred"  # the shape prediction layer (InnerProduct D -> 2n)
+DATA_LAYER_TYPES = ("HDF5Data", "Data")  # the data layers of a train net (HDF5 or LMDB)
 FEATURE_TOP = "pool4"  # x: global average of conv43
 NET_NAME_RE = re.compile(r"^mcl_(?P<layout>\d+)_(?P<what>[a-z0-9_]+)$")
 
@@ -302,6 +303,12 @@ def to_text(msg) -> str:
 
 def parse_net(text: str):
     return text_format.Parse(text, caffe_pb2.NetParameter())
+
+
+def loss_weights_of(net_param) -> dict[str, float]:
+    """Loss top -> its loss_weight (EuclideanLoss; Caffe's default 1): the terms of Eq. 4's total."""
+    return {top: (lay.loss_weight[0] if len(lay.loss_weight) else 1.0)
+            for lay in net_param.layer if lay.type == "EuclideanLoss" for top in lay.top}
 
 
 def net_layout_name(net) -> str:

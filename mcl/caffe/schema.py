@@ -1,4 +1,5 @@
-"""The part of Caffe's caffe.proto the port reads, for machines with no Caffe at all.
+"""The part of Caffe's caffe.proto the project reads (nets, models, solvers, solver states, LMDB Datums),
+for machines with no Caffe at all.
 
 Field numbers, types and defaults are Caffe's own (src/caffe/proto/caffe.proto, BVLC 1.0),
 so a caffemodel or prototxt parses to the same values; fields outside this subset are
@@ -17,6 +18,9 @@ ENUMS = {
     "Phase": [("TRAIN", 0), ("TEST", 1)],
 }
 NESTED_ENUMS = {
+    "SolverParameter": {"SnapshotFormat": [("HDF5", 0), ("BINARYPROTO", 1)],
+                        "SolverMode": [("CPU", 0), ("GPU", 1)],
+                        "SolverType": [("SGD", 0), ("NESTEROV", 1), ("ADAGRAD", 2), ("RMSPROP", 3), ("ADADELTA", 4), ("ADAM", 5)]},
     "FillerParameter": {"VarianceNorm": [("FAN_IN", 0), ("FAN_OUT", 1), ("AVERAGE", 2)]},
     "ParamSpec": {"DimCheckMode": [("STRICT", 0), ("PERMISSIVE", 1)]},
     "ConvolutionParameter": {"Engine": [("DEFAULT", 0), ("CAFFE", 1), ("CUDNN", 2)]},
@@ -132,6 +136,35 @@ MESSAGES = {
     "ScaleParameter": ["optional int32 axis = 1 [1]", "optional int32 num_axes = 2 [1]",
                        "optional FillerParameter filler = 3", "optional bool bias_term = 4 [false]",
                        "optional FillerParameter bias_filler = 5"],
+    "SolverParameter": ["optional string net = 24", "optional NetParameter net_param = 25",
+                        "optional string train_net = 1", "repeated string test_net = 2",
+                        "optional NetParameter train_net_param = 21",
+                        "repeated NetParameter test_net_param = 22", "optional NetState train_state = 26",
+                        "repeated NetState test_state = 27", "repeated int32 test_iter = 3",
+                        "optional int32 test_interval = 4 [0]", "optional bool test_compute_loss = 19 [false]",
+                        "optional bool test_initialization = 32 [true]", "optional float base_lr = 5",
+                        "optional int32 display = 6", "optional int32 average_loss = 33 [1]",
+                        "optional int32 max_iter = 7", "optional int32 iter_size = 36 [1]",
+                        "optional string lr_policy = 8", "optional float gamma = 9",
+                        "optional float power = 10", "optional float momentum = 11",
+                        "optional float weight_decay = 12", "optional string regularization_type = 29 [L2]",
+                        "optional int32 stepsize = 13", "repeated int32 stepvalue = 34",
+                        "optional float clip_gradients = 35 [-1]", "optional int32 snapshot = 14 [0]",
+                        "optional string snapshot_prefix = 15", "optional bool snapshot_diff = 16 [false]",
+                        "optional SolverParameter.SnapshotFormat snapshot_format = 37 [BINARYPROTO]",
+                        "optional SolverParameter.SolverMode solver_mode = 17 [GPU]",
+                        "optional int32 device_id = 18 [0]", "optional int64 random_seed = 20 [-1]",
+                        "optional string type = 40 [SGD]", "optional float delta = 31 [1e-08]",
+                        "optional float momentum2 = 39 [0.999]", "optional float rms_decay = 38 [0.99]",
+                        "optional bool debug_info = 23 [false]",
+                        "optional bool snapshot_after_train = 28 [true]",
+                        "optional SolverParameter.SolverType solver_type = 30 [SGD]",
+                        "optional bool layer_wise_reduce = 41 [true]", "repeated string weights = 42"],
+    "SolverState": ["optional int32 iter = 1", "optional string learned_net = 2",
+                    "repeated BlobProto history = 3", "optional int32 current_step = 4 [0]"],
+    "Datum": ["optional int32 channels = 1", "optional int32 height = 2", "optional int32 width = 3",
+              "optional bytes data = 4", "optional int32 label = 5", "repeated float float_data = 6",
+              "optional bool encoded = 7 [false]"],
     "SliceParameter": ["optional int32 axis = 3 [1]", "repeated uint32 slice_point = 2",
                        "optional uint32 slice_dim = 1 [1]"],
 }
@@ -139,7 +172,7 @@ MESSAGES = {
 FIELD = re.compile(r"^(optional|repeated) (\S+) (\w+) = (\d+)(?: \[(.*)\])?( packed)?$")
 F = descriptor_pb2.FieldDescriptorProto
 SCALARS = {"string": F.TYPE_STRING, "bool": F.TYPE_BOOL, "float": F.TYPE_FLOAT, "double": F.TYPE_DOUBLE,
-           "int32": F.TYPE_INT32, "int64": F.TYPE_INT64, "uint32": F.TYPE_UINT32}
+           "int32": F.TYPE_INT32, "int64": F.TYPE_INT64, "uint32": F.TYPE_UINT32, "bytes": F.TYPE_BYTES}
 
 
 def _enum(proto, name, values):

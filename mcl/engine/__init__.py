@@ -10,7 +10,7 @@ Its equality with Caffe is tested stage by stage (tests/test_engine.py).
   feeds.py    the HDF5Data / LMDB Data layers, in Caffe's order
   fillers.py  iteration-0 weights (Caffe's own where pycaffe is there)
   solver.py   Solver: the counterpart of pycaffe's SGDSolver (step, snapshot, restore)
-  worker.py   the stage's child process (`python -m mcl.engine`), as mcl.caffe.train's
+  stage.py    TorchStage: the engine behind the stage runner's interface (mcl.run.worker), as mcl.caffe.train's
 
 May import: `mcl.method`, `mcl.caffe`'s file layer (proto, caffemodel; never pycaffe, so the engine
 runs where no Caffe is built), `mcl.torchnet`, `mcl.run` and `mcl.fileio`. torch at module top: only

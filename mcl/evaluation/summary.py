@@ -15,12 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from mcl.fileio import atomic_write
+from mcl.method.stages import ASSEMBLED_MODEL, STAGES
 
-STAGES = (("data", "data/manifest.json"), ("stage 1 (BM)", "models/bm.caffemodel"),
-          ("weights Eq. 5", "weights/bm_eq5.json"), ("stage 2", "models/stage2.caffemodel"),
-          ("stage 3 (WM)", "models/wm.caffemodel"), ("weights Eq. 9", "weights/wm_eq9.json"),
-          ("heads", "models/heads.caffemodel"), ("assemble (AM)", "models/am.caffemodel"),
-          ("evaluation", "eval/test.json"), ("equal-budget control", "models/equal_budget.caffemodel"))
+# The pipeline's products in Algorithm 1's order, with the data before and the evaluation after.
+PIPELINE = (("data", "data/manifest.json"), ("stage 1 (BM)", STAGES["stage1"].model),
+            ("weights Eq. 5", STAGES["stage2"].loss_weights_file), ("stage 2", STAGES["stage2"].model),
+            ("stage 3 (WM)", STAGES["stage3"].model), ("weights Eq. 9", STAGES["heads"].loss_weights_file),
+            ("heads", STAGES["heads"].model), ("assemble (AM)", ASSEMBLED_MODEL),
+            ("evaluation", "eval/test.json"), ("equal-budget control", STAGES["equal_budget"].model))
 
 
 def onnx_ms(onnx_path: Path, repeats: int = 200, warmup: int = 20) -> dict:
@@ -48,7 +50,7 @@ def onnx_ms(onnx_path: Path, repeats: int = 200, warmup: int = 20) -> dict:
 def _wall_times(run: Path) -> dict[str, float]:
     doc = json.loads((run / "manifest.json").read_text())["artifacts"] if (run / "manifest.json").exists() else {}
     out = {}
-    for label, key in STAGES:
+    for label, key in PIPELINE:
         if key in doc:
             out[label] = doc[key].get("wall_time_s")
     return out

@@ -27,34 +27,63 @@ ALL_CONVS = tuple(name for name, _ in CONVS)
 
 @dataclass(frozen=True)
 class Stage:
+    """One row of Algorithm 1: what a stage trains, from what, with which loss weights, into which product."""
+
     name: str
     step: str  # the paper's step number(s) in Algorithm 1
     base_lr: float
     max_iter: int
     frozen: tuple[str, ...]  # conv layers whose conv, BatchNorm and Scale are fixed
-    weights: str  # which loss weights the stage trains with
+    weights: str  # which loss weights the stage trains with: uniform, eq5 or eq9
     budget_of: tuple[str, ...] = ()  # if set, max_iter is the sum of these stages' (scaled) max_iter
     fixed_lr: bool = False  # lr_policy "fixed" instead of "step"
+    product: str = ""  # models/<product>.caffemodel
+    start: str | None = None  # the stage whose product this one starts from (None: Caffe's fillers)
+    weights_from: str | None = None  # the stage whose product's validation errors give Eq. 5 / Eq. 9
+    deploy: str = "deploy"  # nets/<deploy>.prototxt evaluates the product
+    label: str = ""  # the paper's name of the product, for reports
 
+    @property
+    def model(self) -> str:
+        """The product's path in a run folder."""
+        return f"models/{self.product}.caffemodel"
+
+    @property
+    def loss_weights_file(self) -> str | None:
+        """The Eq. 5 / Eq. 9 file the stage trains with, in a run folder (None: u_j = 1)."""
+        if self.weights_from is None:
+            return None
+        return f"{LOSS_WEIGHTS_DIR}/{STAGES[self.weights_from].product}_{self.weights}.json"
+
+
+LOSS_WEIGHTS_DIR = "weights"  # RUN/weights/: the u_j of Eq. 5 and Eq. 9
 
 STAGES = {
-    "stage1": Stage("stage1", "1", 0.02, 180000, (), "uniform"),
-    "stage2": Stage("stage2", "2", 0.001, 60000, FIRST_SIX, "eq5"),
-    "stage3": Stage("stage3", "3", 0.001, 60000, (), "eq5"),
-    "heads": Stage("heads", "4..3+m", 0.001, 60000, ALL_CONVS, "eq9"),
+    "stage1": Stage("stage1", "1", 0.02, 180000, (), "uniform", product="bm", label="BM"),
+    "stage2": Stage("stage2", "2", 0.001, 60000, FIRST_SIX, "eq5", product="stage2", start="stage1",
+                    weights_from="stage1"),
+    "stage3": Stage("stage3", "3", 0.001, 60000, (), "eq5", product="wm", start="stage2", weights_from="stage1",
+                    label="WM"),
+    "heads": Stage("heads", "4..3+m", 0.001, 60000, ALL_CONVS, "eq9", product="heads", start="stage3",
+                   weights_from="stage3", deploy="heads_deploy"),
     # pre-BM (the ablation) is pre-trained like BM.
-    "pre_bm": Stage("pre_bm", "1 (pre-BM)", 0.02, 180000, (), "uniform"),
+    "pre_bm": Stage("pre_bm", "1 (pre-BM)", 0.02, 180000, (), "uniform", product="pre_bm", deploy="pre_bm_deploy",
+                    label="pre-BM"),
     # [interp] SPEC 5's optional warm-up (WARMUP=on; default off): "a low initial learning rate
     # ... increase the learning rate when the loss is reduced significantly". Start lr 0.002 (a
     # tenth of step 1's), fixed; switch rule: after 5% of step 1's iterations, where step 1
     # resumes from the warm-up's solverstate (its iterations count towards step 1's).
-    "warmup": Stage("warmup", "1 (warm-up)", 0.002, 9000, (), "uniform", fixed_lr=True),
+    "warmup": Stage("warmup", "1 (warm-up)", 0.002, 9000, (), "uniform", fixed_lr=True, product="warmup"),
     # The audit's control (beyond the paper): BM continued with uniform weights, all layers
     # trainable, at the fine-tuning learning rate, for exactly the iterations stages 2, 3
     # and the heads had, so more training can be told from weighting and multi-center learning.
     "equal_budget": Stage("equal_budget", "control", 0.001, 180000, (), "uniform",
-                          budget_of=("stage2", "stage3", "heads")),
+                          budget_of=("stage2", "stage3", "heads"), product="equal_budget", start="stage1",
+                          label="BM + equal budget"),
 }
+# Algorithm 1's last step (3+m+1) trains nothing: the heads are assembled into AM (Eq. 2-3).
+ASSEMBLED_MODEL = "models/am.caffemodel"
+ASSEMBLED_DEPLOY = "models/am_deploy.prototxt"
 
 
 def get_stage(name: str) -> Stage:
@@ -102,3 +131,27 @@ def scaled(iterations: int, scale: float) -> int:
     if scale <= 0:
         raise ValueError(f"schedule scale must be positive, got {scale}")
     return max(1, int(round(iterations * scale)))
+
+
+def stage_of_product(product: str) -> Stage:
+    """The stage whose product is models/<product>.caffemodel."""
+    for stage in STAGES.values():
+        if stage.product == product:
+            return stage
+    raise ValueError(f"no stage makes models/{product}.caffemodel")
+
+
+def table() -> str:
+    """Algorithm 1 as the stage table says it (`make help`, `python -m mcl.method.stages`)."""
+    rows = [f"{'stage':<13} {'step':<12} {'starts from':<24} {'loss weights':<26} {'fixed layers':<16} product"]
+    for s in STAGES.values():
+        start = STAGES[s.start].model if s.start else "fillers"
+        fixed = "none" if not s.frozen else f"{s.frozen[0]}..{s.frozen[-1]}"
+        rows.append(f"{s.name:<13} {s.step:<12} {start:<24} {s.loss_weights_file or 'u_j = 1':<26} {fixed:<16} "
+                    f"{s.model}")
+    rows.append(f"{'assemble':<13} {'3+m+1':<12} {STAGES['heads'].model:<24} {'-':<26} {'-':<16} {ASSEMBLED_MODEL}")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(table())

@@ -10,17 +10,16 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-import re
 import time
 from pathlib import Path
 
-from mcl import __version__
-from mcl.caffe.netgen import FROZEN_BN_DEFAULT
-from mcl.fileio import atomic_write
-from mcl.method.stages import BATCH_SIZE
+from google.protobuf import text_format
 
-HEADER_RE = re.compile(r"layout (?P<layout>\w+), schedule scale (?P<scale>[0-9.eE+-]+), "
-                       r"seed (?P<seed>-?\d+), input (?P<input>\w+)(, batch (?P<batch>\d+))?(, frozen BatchNorm (?P<fbn>\w+))?(, schedule (?P<schedule>\w+))?")
+from mcl import __version__
+from mcl.caffe import check
+from mcl.caffe.proto import caffe_pb2
+from mcl.fileio import atomic_write
+from mcl.run import settings
 
 
 def sha256(path) -> str:
@@ -33,8 +32,7 @@ def sha256(path) -> str:
 
 def caffe_version() -> str:
     try:
-        from mcl.caffe.check import caffe_version as v
-        return v()
+        return check.caffe_version()
     except Exception as exc:  # recorded, not fatal: the manifest says what it could not learn
         return f"unknown ({exc})"
 
@@ -90,22 +88,18 @@ def is_current(run: Path, artifact: Path, inputs: list[Path]) -> bool:
 
 
 def solver_settings(solver_path: Path) -> dict:
-    """The settings a stage ran with, read back from its solver (the header names scale and seed)."""
-    from google.protobuf import text_format
-
-    from mcl.caffe.proto import caffe_pb2
-    text = Path(solver_path).read_text()
-    s = text_format.Parse(text, caffe_pb2.SolverParameter())
-    header = text.splitlines()[0] if text.startswith("#") else ""
-    out = {k: float(f"{getattr(s, k):.7g}") if isinstance(getattr(s, k), float) else getattr(s, k) for k in ("base_lr", "max_iter", "stepsize", "gamma", "momentum", "weight_decay",
-                                      "random_seed", "snapshot")}
+    """The settings a stage ran with: its solver's, and the run's from RUN/run.json."""
+    solver_path = Path(solver_path)
+    s = text_format.Parse(solver_path.read_text(), caffe_pb2.SolverParameter())
+    out = {k: float(f"{getattr(s, k):.7g}") if isinstance(getattr(s, k), float) else getattr(s, k)
+           for k in ("base_lr", "max_iter", "stepsize", "gamma", "momentum", "weight_decay", "random_seed", "snapshot")}
     out["lr_policy"] = s.lr_policy
-    m = HEADER_RE.search(header)
-    if m:
-        out.update(layout=m["layout"], schedule_scale=float(m["scale"]), seed=int(m["seed"]), input=m["input"],
-                   batch_size=int(m["batch"] or BATCH_SIZE), schedule=m["schedule"] or "paper")
-        stage = Path(solver_path).name[: -len("_solver.prototxt")]
+    run = settings.read(solver_path.parent.parent)  # RUN/solvers/<stage>_solver.prototxt
+    if run:
+        out.update(layout=run["layout"], schedule_scale=run["schedule_scale"], seed=run["seed"], input=run["input"],
+                   batch_size=run["batch_size"], schedule=run["schedule"])
+        stage = solver_path.name[: -len("_solver.prototxt")]
         stage = "heads" if stage.startswith("head") else stage
-        if stage in FROZEN_BN_DEFAULT:
-            out["frozen_bn"] = m["fbn"] or FROZEN_BN_DEFAULT[stage]
+        if stage in run["frozen_bn"]:
+            out["frozen_bn"] = run["frozen_bn"][stage]
     return out

@@ -1,5 +1,0 @@
-import sys
-
-from mcl.engine.worker import main
-
-sys.exit(main())

@@ -1,0 +1,81 @@
+"""The torch engine of the stage runner: `Solver` behind the interface of `mcl.run.worker`.
+
+It logs Caffe-style lines on stderr ("Iteration N, loss = ..."), writes the same
+snapshot files and resumes with no data replay: batch k is a function of k.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from mcl.caffe.caffemodel import ModelError
+from mcl.engine.solver import Solver
+from mcl.run.stage import SnapshotError, StageError, StageSpec
+
+
+class TorchStage:
+    def __init__(self, spec: StageSpec):
+        self.spec, self.device = spec, spec.device
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise StageError(f"{spec.name}: --device {self.device}, but this PyTorch ({torch.__version__}) "
+                             "sees no CUDA device")
+        self.log(f"torch {torch.__version__}, device {self.device}, {torch.get_num_threads()} threads")
+        self.reset()
+        self.log(f"Solving {self.solver.net_param.name} ({spec.solver_path.name}), initial weights from "
+                 f"{self.solver.init_source}'s fillers (seed {self.settings.random_seed})")
+
+    def reset(self) -> None:
+        self.solver = Solver(self.spec.run, self.spec.solver_path, device=self.device)
+        self.settings = self.solver.settings
+
+    @property
+    def iter(self) -> int:
+        return self.solver.iter
+
+    def log(self, msg: str) -> None:
+        print(f"I{time.strftime('%m%d %H:%M:%S')} mcl.engine] {msg}", file=sys.stderr, flush=True)
+
+    def restore(self, state: Path) -> None:
+        try:
+            self.solver.restore(state)
+        except (ModelError, OSError, ValueError, RuntimeError) as exc:  # cut short by a kill
+            raise SnapshotError(str(exc)) from None
+
+    def replay(self, start: int) -> None:
+        pass  # batch k is a function of k
+
+    def start_from(self, init: Path) -> None:
+        self.solver.copy_from(init)
+        self.log(f"Copying weights from {init}")
+
+    def prepare(self) -> None:
+        trunk = self.solver.trunk
+        if trunk is not None:
+            t1 = time.time()
+            trunk.build()
+            rows = max(f.rows for f in trunk.cached)
+            self.log(f"Fixed trunk ({trunk.skip[0]} .. {trunk.skip[-1]}, {len(trunk.skip)} layers): "
+                     f"{', '.join(trunk.frontier)} computed once for {rows} training rows in {time.time() - t1:.1f} s")
+
+    def step(self) -> None:
+        self.solver.step()
+        it, sp = self.solver.iter, self.settings
+        if sp.snapshot and it % sp.snapshot == 0:  # as Caffe's Solver::Step snapshots
+            self.log(f"Snapshotting solver state to {self.solver.snapshot()}")
+        if it % sp.display == 0 or it == sp.max_iter:
+            self.log(f"Iteration {it - 1}, loss = {self.solver.loss:.6g}")
+            self.log(f"Iteration {it - 1}, lr = {float(self.solver.last_rate):.6g}")
+
+    @property
+    def loss(self) -> float:
+        return self.solver.loss
+
+    def snapshot(self) -> None:
+        self.solver.snapshot()
+
+    def save(self, path: Path) -> None:
+        self.solver.save(path)

@@ -1,0 +1,307 @@
+"""The stage runner: one stage of Algorithm 1 trained resumably, in either engine, and recorded.
+
+What a stage is (its product, its start, its loss weights, what it fixes) is the
+table in `mcl.method.stages`; this module runs one row of it. The training itself
+runs in a child process (`python -m mcl.run.worker`, one loop for both engines)
+whose stderr, the engine's full log, goes to `<run>/logs/<stage>.log`; it reports
+progress as JSON lines on stdout, which the parent shows as a progress bar.
+
+Around the child, once for both engines: snapshots made from other inputs are
+discarded (their fingerprint), a model already current for its inputs is not
+trained again (the manifest), step 1 may start from the warm-up's solverstate,
+the heads start from WM's shape layer, the BatchNorm statistics step makes the
+product from the engine's raw model, and the manifest records what made it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mcl.caffe import bnstats, caffemodel, reweight
+from mcl.caffe.proto import caffe_pb2
+from mcl.caffe.runfiles import derive, run_layout
+from mcl.fileio import atomic_write
+from mcl.method.stages import STAGES
+from mcl.run import manifest
+from mcl.run.provenance import engine_record
+from mcl.run.verify import check_stage_inputs
+
+SNAPSHOT_RE = re.compile(r"_iter_(\d+)\.solverstate$")
+ENGINES = ("caffe", "torch")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class StageError(RuntimeError):
+    """A stage that cannot start: a missing input or a model that does not fit the net."""
+
+
+class SnapshotError(RuntimeError):
+    """A snapshot that cannot be restored (cut short by a kill): the worker tries the one before."""
+
+
+@dataclass
+class StageSpec:
+    run: Path
+    name: str  # file stem under nets/ and solvers/: stage1, stage2, stage3, heads, head_<c>, pre_bm
+    init: Path | None  # caffemodel to start from (by layer name), None for random init
+    out: Path  # final caffemodel
+    engine: str = "caffe"  # caffe (pycaffe, the reference) or torch (mcl.engine, Caffe's numerics in PyTorch)
+    device: str = "cpu"  # torch engine only: cpu or cuda
+
+    @property
+    def solver_path(self) -> Path:
+        return self.run / "solvers" / f"{self.name}_solver.prototxt"
+
+    @property
+    def log_path(self) -> Path:
+        return self.run / "logs" / f"{self.name}.log"
+
+    @property
+    def snapshot_prefix(self) -> Path:
+        return self.run / "snapshots" / self.name
+
+
+def snapshots(spec: StageSpec) -> list[tuple[int, Path]]:
+    """(iteration, solverstate) of every snapshot whose caffemodel is there too, newest first."""
+    folder = spec.snapshot_prefix.parent
+    found = []
+    if folder.is_dir():
+        for p in folder.glob(f"{spec.snapshot_prefix.name}_iter_*.solverstate"):
+            m = SNAPSHOT_RE.search(p.name)
+            if m and p.with_suffix(".caffemodel").exists():
+                found.append((int(m.group(1)), p))
+    return sorted(found, reverse=True)
+
+
+def run_stage(spec: StageSpec, progress: bool = True, stop_after: int | None = None) -> dict:
+    """Train `spec` in a child process; returns a summary. Raises StageError on failure."""
+    if spec.engine not in ENGINES:
+        raise StageError(f"unknown engine {spec.engine!r}: choose one of {', '.join(ENGINES)}")
+    if not spec.solver_path.exists():
+        raise StageError(f"{spec.solver_path}: solver missing (run `make nets` for this run)")
+    if spec.init is not None and not Path(spec.init).exists():
+        raise StageError(f"{spec.init}: the model this stage starts from is missing")
+    spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+    spec.snapshot_prefix.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "mcl.run.worker", "--engine", spec.engine, "--run", str(spec.run),
+           "--name", spec.name, "--out", str(spec.out), "--device", spec.device]
+    if spec.init is not None:
+        cmd += ["--init", str(Path(spec.init).resolve())]
+    if stop_after is not None:
+        cmd += ["--stop-after", str(stop_after)]
+    env = dict(os.environ, GLOG_minloglevel="0", GLOG_logtostderr="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    summary = {"stage": spec.name, "resumed_from": 0, "last": None}
+    bar = None
+    t0 = time.time()
+    with open(spec.log_path, "a") as log:
+        log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+        try:
+            for line in proc.stdout:
+                try:
+                    ev = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if ev["event"] == "error":
+                    summary["error"] = ev["message"]
+                elif ev["event"] == "resumed":
+                    summary["resumed_from"] = ev["iter"]
+                    print(f"[{spec.name}] resuming from iteration {ev['iter']} ({ev['from']})", flush=True)
+                elif ev["event"] == "iter":
+                    summary["last"] = ev
+                    if progress and bar is None and sys.stdout.isatty():
+                        from tqdm import tqdm
+                        bar = tqdm(total=ev["max_iter"], initial=ev["start"], desc=spec.name, unit="it",
+                                   dynamic_ncols=True, file=sys.stdout)
+                    if bar is not None:
+                        bar.update(ev["iter"] - bar.n)
+                        bar.set_postfix(loss=f"{ev['loss']:.4g}", lr=f"{ev['lr']:.3g}")
+                    elif progress and _tenth(ev):
+                        left = ev["elapsed"] / max(1, ev["iter"] - ev["start"]) * (ev["max_iter"] - ev["iter"])
+                        print(f"[{spec.name}] iter {ev['iter']}/{ev['max_iter']} loss {ev['loss']:.4g} "
+                              f"lr {ev['lr']:.3g}, about {left:.0f} s left", flush=True)
+        except KeyboardInterrupt:
+            proc.send_signal(signal.SIGINT)
+        rc = proc.wait()
+    if bar is not None:
+        bar.close()
+    summary["wall_time_s"] = time.time() - t0
+    if rc == 130:
+        raise StageError(f"{spec.name}: interrupted; a snapshot was written and the next run resumes from it")
+    if "error" in summary:
+        raise StageError(summary["error"])
+    if rc != 0:
+        what = "Caffe" if spec.engine == "caffe" else "the torch engine"
+        raise StageError(f"{spec.name}: {what} failed (exit {rc}); see {spec.log_path}")
+    for _, state in snapshots(spec)[1:]:  # a finished stage keeps only its last snapshot
+        state.unlink(missing_ok=True)
+        state.with_suffix(".caffemodel").unlink(missing_ok=True)
+    return summary
+
+
+def _tenth(ev: dict) -> bool:
+    """Whether this progress event crosses a tenth of the stage (for logs without a terminal)."""
+    step = max(1, ev["max_iter"] // 10)
+    return ev["iter"] == ev["max_iter"] or ev["iter"] % step == 0
+
+
+# ---- one stage of a run, around the child -------------------------------------------------
+
+def fingerprint(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.name.encode())
+        h.update(manifest.sha256(p).encode())
+    return h.hexdigest()
+
+
+def prepare_snapshots(spec: StageSpec, inputs: list[Path]) -> None:
+    """Snapshots made from other inputs (another init model, other weights) are discarded."""
+    fp = fingerprint(inputs) + ("" if spec.engine == "caffe" else f" engine={spec.engine} device={spec.device}")
+    stamp = spec.snapshot_prefix.parent / f"{spec.name}.inputs"
+    if stamp.exists() and stamp.read_text() != fp:
+        for _, state in snapshots(spec):
+            state.unlink(missing_ok=True)
+            state.with_suffix(".caffemodel").unlink(missing_ok=True)
+        print(f"[{spec.name}] inputs changed since the last snapshots: starting afresh")
+    atomic_write(stamp, fp)
+
+
+def train_one(run: Path, name: str, init: Path | None, out: Path, weights: Path | None, stage: str,
+              bn_stats: str = bnstats.DEFAULT, bn_batches: int = bnstats.DEFAULT_BATCHES,
+              engine: str = "caffe", device: str = "cpu", warmup: Path | None = None) -> dict:
+    """Train the net `name` (a stage or a named copy of one) into `out`, then its statistics step."""
+    net_path = run / "nets" / f"{name}_train.prototxt"
+    solver_path = run / "solvers" / f"{name}_solver.prototxt"
+    for p in (net_path, solver_path):
+        if not p.exists():
+            raise StageError(f"{p}: missing (generate the run's nets with `make nets`)")
+    if weights is not None:
+        changes = reweight.rewrite_file(net_path, weights)
+        print(reweight.change_table(changes, limit=8))
+        print(f"loss weights of {net_path.name} set from {weights}")
+    # The engine's model goes to <out>.raw.caffemodel; the statistics step makes <out> from it.
+    raw = bnstats.raw_path(out)
+    spec = StageSpec(run, name, init, raw, engine, device)
+    trained_by = engine_record(engine, device)
+    inputs = [solver_path, net_path] + ([init] if init else []) + ([warmup, warmup.with_suffix(".caffemodel")]
+                                                                    if warmup else [])
+    settings = manifest.solver_settings(solver_path)
+    data_manifest = run / "data" / "manifest.json"  # the training data, where data_prep wrote them
+    raw_inputs = inputs + ([weights] if weights else []) + ([data_manifest] if data_manifest.exists() else [])
+    if manifest.is_current(run, raw, raw_inputs) and \
+            (manifest.entry(run, raw) or {}).get("engine", "caffe") == engine:  # only the statistics step again
+        e = manifest.entry(run, raw)
+        summary, wall = {"resumed_from": e.get("resumed_from_iter", 0), "last": {"loss": e.get("final_loss")}}, 0.0
+        print(f"[{name}] Caffe's model {raw.name} is current for these inputs: training skipped")
+    else:
+        prepare_snapshots(spec, inputs)
+        if warmup is not None and not snapshots(spec):
+            seed_from_warmup(spec, warmup)
+        t0 = time.time()
+        summary = run_stage(spec)
+        wall = time.time() - t0
+        manifest.record(run, raw, stage, settings, raw_inputs, wall, resumed_from_iter=summary["resumed_from"],
+                        final_loss=(summary["last"] or {}).get("loss"), log=str(spec.log_path.relative_to(run)),
+                        bn_stats="running", **trained_by, **({"warmup": str(warmup.relative_to(run))} if warmup else {}))
+    last = summary["last"] or {}
+    if last.get("loss") is not None and not math.isfinite(last["loss"]):
+        print(f"[{name}] WARNING: training diverged: the loss is {last['loss']} at the end of the stage "
+              f"(see {spec.log_path}); its model's predictions will not be finite", file=sys.stderr)
+    t1 = time.time()
+    stats = bnstats.finish_stage(run, net_path, raw, out, bn_stats, bn_batches)
+    entry = manifest.record(run, out, stage, settings, raw_inputs + [raw],
+                            wall + time.time() - t1, resumed_from_iter=summary["resumed_from"],
+                            final_loss=last.get("loss"), log=str(spec.log_path.relative_to(run)), **stats,
+                            **trained_by)
+    how = (f"BatchNorm statistics recomputed over {stats['bn_batches']} training batches" if bn_stats == "recomputed"
+           else "Caffe's running BatchNorm statistics kept")
+    print(f"[{name}] done in {wall:.1f} s, {how} ({time.time() - t1:.1f} s) -> {out}")
+    return entry
+
+
+def seed_from_warmup(spec: StageSpec, state: Path) -> None:
+    """Step 1 resumes from the warm-up's solverstate (SPEC 5): it becomes the stage's first snapshot,
+    so the runner resumes from it as from any snapshot (weights, momentum, iteration, data position)."""
+    it = int(SNAPSHOT_RE.search(state.name).group(1))
+    solver_state = caffe_pb2.SolverState()
+    solver_state.ParseFromString(state.read_bytes())
+    model = spec.snapshot_prefix.with_name(f"{spec.snapshot_prefix.name}_iter_{it}.caffemodel")
+    atomic_write(model, state.with_suffix(".caffemodel").read_bytes())
+    solver_state.learned_net = str(model.relative_to(spec.run))
+    atomic_write(model.with_suffix(".solverstate"), solver_state.SerializeToString())
+    print(f"[{spec.name}] starting from the warm-up's solverstate at iteration {it} ({state.name})")
+
+
+def warmup_state(run: Path) -> Path:
+    """The warm-up's final solverstate (a finished warm-up keeps only its last snapshot)."""
+    found = snapshots(StageSpec(run, "warmup", None, run / STAGES["warmup"].model))
+    if not found:
+        raise StageError(f"{run / 'snapshots'}: no warm-up snapshot (train --stage warmup first)")
+    return found[0][1]
+
+
+def heads_init(run: Path, wm: Path, clusters, name: str = "heads") -> Path:
+    """WM with its shape layer copied to every head (SPEC 5: heads start from WM's layer)."""
+    path = run / "snapshots" / f"{name}_init.caffemodel"
+    caffemodel.save(caffemodel.init_heads(caffemodel.load(wm), clusters), path)
+    return path
+
+
+def train(run: Path, stage: str, init: Path | None = None, weights: Path | None = None, out: Path | None = None,
+          name: str | None = None, separate: bool = False, warmup: bool = False, **opts) -> Path:
+    """One row of Algorithm 1 (`stage`) in a run folder: the whole job behind tools/run_stage.py.
+
+    `name` trains a named copy of the stage's net and solver (an ablation with its own
+    loss weights and snapshots); `separate` trains each head alone (head_<cluster>),
+    listed in models/heads_separate.json. `opts`: bn_stats, bn_batches, engine, device.
+    Returns the product (or the listing of separate heads).
+    """
+    run = Path(run).resolve()
+    if stage not in STAGES:
+        raise StageError(f"unknown stage {stage!r}: choose one of {', '.join(STAGES)}")
+    if opts.get("engine", "caffe") == "caffe" and opts.get("device", "cpu") != "cpu":
+        raise StageError(f"the Caffe engine here is a CPU build: use --engine torch for --device {opts['device']}")
+    if init is not None and not init.exists():
+        raise StageError(f"{init}: the model this stage starts from is missing")
+    check_stage_inputs(run, run / "nets" / f"{stage}_train.prototxt", [p for p in (init, weights) if p], out)
+    if name:
+        if separate:
+            raise StageError("--name and --separate cannot be combined")
+        derive(run, stage, name)
+    if warmup and stage != "stage1":
+        raise StageError("--warmup: only step 1 (stage1) starts from the warm-up")
+    if stage != "heads":
+        out = Path(out or run / STAGES[stage].model).resolve()
+        train_one(run, name or stage, init, out, weights, stage, warmup=warmup_state(run) if warmup else None, **opts)
+        return out
+    if init is None:
+        raise StageError("heads: --init (the weighting model WM) is required")
+    layout = run_layout(run)
+    hinit = heads_init(run, init, layout.cluster_names, name or stage)
+    if not separate:
+        out = Path(out or run / STAGES["heads"].model).resolve()
+        train_one(run, name or stage, hinit, out, weights, "heads", **opts)
+        return out
+    models = {}
+    for c in layout.cluster_names:
+        out_c = run / "models" / f"head_{c}.caffemodel"
+        if not out_c.exists():
+            train_one(run, f"head_{c}", hinit, out_c, weights, "heads", **opts)
+        models[c] = str(out_c.relative_to(run))
+    listing = Path(out) if out else run / "models" / "heads_separate.json"
+    atomic_write(listing, json.dumps({"layout": layout.name, "heads": models}, indent=2) + "\n")
+    print(f"[heads] {len(models)} separate head runs -> {listing}")
+    return listing

@@ -16,8 +16,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mcl.data.augment import DEFAULT_TEST_CROP, TEST_CROPS, AugmentSettings, WorkerError  # noqa: E402
+from mcl.data.augment import DEFAULT_TEST_CROP, TEST_CROPS, AugmentSettings  # noqa: E402
 from mcl.data.pipeline import DEFAULT_CROP_SCALE, FORMATS, PrepareSettings, prepare  # noqa: E402
+from mcl.data.pool import WorkerError  # noqa: E402
 from mcl.data.readers import DATASETS, OUTSIDE_TOLERANCE, DataError  # noqa: E402
 from mcl.data.synth import SynthSettings  # noqa: E402
 

@@ -23,6 +23,7 @@ from mcl.data.augment import (
     flip_points,
     train_crop_ratio,
 )
+from mcl.data.pool import SharedArrays, chunked, parallel_map, shared_arrays
 from mcl.data.readers import Sample, read_300w
 from mcl.data.synth import TEMPLATE, generate_face, write_synth_300w
 from mcl.method.layouts import AFLW5, IBUG68, LAYOUTS
@@ -174,6 +175,23 @@ def test_same_seed_gives_the_same_crops_with_1_and_2_workers():
     np.testing.assert_array_equal(a.images[12:], c.images)
     other, _ = crop_samples(samples, CropJob(layout=IBUG68, seed=12, augment=AugmentSettings(copies=4), ratio=1.25))
     assert not np.array_equal(a.landmarks, other.landmarks)
+
+
+def test_a_one_worker_map_lends_its_shared_arrays_to_its_tasks_while_it_runs():
+    shared = SharedArrays({"x": ((4,), "int64")})
+
+    def square(i):
+        shared_arrays()["x"][i] = i * i
+        return i
+
+    try:
+        assert list(parallel_map(square, [0, 1, 2, 3], 1, shared)) == [0, 1, 2, 3]
+    finally:
+        shared.close()
+    assert shared.arrays["x"].tolist() == [0, 1, 4, 9]
+    with pytest.raises(RuntimeError, match="no shared arrays"):
+        shared_arrays()
+    assert [len(c) for c in chunked(list(range(100)), 2)] == [4] * 25
 
 
 def test_augment_settings_are_checked():

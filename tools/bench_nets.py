@@ -19,22 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import h5py  # noqa: E402
-import numpy as np  # noqa: E402
-
 from mcl.caffe import netgen, solvers  # noqa: E402
+from mcl.data.writers import write_random_train  # noqa: E402
 from mcl.method.layouts import LAYOUTS, get_layout  # noqa: E402
 from mcl.method.stages import BATCH_SIZE, STAGES  # noqa: E402
-
-
-def write_data(run: Path, layout, n: int, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    (run / "data").mkdir(parents=True, exist_ok=True)
-    with h5py.File(run / "data" / "train.h5", "w") as f:
-        f["data"] = rng.uniform(-1, 1, (n, 1, 50, 50)).astype(np.float32)
-        f["landmarks"] = rng.uniform(5, 45, (n, 2 * layout.n_points)).astype(np.float32)
-        f["inv_iod"] = np.full(n, 1 / 20, np.float32)
-    (run / "data" / "train.txt").write_text("data/train.h5\n")
 
 
 def time_solver(caffe, run: Path, tag: str, net, stage, iters: int, warmup: int) -> float:
@@ -63,7 +51,7 @@ def main(argv=None) -> int:
     data = netgen.DataSpec(batch_size=args.batch)
     with tempfile.TemporaryDirectory(prefix="mcl-bench-") as tmp:
         run = Path(tmp)
-        write_data(run, layout, max(4 * args.batch, 64), seed=0)
+        write_random_train(run, layout.n_points, max(4 * args.batch, 64), seed=0)
         cwd = os.getcwd()
         os.chdir(run)
         try:

@@ -5,6 +5,7 @@ Modules:
   readers   300-W, COFW, MTFL/AFLW and a generic format -> `Sample`s (0-based pixels)
   synth     the built-in synthetic faces, written in the 300-W layout
   augment   crops: the five augmentation steps for training, box crops for val/test
+  pool      worker processes (from a fork server) and the shared memory they write into
   writers   HDF5 (+ list files) and LMDB (images + targets), and reading them back
   sheet     contact sheets (faces with their landmarks drawn)
   pipeline  `prepare`: the whole job behind data_prep/prepare.py

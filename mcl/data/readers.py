@@ -141,6 +141,19 @@ class _Skipper:
         self.skipped.append({"id": sample_id, "reason": str(err)})
 
 
+def _reader_layout(dataset: str, layout: str | Layout, split: str, splits, n_points: int | None = None) -> Layout:
+    """The layout a reader was asked for, once its split is checked to be one of `splits`
+    and, for files that hold exactly `n_points` landmarks, the layout to have as many;
+    `dataset` names the data in the errors."""
+    lay = get_layout(layout.name if isinstance(layout, Layout) else layout)
+    if n_points is not None and lay.n_points != n_points:
+        raise DataError(f"{dataset} has {n_points} landmarks: use layout {n_points}, not {lay.name}")
+    if split not in splits:
+        choices = " or ".join(splits) if len(splits) == 2 else f"one of {', '.join(splits)}"
+        raise DataError(f"{dataset} has no split {split!r}: choose {choices}")
+    return lay
+
+
 # ---- .pts files (300-W, generic) ---------------------------------------------------
 
 def read_pts(path: str) -> np.ndarray:
@@ -265,9 +278,7 @@ def read_300w_boxes(path: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
 
 def read_300w(root: str, split: str, layout: str | Layout = "68", skip_bad: bool = False) -> ReadResult:
     """300-W split `train`, `common`, `challenging` (IBUG) or `full`, boxes = bb_ground_truth."""
-    lay = get_layout(layout.name if isinstance(layout, Layout) else layout)
-    if split not in W300_SPLITS:
-        raise DataError(f"300-W has no split {split!r}: choose one of {', '.join(W300_SPLITS)}")
+    lay = _reader_layout("300-W", layout, split, W300_SPLITS)
     skip = _Skipper(skip_bad)
     samples = []
     box_files, listed = [], 0
@@ -326,11 +337,7 @@ def read_cofw(root: str, split: str, layout: str | Layout = "29", skip_bad: bool
     """COFW `train` (1,345) or `test` (507) from the MATLAB v7.3 files, via h5py."""
     import h5py
 
-    lay = get_layout(layout.name if isinstance(layout, Layout) else layout)
-    if lay.n_points != 29:
-        raise DataError(f"COFW has 29 landmarks: use layout 29, not {lay.name}")
-    if split not in COFW_FILES:
-        raise DataError(f"COFW has no split {split!r}: choose train or test")
+    lay = _reader_layout("COFW", layout, split, COFW_FILES, n_points=29)
     candidates = [os.path.join(root, n) for n in COFW_FILES[split]]
     path = next((p for p in candidates if os.path.isfile(p)), None)
     if path is None:
@@ -407,11 +414,7 @@ def mtfl_box(points: np.ndarray, scale: float = MTFL_BOX_SCALE) -> np.ndarray:
 
 def read_mtfl(root: str, split: str, layout: str | Layout = "5", skip_bad: bool = False) -> ReadResult:
     """MTFL/AFLW `train` (training.txt) or `test` (testing.txt); coordinates 0-based as given."""
-    lay = get_layout(layout.name if isinstance(layout, Layout) else layout)
-    if lay.n_points != 5:
-        raise DataError(f"MTFL/AFLW has 5 landmarks: use layout 5, not {lay.name}")
-    if split not in MTFL_FILES:
-        raise DataError(f"MTFL has no split {split!r}: choose train or test")
+    lay = _reader_layout("MTFL/AFLW", layout, split, MTFL_FILES, n_points=5)
     path = os.path.join(root, MTFL_FILES[split])
     if not os.path.isfile(path):
         raise DataError(f"{path}: missing annotation file")
@@ -480,9 +483,7 @@ def read_generic(root: str, split: str, layout: str | Layout = "68", skip_bad: b
     """`<split>_images.txt` (one image path per line, relative to root), a .pts beside
     each image, `<split>_boxes.txt` (one `left right top bottom` line per image, same
     order). `base` = 1 (default, MATLAB style like 300-W) or 0: subtracted from both."""
-    lay = get_layout(layout.name if isinstance(layout, Layout) else layout)
-    if split not in GENERIC_FILES:
-        raise DataError(f"generic data has no split {split!r}: choose train or test")
+    lay = _reader_layout("generic data", layout, split, GENERIC_FILES)
     list_path, box_path = (os.path.join(root, n) for n in GENERIC_FILES[split])
     if not os.path.isfile(list_path):
         raise DataError(f"{list_path}: missing image list")

@@ -30,7 +30,8 @@ import cv2
 import numpy as np
 
 from mcl import __version__
-from mcl.data.augment import chunked, face_rng, parallel_map
+from mcl.data.augment import face_rng
+from mcl.data.pool import chunked, parallel_map
 from mcl.data.readers import W300_SUBSET_DIRS, write_pts
 from mcl.method.layouts import IBUG68
 

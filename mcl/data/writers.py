@@ -76,6 +76,23 @@ def write_hdf5(folder: str, split: str, crops: CropSet, list_prefix: str, max_mb
     return names + [list_name]
 
 
+def write_random_train(run, n_points: int, rows: int, seed: int = 0) -> None:
+    """Random rows in the training split's HDF5 form, `data/train.h5` listed by
+    `data/train.txt` in the run folder `run` (where Caffe runs): input for the
+    benchmarks, shaped as real crops and targets of n_points landmarks (d = 20 pixels)."""
+    import h5py
+
+    rng = np.random.default_rng(seed)
+    data = os.path.join(run, "data")
+    os.makedirs(data, exist_ok=True)
+    with h5py.File(os.path.join(data, "train.h5"), "w") as f:
+        f["data"] = rng.uniform(-1, 1, (rows, 1, CROP, CROP)).astype(np.float32)
+        f["landmarks"] = rng.uniform(5, 45, (rows, 2 * n_points)).astype(np.float32)
+        f["inv_iod"] = np.full(rows, 1 / 20, np.float32)
+    with open(os.path.join(data, "train.txt"), "w", newline="\n") as f:
+        f.write("data/train.h5\n")
+
+
 def read_hdf5_list(list_file: str, base: str | None = None) -> dict[str, np.ndarray]:
     """All datasets of a split, concatenated over its list file. Relative lines are
     taken from `base` (default: the folder that holds the list file's folder, where

@@ -1,0 +1,235 @@
+"""The engine benchmark (tools/bench_engine.py, `make bench-engine`): Caffe and the torch
+engine timed side by side, ms per training iteration, and the paper's whole schedule
+projected from the figures.
+
+Stage 1 (all layers trainable), stage 2 (the first six convolutions fixed) and the joint
+heads stage, generated for a scratch run as `make nets` writes them, train on the same
+random HDF5 batches. Each engine runs in its own process (`python -m mcl.engine.bench
+--child SPEC`) with the same number of CPU threads (OpenBLAS for Caffe, intra-op threads
+for torch). The two take turns of a few iterations each, so both see the same load on a
+shared machine, and never run at once: one engine's idle threads must not take cores
+from the other (OpenBLAS's threads spin for about 0.1 s after each call, so each turn
+starts after a pause, and with untimed iterations). Figures are medians over the timed
+iterations.
+
+The projection counts every stage of Algorithm 1 (mcl.method.stages, at the paper's
+schedule) at the rate of the benchmarked stage that trains like it: stage 3 trains every
+layer, as stage 1 does. Where the leading layers are fixed (stage 2, the heads) the torch
+engine computes them once per training row (mcl/engine/trunk.py): that pass is timed on
+its own and counted for the size of 300-W's training split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mcl.caffe.runfiles import run_files
+from mcl.data.augment import AugmentSettings
+from mcl.data.pipeline import PrepareSettings
+from mcl.data.writers import write_random_train
+from mcl.fileio import atomic_write
+from mcl.method import paper
+from mcl.method.layouts import get_layout
+from mcl.method.stages import BATCH_SIZE, STAGES, stage_iterations
+
+BENCHED = ("stage1", "stage2", "heads")
+LABELS = {"stage1": "stage 1 (all layers)", "stage2": "stage 2 (6 convs fixed)", "heads": "heads (joint)"}
+# Algorithm 1's trained steps (pre_bm, warmup and equal_budget are the ablation, an option, a control),
+# each counted at the rate of the benchmarked stage that trains like it.
+PAPER_STAGES = ("stage1", "stage2", "stage3", "heads")
+RATE_OF = {"stage3": "stage1"}  # stage 3 trains every layer, as stage 1 does
+TARGET = 2.5  # the torch engine's speed-up over Caffe at stage 1, on the CPU
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def paper_schedule() -> dict[str, dict[str, int]]:
+    """Benchmarked stage -> {stage of Algorithm 1: its iterations at the paper's schedule} counted at its rate."""
+    out: dict[str, dict[str, int]] = {b: {} for b in BENCHED}
+    for name in PAPER_STAGES:
+        out[RATE_OF.get(name, name)][name] = stage_iterations(STAGES[name], 1.0)
+    return out
+
+
+def write_run(run: Path, layout_name: str, batch: int, rows: int) -> None:
+    layout = get_layout(layout_name)
+    for rel, text in run_files(layout, scale=1.0, seed=0, source="hdf5", batch_size=batch).items():
+        atomic_write(run / rel, text)
+    write_random_train(run, layout.n_points, rows, seed=0)
+    (run / "snapshots").mkdir(exist_ok=True)
+
+
+def child(spec: dict) -> int:
+    """One engine, stepped by the parent: a line `step` in, the iteration's ms out."""
+    run, stage, threads = Path(spec["run"]), spec["stage"], spec["threads"]
+    os.chdir(run)
+    solver_path = run / "solvers" / f"{stage}_solver.prototxt"
+    if spec["engine"] == "caffe":
+        import caffe  # deferred: pycaffe loads in the Caffe child only
+        caffe.set_mode_cpu()
+        solver = caffe.SGDSolver(str(solver_path))
+
+        def step():
+            solver.step(1)
+    else:
+        # Deferred: torch (which mcl.engine.solver imports) loads in the torch child only, never
+        # in the parent or beside Caffe.
+        import torch
+
+        from mcl.engine.solver import Solver
+        torch.set_num_threads(threads)
+        solver = Solver(run, solver_path, device=spec["device"], fillers="torch")
+        sync = torch.cuda.synchronize if solver.device.type == "cuda" else (lambda: None)
+        if solver.trunk is not None:  # the one-off pass over the split, timed on its own
+            t0 = time.perf_counter()
+            solver.trunk.build()
+            sync()
+            trunk_ms = (time.perf_counter() - t0) * 1000.0
+            print(f"trunk {trunk_ms / solver.feeds[0].rows:.4f}", flush=True)
+
+        def step():
+            solver.step()
+            sync()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
+        t0, c0 = time.perf_counter(), time.process_time()
+        step()
+        print(f"{(time.perf_counter() - t0) * 1000.0:.3f} {(time.process_time() - c0) * 1000.0:.3f}", flush=True)
+    return 0
+
+
+def bench_stage(run: Path, stage: str, device: str, threads: int, warmup: int, iters: int,
+                block: int = 4, settle: float = 0.5):
+    """Wall-clock and process CPU ms of every timed iteration, per engine.
+
+    The engines take turns in blocks: after a pause of `settle` seconds (so the idle engine's
+    threads have stopped spinning: OpenBLAS's wait for work, about 0.1 s, would otherwise take
+    a core from the other) each runs `warmup` untimed iterations, then `block` timed ones, as
+    in a training run; the first engine alternates between turns.
+    """
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
+               GLOG_minloglevel="2")
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the engine's worker runs (mcl/engine/worker.py)
+    procs = {}
+    for engine in ("caffe", "torch"):
+        spec = {"engine": engine, "run": str(run), "stage": stage, "device": device if engine == "torch" else "cpu",
+                "threads": threads}
+        procs[engine] = subprocess.Popen([sys.executable, "-m", "mcl.engine.bench", "--child", json.dumps(spec)],
+                                         cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        trunk_ms_per_row = None
+        for engine, p in procs.items():
+            line = p.stdout.readline().strip()
+            if line.startswith("trunk "):
+                trunk_ms_per_row = float(line.split()[1])
+                line = p.stdout.readline().strip()
+            if line != "ready":
+                raise RuntimeError(f"the {engine} process failed to start (exit {p.wait()})")
+        times = {engine: [] for engine in procs}
+        cpu = {engine: [] for engine in procs}
+        turn = 0
+        while min(len(t) for t in times.values()) < iters:
+            order = list(procs) if turn % 2 == 0 else list(procs)[::-1]
+            turn += 1
+            for engine in order:
+                time.sleep(settle)
+                for i in range(warmup + min(block, iters - len(times[engine]))):
+                    procs[engine].stdin.write("step\n")
+                    procs[engine].stdin.flush()
+                    wall_ms, cpu_ms = map(float, procs[engine].stdout.readline().split())
+                    if i >= warmup:
+                        times[engine].append(wall_ms)
+                        cpu[engine].append(cpu_ms)
+        return times, cpu, trunk_ms_per_row
+    finally:
+        for p in procs.values():
+            try:
+                p.stdin.close()
+            except OSError:
+                pass
+            p.wait()
+
+
+def training_rows() -> int:
+    """Training rows of 300-W as `make data` writes them: the paper's training faces less the
+    validation share, times the augmented copies of each (mcl.data defaults)."""
+    faces = paper.value("split.ibug.train")
+    val = PrepareSettings(dataset="ibug", out="").val_fraction
+    return int(round(faces * (1 - val))) * AugmentSettings().copies
+
+
+def hours(ms: float, iterations: int) -> float:
+    return ms * iterations / 3.6e6
+
+
+def _k(iterations: int) -> str:
+    return f"{iterations / 1000:g}k"
+
+
+def compare_engines(layout: str = "68", batch: int = BATCH_SIZE, threads: int = 2, device: str = "cpu", warmup: int = 2,
+                    iters: int = 12, block: int = 4, settle: float = 0.5, json_path: str | None = None) -> dict:
+    """Time both engines at every benchmarked stage, print the table, the projection of the
+    paper's schedule and the verdict; return the figures (also written to `json_path`)."""
+    load0 = os.getloadavg()[0]
+    res = {}
+    with tempfile.TemporaryDirectory(prefix="mcl-bench-engine-") as tmp:
+        run = Path(tmp)
+        write_run(run, layout, batch, rows=4 * batch)
+        for stage in BENCHED:
+            times, cpu, trunk = bench_stage(run, stage, device, threads, warmup, iters, block, settle)
+            res[stage] = {e: statistics.median(t) for e, t in times.items()}
+            res[stage].update({f"{e}_cpu": statistics.median(t) for e, t in cpu.items()})
+            res[stage]["all"] = {"wall": times, "cpu": cpu}
+            res[stage]["trunk_ms_per_row"] = trunk
+            print(f"  {stage:<7} caffe {res[stage]['caffe']:8.1f} ms/iter   torch ({device}) "
+                  f"{res[stage]['torch']:8.1f} ms/iter", flush=True)
+    load1 = os.getloadavg()[0]
+    print(f"\nMCL torch engine vs Caffe: layout {layout}, batch {batch}, {threads} CPU threads each, "
+          f"torch on {device}; median of {iters} iterations, in turns of {block} after {warmup} untimed, "
+          f"engines in alternating turns (load average {load0:.1f} -> {load1:.1f})")
+    print(f"{'stage':<24}{'Caffe ms/iter':>14}{'torch ms/iter':>15}{'speed-up':>10}"
+          f"{'CPU ms: Caffe':>16}{'torch':>8}{'ratio':>8}")
+    for stage in BENCHED:
+        r = res[stage]
+        print(f"{LABELS[stage]:<24}{r['caffe']:>14.1f}{r['torch']:>15.1f}{r['caffe'] / r['torch']:>9.2f}x"
+              f"{r['caffe_cpu']:>16.0f}{r['torch_cpu']:>8.0f}{r['caffe_cpu'] / r['torch_cpu']:>7.2f}x")
+    print("(wall-clock medians; CPU ms = the process's CPU time over all its threads, less sensitive to other jobs)")
+    schedule = paper_schedule()
+    total = {e: sum(hours(res[s][e], sum(schedule[s].values())) for s in BENCHED) for e in ("caffe", "torch")}
+    rows = training_rows()
+    for stage in BENCHED:
+        trunk = res[stage]["trunk_ms_per_row"]
+        if trunk is not None:
+            total["torch"] += hours(trunk, rows)
+            print(f"{stage}: the fixed layers' one pass over the split, {trunk:.3f} ms a row "
+                  f"({trunk * rows / 1000:.0f} s for the {rows:,} training rows of 300-W), is counted below")
+    at_stage1 = " + ".join(_k(n) + ("" if name == "stage1" else f" (stage {STAGES[name].step})")
+                           for name, n in schedule["stage1"].items())
+    print(f"\nprojected paper schedule ({at_stage1} at stage 1's rate, {_k(sum(schedule['stage2'].values()))} of "
+          f"stage 2, {_k(sum(schedule['heads'].values()))} joint heads "
+          f"= {_k(sum(sum(s.values()) for s in schedule.values()))} iterations):\n"
+          f"  Caffe {total['caffe']:.1f} h ({total['caffe'] / 24:.1f} days), "
+          f"torch engine {total['torch']:.1f} h ({total['torch'] / 24:.1f} days)")
+    speed = res["stage1"]["caffe"] / res["stage1"]["torch"]
+    print(f"stage 1: torch engine {speed:.2f}x faster than Caffe (target >= {TARGET}x on the CPU): "
+          f"{'met' if speed >= TARGET else 'NOT met'}")
+    out = dict(res, layout=layout, batch=batch, threads=threads, device=device, projected_hours=total,
+               training_rows_300w=rows, stage1_speedup=speed, load_average=[load0, load1])
+    if json_path:
+        Path(json_path).write_text(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        sys.exit(child(json.loads(sys.argv[2])))
+    print("internal: python -m mcl.engine.bench --child SPEC (use tools/bench_engine.py)", file=sys.stderr)
+    sys.exit(2)

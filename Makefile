@@ -69,8 +69,7 @@ FROZEN_BN_HEADS ?= global
 ENGINE ?= caffe
 DEVICE ?= cpu
 # Make's record of the settings, one file per group under RUN/.settings/: a group's file changes
-# only when its settings do, so a changed setting re-runs exactly what depends on it. The files
-# are refreshed by a recipe (never while this Makefile is read, so `make -n` writes nothing).
+# only when its settings do, so a changed setting re-runs exactly what depends on it.
 # nets: what the generated nets and solvers depend on (RUN/run.json holds them as data);
 # train: what every stage is trained with, not the nets (the engine, its device, the warm-up);
 # bn: the statistics step of every stage.
@@ -78,10 +77,23 @@ data_settings := dataset=$(DATASET) data_root=$(DATA_ROOT) layout=$(LAYOUT) seed
 nets_settings := layout=$(LAYOUT) scale=$(SCALE) schedule=$(SCHEDULE) seed=$(SEED) source=$(SOURCE) batch=$(BATCH) frozen_bn=$(FROZEN_BN_STAGE2),$(FROZEN_BN_HEADS)
 train_settings := warmup=$(WARMUP) engine=$(ENGINE) device=$(DEVICE)
 bn_settings := bn_stats=$(BN_STATS) bn_batches=$(BN_BATCHES)
-$(RUN)/.settings/%: FORCE | $(SETUP_STAMP)
-	@mkdir -p $(@D) && printf '%s\n' '$($*_settings)' | cmp -s - $@ || printf '%s\n' '$($*_settings)' > $@
-.PHONY: FORCE
-FORCE:
+SETTINGS_GROUPS := data nets train bn
+PIPELINE_GOALS := data stage1 weights-bm stage2 stage3 weights-wm heads assemble evaluate demo \
+  audit $(AUDIT_TARGETS) audit-models
+# They are refreshed while this Makefile is read, when a pipeline target is asked for, and never
+# in a dry run (`make -n` writes nothing: a missing file is then only announced by the rule below).
+DRY_RUN := $(findstring n,$(firstword -$(MAKEFLAGS)))
+define refresh_settings
+$(shell mkdir -p $(RUN)/.settings && printf '%s\n' '$($(1)_settings)' | cmp -s - $(RUN)/.settings/$(1) \
+  || printf '%s\n' '$($(1)_settings)' > $(RUN)/.settings/$(1))
+endef
+ifneq ($(filter $(PIPELINE_GOALS) $(RUN)/%,$(MAKECMDGOALS)),)
+ifeq ($(DRY_RUN),)
+$(foreach g,$(SETTINGS_GROUPS),$(call refresh_settings,$(g)))
+endif
+endif
+$(RUN)/.settings/%:
+	@mkdir -p $(@D) && printf '%s\n' '$($*_settings)' > $@
 
 # ---- data (SPEC 6): readers, augmentation, HDF5 + LMDB --------------------
 DATA := $(RUN)/data/manifest.json

@@ -11,6 +11,7 @@ import numpy as np
 from mcl.caffe import caffemodel
 from mcl.caffe.caffemodel import ModelError
 from mcl.caffe.netgen import SHAPE_LAYER, head_layer_name
+from mcl.evaluation.evaluate import predict
 from mcl.method.assembly import splice
 from mcl.method.layouts import Layout
 
@@ -76,7 +77,6 @@ def verify(head_nets: dict, am_net, images: np.ndarray, layout: Layout) -> dict:
     `head_nets` maps each cluster to a pycaffe net computing its head (one net for
     all clusters after joint training, one per cluster after separate runs).
     """
-    from mcl.evaluation.evaluate import predict
     am = predict(am_net, images, [SHAPE_LAYER])[SHAPE_LAYER]
     owner = layout.cluster_of()
     expected = np.empty_like(am)

@@ -27,6 +27,7 @@ import numpy as np
 
 from mcl.caffe import caffemodel, netgen
 from mcl.caffe.proto import caffe_pb2
+from mcl.fileio import atomic_write
 
 SETTINGS = ("recomputed", "running")
 DEFAULT = "recomputed"
@@ -155,7 +156,6 @@ def finish_stage(run: Path, train_net_path: Path, raw: Path, product: Path, sett
 
 
 def _copy(src: Path, dst: Path) -> None:
-    from mcl.fileio import atomic_write
     atomic_write(dst, Path(src).read_bytes())
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mcl.caffe.netgen import SHAPE_LAYER, head_layer_name
 from mcl.caffe.proto import caffe_pb2
 from mcl.fileio import atomic_write
 
@@ -86,7 +87,6 @@ def init_heads(net, clusters):
     SPEC 5: "Each head of steps 4..3+m starts from WM's shape prediction layer".
     Caffe copies weights by layer name, so the heads need blobs under their own names.
     """
-    from mcl.caffe.netgen import SHAPE_LAYER, head_layer_name
     out = caffe_pb2.NetParameter()
     out.CopyFrom(net)
     for c in clusters:

@@ -1,10 +1,12 @@
-"""caffe_pb2 without libcaffe: porting a model needs protobuf only.
+"""caffe_pb2 without libcaffe: the one layer through which the project reads and writes Caffe's files.
+
+Prototxt, caffemodels, solvers, solver states and LMDB Datums need protobuf only.
 
 `import caffe` loads libcaffe (pycaffe's package imports its C++ module), so the
 generated caffe_pb2.py of the Caffe we find is loaded by file, under its own
 module name: a later `import caffe` then shares the same message classes.
 Where no Caffe is installed at all, `mcl.caffe.schema` builds the subset
-of caffe.proto the port reads (the layer set of the MCL nets) from its field
+of caffe.proto the project reads (the MCL nets' layers, solvers, solver states, Datums) from its field
 numbers. MCL_CAFFE_PROTO=builtin forces that subset.
 """
 
@@ -14,6 +16,8 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
+
+from mcl.caffe import schema
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 
@@ -35,14 +39,12 @@ def _pycaffe_proto_file() -> Path | None:
 def load():
     """The caffe_pb2 module: already imported, pycaffe's by file, or the built-in subset."""
     if os.environ.get("MCL_CAFFE_PROTO") == "builtin":
-        from mcl.caffe import schema as caffe_schema
-        return caffe_schema.module()
+        return schema.module()
     if MODULE in sys.modules:
         return sys.modules[MODULE]
     path = _pycaffe_proto_file()
     if path is None:
-        from mcl.caffe import schema as caffe_schema
-        return caffe_schema.module()
+        return schema.module()
     spec = importlib.util.spec_from_file_location(MODULE, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[MODULE] = module

@@ -9,7 +9,9 @@ schedule scale 1, seed 0, HDF5 input and uniform loss weights.
 from __future__ import annotations
 
 from mcl.caffe import netgen, solvers
-from mcl.method.layouts import Layout
+from mcl.caffe.proto import caffe_pb2
+from mcl.fileio import atomic_write
+from mcl.method.layouts import Layout, get_layout
 from mcl.method.stages import BATCH_SIZE, STAGES, check_schedule, stage_iterations
 
 
@@ -108,8 +110,6 @@ def derive(run, stage: str, name: str) -> tuple[str, str]:
 
     from google.protobuf import text_format
 
-    from mcl.caffe.proto import caffe_pb2
-    from mcl.fileio import atomic_write
     run = Path(run)
     base_net, base_solver = run / "nets" / f"{stage}_train.prototxt", run / "solvers" / f"{stage}_solver.prototxt"
     for p in (base_net, base_solver):
@@ -131,7 +131,6 @@ def run_layout(run) -> Layout:
     """The layout a run folder was generated for, read from its deploy net's name."""
     from pathlib import Path
 
-    from mcl.method.layouts import get_layout
     deploy = Path(run) / "nets" / "deploy.prototxt"
     if not deploy.exists():
         raise ValueError(f"{deploy}: missing (generate the run's nets with `make nets` / tools/make_nets.py --run)")

@@ -22,6 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from mcl.caffe import netgen
+from mcl.caffe.check import caffe_tool
+from mcl.method import paper
+from mcl.method.layouts import get_layout
+
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 DEFAULT_REPEATS = 30
 DEFAULT_WARMUP = 3
@@ -134,7 +139,6 @@ def caffe_time(deploy: Path, iterations: int = DEFAULT_CAFFE_ITERATIONS, core: i
     caffe time loads no weights (the nets keep their fillers' values); the time
     of a forward pass does not depend on them.
     """
-    from mcl.caffe.check import caffe_tool
     tool = tool or caffe_tool()
     core = pick_core(core)
     cmd = [tool, "time", "-model", str(deploy), "-iterations", str(int(iterations)), "-phase", "TEST"]
@@ -159,9 +163,6 @@ def measure_layouts(layouts=("5", "29", "68"), weights: dict | None = None, repe
     a layout to a deploy prototxt (default: mcl.caffe.netgen.deploy_net, the BM net, which
     AM equals in cost). caffe_iterations 0 skips `caffe time`.
     """
-    from mcl.caffe import netgen
-    from mcl.method import paper
-    from mcl.method.layouts import get_layout
     weights, deploys = weights or {}, deploys or {}
     core = pick_core(core)
     rows = []

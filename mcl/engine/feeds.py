@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mcl.caffe.proto import caffe_pb2
+
 
 class FeedError(ValueError):
     """A data layer or data file the engine cannot read as Caffe would."""
@@ -80,7 +82,6 @@ def _hdf5_feed(run: Path, layer, device) -> Feed:
 
 
 def _datum_arrays(values: list[bytes], where: str):
-    from mcl.caffe.proto import caffe_pb2
     d = caffe_pb2.Datum()
     out, shape, uint8 = [], None, None
     for raw in values:
@@ -102,7 +103,6 @@ def _datum_arrays(values: list[bytes], where: str):
 def _lmdb_feed(run: Path, layer, device) -> Feed:
     import lmdb
 
-    from mcl.caffe.proto import caffe_pb2
     p = layer.data_param
     if p.backend != caffe_pb2.DataParameter.LMDB:
         raise FeedError(f"data layer {layer.name!r}: only the LMDB backend is supported")

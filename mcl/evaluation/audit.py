@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mcl.caffe import netgen
-from mcl.evaluation.evaluate import evaluate_model, load_net, load_split
+from mcl.evaluation.evaluate import evaluate_model, load_net, load_split, split_files
 from mcl.method import paper
 from mcl.method.layouts import Layout
 from mcl.run import provenance
@@ -136,7 +136,6 @@ def occlude(data: dict, layout: Layout, seed: int, fraction: float = OCCLUDED_FR
 def load_test(run: Path, split: str = "test") -> dict:
     import h5py
 
-    from mcl.evaluation.evaluate import split_files
     data = load_split(run, split)
     parts = []
     for f in split_files(run, split):
@@ -153,7 +152,6 @@ def load_test(run: Path, split: str = "test") -> dict:
 def paper_entry(experiment: str, run_settings: dict | None = None) -> dict:
     """What the paper says of `experiment`: its findings and figures (mcl/method/paper.py), and
     whether this run is on the paper's benchmark (else only directions are comparable)."""
-    from mcl.method import paper
     rs = run_settings or {}
     bench = paper.benchmark(rs.get("dataset") or "", rs.get("layout") or "", rs.get("test_split"))
     figures = {f.key: {"value": f.value, "unit": f.unit, "what": f.what, "where": f.where}

@@ -13,8 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mcl.evaluation import audit
+from mcl.caffe import speed
+from mcl.caffe.runfiles import run_layout
+from mcl.evaluation import audit, report
 from mcl.fileio import atomic_write
+from mcl.method import paper
 
 TITLES = {
     "pre_bm": "pre-BM vs BM (Section IV-C-1: global average pooling vs full connection)",
@@ -112,18 +115,15 @@ def _ablation_md(name: str, doc: dict, layout) -> list[str]:
 
 def _speed(run: Path, layout, repeats: int) -> dict:
     """5-, 29- and 68-point nets side by side; the run's own AM for its layout (AM costs what BM costs)."""
-    from mcl.caffe import speed
     am = Path(run) / "models" / "am.caffemodel"
     return speed.layouts_side_by_side(repeats=repeats, weights={layout.name: am} if am.exists() else None)
 
 
 def _speed_md(sp: dict) -> list[str]:
-    from mcl.evaluation import report
     return ["## Speed (single core, batch 1, forward only, BLAS threads forced to 1)", "", report.speed_markdown(sp)]
 
 
 def write(run: Path, out_dir: Path, speed_repeats: int = 50) -> list[Path]:
-    from mcl.caffe.runfiles import run_layout
     run, out_dir = Path(run), Path(out_dir)
     t0 = time.time()
     layout = run_layout(run)
@@ -162,7 +162,6 @@ def write(run: Path, out_dir: Path, speed_repeats: int = 50) -> list[Path]:
               "paper-literal pipeline is another run with `BN_STATS=running`. AM (running) is assembled from the "
               "raw heads; with the heads' trunk frozen under `global` it carries WM's statistics.", ""]
     lines += HEAD + [_row(k, v) for k, v in doc["models"].items()] + [""]
-    from mcl.method import paper
     pm = paper.mean_error(settings["dataset"] or "", settings["layout"] or "", settings.get("test_split"))
     if pm is not None:
         lines += [f"Paper: MCL mean error {pm.value:.2f}% ({pm.where})."]
@@ -195,7 +194,6 @@ def _json_default(o):
 
 def _plots(run: Path, out_dir: Path, doc: dict, layout) -> list[Path]:
     """CED of every model of the audit on one plot; best and worst faces of BM, WM, AM."""
-    from mcl.evaluation import report
     curves = {}
     for k, v in doc["models"].items():
         curves[k] = v

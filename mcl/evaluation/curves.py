@@ -14,6 +14,7 @@ from mcl.caffe import bnstats
 from mcl.caffe.proto import caffe_pb2
 from mcl.caffe.runfiles import run_layout
 from mcl.evaluation.evaluate import evaluate_model, load_net, load_split
+from mcl.evaluation.report import save_figure
 
 
 def learning_curve(run: Path, stage: str, tmp: Path, max_iter: int, stepsize: int, every: int,
@@ -73,7 +74,6 @@ def plot(doc: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mcl.evaluation.report import _save
     it = [p["iter"] for p in doc["points"]]
     fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
     for label, style in (("recomputed", "-o"), ("running", "--x")):
@@ -86,4 +86,4 @@ def plot(doc: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))

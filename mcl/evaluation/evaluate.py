@@ -12,6 +12,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from mcl.caffe.caffemodel import check_fits, load
+from mcl.data.readers import DataError
+from mcl.data.writers import check_hdf5
 from mcl.method.layouts import Layout
 
 FAILURE_THRESHOLDS = (0.10, 0.08)
@@ -59,8 +62,6 @@ def load_split(run: Path, split: str, limit: int | None = None) -> dict[str, np.
 def _check_file(path: Path, keys) -> None:
     """Shapes and finite values (mcl.data.writers.check_hdf5): a wrong shape would abort
     Caffe, a NaN would turn every metric into NaN without a word."""
-    from mcl.data.readers import DataError
-    from mcl.data.writers import check_hdf5
     try:
         check_hdf5(path, keys)
     except DataError as exc:
@@ -149,7 +150,6 @@ def load_net(deploy: Path, model: Path):
     """A pycaffe TEST net; a model of another layout or net is refused with its path."""
     import caffe
 
-    from mcl.caffe.caffemodel import check_fits, load
     caffe.set_mode_cpu()
     for p in (deploy, model):
         if not Path(p).exists():

@@ -20,6 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from mcl.caffe import netgen
+from mcl.caffe.runfiles import run_layout
+from mcl.data.augment import apply_affine, invert_affine
+from mcl.data.sheet import contact_sheet
+from mcl.evaluation.evaluate import ced, load_net, load_split, predict_image, score
 from mcl.fileio import atomic_write
 from mcl.method.layouts import PIXEL_MEAN, PIXEL_SCALE, Layout
 from mcl.run import provenance
@@ -143,7 +148,6 @@ def plot_ced(curves: dict, path: Path, title: str, limit: float | None = None,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mcl.evaluation.evaluate import ced
     labels = {k: provenance_label(v) for k, v in curves.items() if isinstance(v, dict)}
     curves = {k: np.asarray(v["face_errors"] if isinstance(v, dict) else v, dtype=np.float64)
               for k, v in curves.items()}
@@ -164,11 +168,11 @@ def plot_ced(curves: dict, path: Path, title: str, limit: float | None = None,
     fig.tight_layout(rect=(0, 0.035 * len(notes) / (1 + 0.033 * len(notes)), 1, 1))
     for i, note in enumerate(notes):
         fig.text(0.01, 0.005 + i * 0.03 / (1 + 0.033 * len(notes)), note, fontsize=6, color="dimgray")
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))
     plt.close(fig)
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp)
@@ -182,7 +186,6 @@ def crop_pixels(data: np.ndarray) -> np.ndarray:
 
 def image_to_crop(points_img: np.ndarray, crop_to_image: np.ndarray) -> np.ndarray:
     """(N, n, 2) original-image points into each face's crop (the inverse of crop_to_image)."""
-    from mcl.data.augment import apply_affine, invert_affine
     return apply_affine(invert_affine(np.asarray(crop_to_image, dtype=np.float64)), points_img)
 
 
@@ -220,7 +223,6 @@ def overlay_order(face_errors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarr
 
 def overlay_sheet(data: dict, pred_img: np.ndarray, face_errors: np.ndarray, name: str, k: int = 8) -> np.ndarray:
     """Contact sheet (BGR) of the k best and k worst faces of one model."""
-    from mcl.data.sheet import contact_sheet
     crops = crop_pixels(data["data"])
     gt = image_to_crop(np.asarray(data["landmarks_image"]).reshape(pred_img.shape), data["crop_to_image"])
     pred = image_to_crop(pred_img, data["crop_to_image"])
@@ -249,9 +251,6 @@ def write_overlays(path: Path, data: dict, pred_img: np.ndarray, face_errors: np
 def plot_overlays(run: Path, model: Path, deploy: Path, path: Path, name: str, split: str = "test",
                   output: str | None = None, k: int = 8) -> Path:
     """Run a model over a run's split and draw its best and worst faces (write_overlays)."""
-    from mcl.caffe import netgen
-    from mcl.caffe.runfiles import run_layout
-    from mcl.evaluation.evaluate import load_net, load_split, predict_image, score
     layout = run_layout(run)
     data = load_split(run, split)
     deploy = Path(deploy)

@@ -15,6 +15,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mcl.caffe.caffemodel import ModelError, check_fits, load
+from mcl.caffe.netgen import net_layout_name, parse_net
+from mcl.caffe.proto import caffe_pb2
+from mcl.data.readers import DataError
+from mcl.data.writers import check_hdf5_list, check_lmdb
+from mcl.run.manifest import sha256
+
 RUN_MANIFEST = "manifest.json"
 DATA_MANIFEST = "data/manifest.json"
 
@@ -57,7 +64,6 @@ class _Hasher:
         self.cache: dict[Path, str | None] = {}
 
     def __call__(self, path: Path) -> str | None:
-        from mcl.run.manifest import sha256  # here: importing this module needs no Caffe (tools/port.py)
 
         path = path.resolve()
         if path not in self.cache:
@@ -191,9 +197,6 @@ def check_creatable(folder) -> None:
 def check_net_data(run: Path, net_path: Path) -> None:
     """The sources of a train net's data layers (HDF5 list files, LMDBs), relative to the
     run folder Caffe runs in, checked as mcl.data.writers describes them."""
-    from mcl.caffe.netgen import net_layout_name, parse_net
-    from mcl.data.readers import DataError
-    from mcl.data.writers import check_hdf5_list, check_lmdb
 
     net = parse_net(net_path.read_text())
     try:
@@ -218,8 +221,6 @@ def snapshot_intact(state_path, net) -> bool:
     (a failed CHECK, no exception): every later resume would die the same way. A cut
     that happens to fall between two fields still parses, so the contents are counted
     against the net (`net`: the pycaffe net the snapshot is for)."""
-    from mcl.caffe.caffemodel import ModelError, check_fits, load
-    from mcl.caffe.proto import caffe_pb2
 
     state_path = Path(state_path)
     state = caffe_pb2.SolverState()

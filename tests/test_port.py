@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT
-from test_torchnet import random_blobs
 
 from mcl import torchnet
 from mcl.caffe import netgen
 from mcl.method.layouts import get_layout
 from mcl.port import convert
+from mcl.torchnet import random_blobs
 
 ATOL = 1e-4
 

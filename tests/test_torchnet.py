@@ -12,6 +12,7 @@ from mcl import torchnet
 from mcl.caffe import netgen
 from mcl.method.layouts import LAYOUTS, get_layout
 from mcl.method.stages import STAGES
+from mcl.torchnet import random_blobs
 
 ATOL = 1e-4
 LAYOUT_NAMES = sorted(LAYOUTS, key=int)
@@ -23,26 +24,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def random_blobs(net: torchnet.CaffeNet, seed: int) -> dict[str, list[np.ndarray]]:
-    """Non-trivial blobs of the net's shapes: BatchNorm factors other than 1, scales away from 1."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name, blobs in net.caffe_blobs().items():
-        kind = net.layer(name).spec.type
-        if kind == "BatchNorm":
-            s = rng.uniform(0.5, 3.0)
-            c = blobs[0].shape
-            out[name] = [rng.normal(0, 0.2, c) * s, rng.uniform(0.5, 2.0, c) * s, np.array([s])]
-        elif kind == "Scale":
-            out[name] = [rng.uniform(0.5, 1.5, blobs[0].shape)] + [rng.normal(0, 0.1, b.shape) for b in blobs[1:]]
-        else:
-            w = blobs[0]
-            fan_in = int(np.prod(w.shape[1:])) if w.ndim > 1 else 1
-            out[name] = [rng.normal(0, np.sqrt(2.0 / fan_in), w.shape)] + [rng.normal(0, 0.1, b.shape)
-                                                                           for b in blobs[1:]]
-    return {k: [np.asarray(a, np.float32) for a in v] for k, v in out.items()}
 
 
 def caffe_net(caffe, tmp_path, net_param, phase, blobs, name="net"):

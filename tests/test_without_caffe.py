@@ -76,4 +76,6 @@ def test_torch_engine_verify_port_and_predictor_run_without_caffe(blocked):
     run(env, ROOT / "tools/predict.py", face, "--box", "10", "10", "70", "70", "--model", out / "bm.onnx",
         "--out", folder / "pred")
     doc = json.loads((folder / "pred" / "face.json").read_text())
-    assert len(json.dumps(doc)) > 0 and (folder / "pred" / "face.pts").exists()
+    points = np.asarray(doc["points"], dtype=float)
+    assert doc["layout"] == "5" and points.shape == (5, 2) and np.all(np.isfinite(points))
+    assert (folder / "pred" / "face.pts").read_text().count("\n") >= 5

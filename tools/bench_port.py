@@ -19,9 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mcl.fileio import atomic_write  # noqa: E402
+from mcl.port.bench import ENGINES, benchmark, markdown  # noqa: E402
+
 
 def main(argv=None) -> int:
-    from mcl.port.bench import ENGINES
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prototxt", help="deploy net to time (with --caffemodel)")
     p.add_argument("--caffemodel", help="its blobs")
@@ -38,8 +40,6 @@ def main(argv=None) -> int:
     if bad:
         p.error(f"unknown engine(s) {', '.join(bad)}")
 
-    from mcl.fileio import atomic_write
-    from mcl.port.bench import benchmark, markdown
     rep = benchmark(args.prototxt, args.caffemodel, args.run, args.rounds, args.block, engines=engines,
                     log=lambda m: print(m, file=sys.stderr, flush=True))
     print(markdown(rep))

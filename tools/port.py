@@ -21,6 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mcl import torchnet  # noqa: E402
+from mcl.fileio import atomic_write  # noqa: E402
+from mcl.port import convert  # noqa: E402
+from mcl.run.verify import check_creatable  # noqa: E402
+
 
 def run_crop(run: str | None) -> tuple[float | None, str | None]:
     """(crop_scale, test-crop protocol) of the run's data, as its manifest records them."""
@@ -56,11 +61,6 @@ def main(argv=None) -> int:
     b.add_argument("--state-dict", required=True, help=".pt holding the state_dict")
     b.add_argument("--out", required=True, help="caffemodel to write")
     args = p.parse_args(argv)
-
-    from mcl import torchnet
-    from mcl.fileio import atomic_write
-    from mcl.port import convert
-    from mcl.run.verify import check_creatable
 
     try:
         if args.command == "back":

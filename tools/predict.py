@@ -18,6 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mcl.port.predict import PredictError, Predictor, read_gray, read_list, write_outputs  # noqa: E402
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,8 +38,6 @@ def main(argv=None) -> int:
         p.error("give an IMAGE with --box, or --list")
     if args.image and args.box is None:
         p.error("IMAGE needs --box X1 Y1 X2 Y2")
-
-    from mcl.port.predict import PredictError, Predictor, read_gray, read_list, write_outputs
 
     try:
         predictor = Predictor.from_onnx(args.model, args.crop_scale, args.layout, args.output,

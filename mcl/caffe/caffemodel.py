@@ -45,6 +45,8 @@ def blob_array(blob) -> np.ndarray:
     shape = tuple(blob.shape.dim) if blob.HasField("shape") else tuple(
         d for d in (blob.num, blob.channels, blob.height, blob.width))
     data = np.asarray(blob.data if len(blob.data) else blob.double_data, dtype=np.float32)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"holds {data.size} values for shape {shape}")
     return data.reshape(shape)
 
 

@@ -7,7 +7,7 @@ data layers as Caffe does (feeds.py), and updates as sgd_solver.cpp does (sgd.py
 
 Speed (`fast`, the default): each BatchNorm -> Scale -> ReLU chain runs as one fused
 kernel, and each Eq. 4 group of sliced EuclideanLoss layers as one difference and one
-reduction (CaffeNet.fuse); and where the shared layers are fixed (the heads), their
+reduction (fused.py); and where the shared layers are fixed (the heads), their
 outputs are computed once per training row (trunk.py). That changes only where float32
 results are rounded, never what is computed: tests/test_engine.py holds the engine to
 Caffe with all of it on.
@@ -29,11 +29,13 @@ import numpy as np
 import torch
 from google.protobuf import text_format
 
+from mcl import torchnet
 from mcl.caffe import caffemodel
 from mcl.caffe.proto import caffe_pb2
 from mcl.engine import feeds as feeding
 from mcl.engine import trunk as trunk_cache
 from mcl.engine.fillers import caffe_initial_blobs
+from mcl.engine.fused import FusedNet
 from mcl.engine.sgd import Blob, CaffeSGD, Settings
 from mcl.fileio import atomic_write
 
@@ -53,7 +55,6 @@ class Solver:
 
     def __init__(self, run, solver_path, device: str = "cpu", tf32: bool = False, fillers: str = "auto",
                  fast: bool = True):
-        from mcl import torchnet
         self.run = Path(run).resolve()
         self.solver_path = Path(solver_path)
         if not self.solver_path.is_absolute():
@@ -76,12 +77,12 @@ class Solver:
         self.sgd = CaffeSGD(self.settings, self._blobs())
         # Speed (module docstring): fused BatchNorm-Scale-ReLU kernels and Eq. 4 groups.
         self.fast = fast
+        self.fused = FusedNet(self.net, fuse=fast)
         self.trunk = None
         if fast:
-            self.net.fuse()
             self.trunk = trunk_cache.plan(self.net, self.feeds)
             if self.trunk is not None:
-                self.net.skip = frozenset(self.trunk.skip)
+                self.fused.skip = frozenset(self.trunk.skip)
         self.iter = 0
         self.last_losses: torch.Tensor | None = None
         self.last_rate = self.settings.rate(0)
@@ -163,8 +164,8 @@ class Solver:
         inputs = feeding.batch(self.feeds, self.iter)
         if self.trunk is not None:
             inputs.update(self.trunk.batch(self.iter))
-        out = self.net(inputs)
-        losses = self.net.loss_vector(out, self.loss_tops)
+        out = self.fused(inputs)
+        losses = self.fused.loss_vector(out, self.loss_tops)
         (losses * self._w).sum().backward()
         self.last_rate = self.sgd.apply_update(self.iter)
         self.last_losses = losses.detach()

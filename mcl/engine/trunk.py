@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from mcl.engine.feeds import Feed
+from mcl.engine.fused import forward_layers
 
 ROW_WISE = ("Convolution", "InnerProduct", "Pooling", "ReLU", "Scale", "BatchNorm")
 MAX_BYTES = 1 << 30  # above this the trunk runs every iteration, as in Caffe
@@ -60,7 +61,7 @@ class TrunkCache:
                 for top, values in feed.tops.items():
                     chunk = values[start:start + feed.batch_size]
                     rows[top] = feed.transform(chunk) if feed.transform else chunk
-                out = net.forward_layers(rows, self.skip)
+                out = forward_layers(net, rows, self.skip)
                 for b in blobs:
                     parts[b].append(out[b])
             self.cached.append(Feed(f"{feed.layer} (fixed trunk)", {b: torch.cat(p) for b, p in parts.items()},

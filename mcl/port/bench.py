@@ -22,6 +22,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from mcl import torchnet
+from mcl.caffe import netgen
+from mcl.evaluation import evaluate
+from mcl.method.layouts import get_layout
+from mcl.port import convert
 
 ENGINES = ("caffe", "opencv", "torch", "ort_fp32", "ort_fp32_folded", "ort_int8")
 LABELS = {"caffe": "Caffe (pycaffe)", "opencv": "OpenCV dnn", "torch": "PyTorch (torchnet, eager)",
@@ -114,25 +121,9 @@ def make_model(folder: Path, prototxt=None, caffemodel=None, seed: int = 0) -> t
     """The given pair, or the 68-point AM deploy net with random blobs (timings need no training)."""
     if prototxt and caffemodel:
         return Path(prototxt), Path(caffemodel), f"{caffemodel}"
-    from mcl import torchnet
-    from mcl.caffe import netgen
-    from mcl.method.layouts import get_layout
-    from mcl.port import convert
     net_param = netgen.deploy_net(get_layout("68"))
     net = torchnet.from_netparameter(net_param)
-    rng = np.random.default_rng(seed)
-    blobs = {}
-    for name, arrays in net.caffe_blobs().items():
-        kind = net.layer(name).spec.type
-        if kind == "BatchNorm":
-            s = rng.uniform(0.5, 2.0)
-            blobs[name] = [rng.normal(0, 0.1, arrays[0].shape) * s, rng.uniform(0.5, 2, arrays[1].shape) * s, [s]]
-        elif kind == "Scale":
-            blobs[name] = [rng.uniform(0.5, 1.5, arrays[0].shape), rng.normal(0, 0.1, arrays[1].shape)]
-        else:
-            fan_in = int(np.prod(arrays[0].shape[1:]))
-            blobs[name] = [rng.normal(0, np.sqrt(2 / fan_in), arrays[0].shape), rng.normal(0, 0.1, arrays[1].shape)]
-    blobs = {k: [np.asarray(a, np.float32) for a in v] for k, v in blobs.items()}
+    blobs = torchnet.random_blobs(net, seed, bn_factor=(0.5, 2.0), bn_mean_std=0.1)
     p, m = folder / "am_deploy.prototxt", folder / "am.caffemodel"
     p.write_text(netgen.to_text(net_param))
     m.write_bytes(convert.caffemodel_bytes(net_param, blobs))
@@ -142,7 +133,6 @@ def make_model(folder: Path, prototxt=None, caffemodel=None, seed: int = 0) -> t
 def faces(folder: Path, run=None, n_test: int = 100) -> tuple[dict, dict, str]:
     """(calibration split, test split, where from): the run's val and test splits, or a
     synthetic set prepared here (data_prep/prepare.py --dataset synth)."""
-    from mcl.evaluation import evaluate
     if run and (Path(run) / "data" / "test.txt").exists():
         return evaluate.load_split(run, "val"), evaluate.load_split(run, "test"), f"{run}/data (val, test)"
     root = Path(__file__).resolve().parents[2]
@@ -159,7 +149,7 @@ def faces(folder: Path, run=None, n_test: int = 100) -> tuple[dict, dict, str]:
 
 def quantize_int8(fp32_path: Path, out_path: Path, calib: np.ndarray) -> None:
     """Static QDQ int8: u8 activations, s8 per-channel weights (VNNI's U8S8), MinMax calibration."""
-    from onnxruntime.quantization import (
+    from onnxruntime.quantization import (  # deferred: ONNX Runtime is optional, only the int8 step needs it
         CalibrationDataReader,
         CalibrationMethod,
         QuantFormat,
@@ -187,7 +177,7 @@ def _engines(spec: dict) -> dict:
     x = np.load(files["input"])
     runners = {}
     if "caffe" in spec["engines"]:
-        import caffe
+        import caffe  # deferred: pycaffe is optional, loaded only where its engine is timed
         caffe.set_mode_cpu()
         cnet = caffe.Net(files["prototxt"], files["caffemodel"], caffe.TEST)
         cnet.blobs["data"].reshape(*x.shape)
@@ -197,7 +187,7 @@ def _engines(spec: dict) -> dict:
             cnet.forward()
         runners["caffe"] = run_caffe
     if "opencv" in spec["engines"]:
-        import cv2
+        import cv2  # deferred: OpenCV dnn loaded only where its engine is timed
         cv2.setNumThreads(threads)
         onet = cv2.dnn.readNetFromCaffe(files["prototxt"], files["caffemodel"])
         onet.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
@@ -207,9 +197,6 @@ def _engines(spec: dict) -> dict:
             onet.forward()
         runners["opencv"] = run_opencv
     if "torch" in spec["engines"]:
-        import torch
-
-        from mcl.port import convert
         torch.set_num_threads(threads)
         cm, tnet = convert.read_model(files["prototxt"], files["caffemodel"])
         tnet.freeze_batchnorm().eval()
@@ -221,7 +208,7 @@ def _engines(spec: dict) -> dict:
         runners["torch"] = run_torch
     for key in ("ort_fp32", "ort_fp32_folded", "ort_int8"):
         if key in spec["engines"]:
-            import onnxruntime as ort
+            import onnxruntime as ort  # deferred: loaded only where its engines are timed
             so = ort.SessionOptions()
             so.intra_op_num_threads = threads
             so.inter_op_num_threads = 1
@@ -267,10 +254,7 @@ def run_child(spec: dict, threads: int) -> dict:
 
 def accuracy(files: dict, test: dict) -> dict:
     """Mean error (inter-ocular) of fp32 and int8 ONNX on the test faces, and int8's shift from fp32."""
-    import onnxruntime as ort
-
-    from mcl.evaluation import evaluate
-    from mcl.method.layouts import get_layout
+    import onnxruntime as ort  # deferred: optional, as in the engines above
     layout = get_layout("68")
     out = {}
     preds = {}
@@ -292,10 +276,6 @@ def accuracy(files: dict, test: dict) -> dict:
 
 def benchmark(prototxt=None, caffemodel=None, run=None, rounds: int = 5, block: int = 40, batch: int = 64,
               engines=ENGINES, log=print) -> dict:
-    import torch
-
-    from mcl import torchnet  # noqa: F401  (fails early without torch)
-    from mcl.port import convert
     tmp = Path(tempfile.mkdtemp(prefix="mcl-bench-port-"))
     try:
         proto, model, what = make_model(tmp, prototxt, caffemodel)

@@ -17,74 +17,33 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mcl.caffe.caffemodel import ModelError  # noqa: E402
-from mcl.caffe.runfiles import run_layout  # noqa: E402
-from mcl.evaluation import audit  # noqa: E402
+from mcl.evaluation import audit, audit_report  # noqa: E402
 from mcl.evaluation.evaluate import EvalError  # noqa: E402
-from mcl.fileio import atomic_write  # noqa: E402
-from mcl.method import loss_weights  # noqa: E402
-from mcl.run import manifest  # noqa: E402
 
 
 def cmd_perturb(args, run: Path) -> None:
-    layout = run_layout(run)
-    src = Path(args.weights)
-    doc = loss_weights.load(src)
-    if doc["layout"] != layout.name or "weights" not in doc:
-        raise ValueError(f"{src}: not Eq. 5 weights of layout {layout.name} (the run's layout)")
-    u = doc["weights"]
-    w, plus = audit.perturb_weights(u, args.delta, args.seed)
-    out = loss_weights.document(layout, "eq5", weights=w, source=str(src), errors=doc.get("errors"),
-                                perturbation={"delta": args.delta, "seed": args.seed, "plus": [j + 1 for j in plus],
-                                              "floor": audit.PERTURBATION_FLOOR})
-    atomic_write(Path(args.out), json.dumps(out, indent=2) + "\n")
-    manifest.record(run, Path(args.out).resolve(), "audit-perturb", {"delta": args.delta, "seed": args.seed}, [src], 0.0)
-    print(f"perturbed Eq. 5 weights (delta {args.delta:g}, +delta on landmarks {[j + 1 for j in plus]}) -> {args.out}")
+    plus = audit.perturb_file(run, Path(args.weights), args.delta, args.seed, Path(args.out))
+    print(f"perturbed Eq. 5 weights (delta {args.delta:g}, +delta on landmarks {plus}) -> {args.out}")
 
 
 def cmd_models(args, run: Path) -> None:
-    layout = run_layout(run)
-    data = audit.load_test(run, args.split)
-    out = {s.name: audit.score(run, s, data, layout) for s in audit.main_models(run)}
-    _write(run, Path(args.out), {"split": args.split, "models": out}, "audit-models",
-           [run / s.model for s in audit.main_models(run)])
-    for name, r in out.items():
+    for name, r in audit.score_models(run, args.split, Path(args.out)).items():
         print(f"{name:>14}: mean error {100 * r['inter_ocular']['mean_error']:.2f}%  "
               f"failure {100 * r['inter_ocular']['failure_rate']['0.10']:.1f}%  (BatchNorm statistics {r['bn_stats']})")
 
 
 def cmd_ablation(args, run: Path) -> None:
-    layout = run_layout(run)
-    res = audit.ablation(run, args.name, layout, args.seed, args.split)
-    res["split"] = args.split
-    models = sorted({p for p in _model_paths(res)})
-    _write(run, Path(args.out), res, f"audit-{args.name}", [run / m for m in models])
+    res = audit.run_ablation(run, args.name, args.seed, args.split, Path(args.out))
     print(f"{args.name}: expected {res['expected_direction']}: {'held' if res['direction_held'] else 'did not hold'}")
 
 
-def _model_paths(obj):
-    if isinstance(obj, dict):
-        if isinstance(obj.get("model"), str) and obj["model"].endswith(".caffemodel"):
-            yield obj["model"]
-        for v in obj.values():
-            yield from _model_paths(v)
-
-
-def _write(run: Path, out: Path, doc: dict, stage: str, inputs: list[Path]) -> None:
-    t0 = time.time()
-    atomic_write(out, json.dumps(doc, indent=2) + "\n")
-    manifest.record(run, out.resolve(), stage, {}, [p for p in inputs if p.exists()], time.time() - t0)
-
-
 def cmd_report(args, run: Path) -> None:
-    from mcl.evaluation import audit_report
     paths = audit_report.write(run, Path(args.out_dir) if args.out_dir else run / "audit",
                                speed_repeats=args.speed_repeats)
     print(f"wrote {', '.join(str(p) for p in paths)}")

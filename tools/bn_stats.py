@@ -25,31 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mcl.caffe import bnstats  # noqa: E402
 from mcl.caffe.caffemodel import ModelError  # noqa: E402
-from mcl.caffe.runfiles import run_layout  # noqa: E402
-from mcl.evaluation.evaluate import EvalError, evaluate_model, load_net, load_split  # noqa: E402
+from mcl.evaluation.evaluate import EvalError  # noqa: E402
 from mcl.fileio import atomic_write  # noqa: E402
 from mcl.method.stages import STAGES  # noqa: E402
-from mcl.run import provenance  # noqa: E402
-
-
-def compare(run: Path, stage: str, model: Path, batches: int, split: str) -> dict:
-    layout = run_layout(run)
-    net = run / "nets" / f"{stage}_train.prototxt"
-    deploy = run / "nets" / ("pre_bm_deploy.prototxt" if stage == "pre_bm" else
-                             "heads_deploy.prototxt" if stage == "heads" else "deploy.prototxt")
-    output = "fc6" if stage == "pre_bm" else f"shape_pred_{layout.cluster_names[0]}" if stage == "heads" else "shape_pred"
-    data = load_split(run, split)
-    rows = {}
-    for label, path in (("running (raw)", bnstats.raw_path(model)), ("product", model)):
-        if not path.exists():
-            raise EvalError(f"{path}: missing")
-        r = bnstats.phase_losses(run, net, path, batches)
-        ev = evaluate_model(load_net(deploy, path), data, layout, output)
-        r["mean_error"] = ev["inter_ocular"]["mean_error"]
-        r["failure_rate"] = ev["inter_ocular"]["failure_rate"]["0.10"]
-        r["model"], r["bn_stats"] = str(path), provenance.bn_stats_of(run, path)
-        rows[label] = r
-    return {"stage": stage, "split": split, "batches": batches, "output": output, "rows": rows}
 
 
 def main(argv=None) -> int:
@@ -76,7 +54,7 @@ def main(argv=None) -> int:
             print(f"wrote {args.out}: {r['bn_layers']} BatchNorm layers recomputed over {r['bn_batches']} batches")
         if args.compare:
             batches = args.batches or 4
-            doc = compare(run, args.stage, model, batches, args.split)
+            doc = bnstats.compare(run, args.stage, model, batches, args.split)
             print(f"{args.stage}: Eq. 4 loss on the first {batches} training batches, {args.split} mean error")
             print(f"{'model':<16}{'TRAIN phase':>13}{'TEST phase':>12}{'ratio':>8}{'mean error %':>14}{'failure %':>11}")
             for label, r in doc["rows"].items():

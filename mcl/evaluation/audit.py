@@ -11,16 +11,19 @@ the report then compares the *direction* of each effect and says whether it held
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from mcl.caffe import netgen
+from mcl.caffe.runfiles import run_layout
 from mcl.evaluation.evaluate import evaluate_model, load_net, load_split, split_files
-from mcl.method import paper
+from mcl.fileio import atomic_write
+from mcl.method import loss_weights, paper
 from mcl.method.layouts import Layout
-from mcl.run import provenance
+from mcl.run import manifest, provenance
 
 ABLATIONS = ("pre_bm", "perturbation", "single_head", "simplified_am", "weighting_simplified_am", "occlusion",
              "equal_budget")
@@ -348,3 +351,51 @@ def run_settings(run: Path) -> dict:
             "validation fraction": (data.get("settings") or {}).get("val_fraction"),
         },
     }
+
+
+# ---- the audit's steps as the Makefile runs them (tools/audit.py) ------------------------------
+
+def perturb_file(run: Path, src: Path, delta: float, seed: int, out: Path) -> list[int]:
+    """Perturbed Eq. 5 weights of Section IV-C-2 written to `out`; the 1-based landmarks given +delta."""
+    layout = run_layout(run)
+    doc = loss_weights.load(src)
+    if doc["layout"] != layout.name or "weights" not in doc:
+        raise ValueError(f"{src}: not Eq. 5 weights of layout {layout.name} (the run's layout)")
+    w, plus = perturb_weights(doc["weights"], delta, seed)
+    plus = [j + 1 for j in plus]
+    new = loss_weights.document(layout, "eq5", weights=w, source=str(src), errors=doc.get("errors"),
+                                perturbation={"delta": delta, "seed": seed, "plus": plus, "floor": PERTURBATION_FLOOR})
+    atomic_write(out, json.dumps(new, indent=2) + "\n")
+    manifest.record(run, Path(out).resolve(), "audit-perturb", {"delta": delta, "seed": seed}, [src], 0.0)
+    return plus
+
+
+def score_models(run: Path, split: str, out: Path) -> dict:
+    """BM, WM and AM under both BatchNorm-statistics settings, written to `out` (models.json)."""
+    layout = run_layout(run)
+    data = load_test(run, split)
+    scored = {s.name: score(run, s, data, layout) for s in main_models(run)}
+    _record(run, Path(out), {"split": split, "models": scored}, "audit-models", [run / s.model for s in main_models(run)])
+    return scored
+
+
+def run_ablation(run: Path, name: str, seed: int, split: str, out: Path) -> dict:
+    """One ablation's numbers written to `out` (<name>.json), with the models it read as inputs."""
+    res = ablation(run, name, run_layout(run), seed, split)
+    res["split"] = split
+    _record(run, Path(out), res, f"audit-{name}", [run / m for m in sorted(set(_model_paths(res)))])
+    return res
+
+
+def _model_paths(obj):
+    if isinstance(obj, dict):
+        if isinstance(obj.get("model"), str) and obj["model"].endswith(".caffemodel"):
+            yield obj["model"]
+        for v in obj.values():
+            yield from _model_paths(v)
+
+
+def _record(run: Path, out: Path, doc: dict, stage: str, inputs: list[Path]) -> None:
+    t0 = time.time()
+    atomic_write(out, json.dumps(doc, indent=2) + "\n")
+    manifest.record(run, out.resolve(), stage, {}, [p for p in inputs if p.exists()], time.time() - t0)

@@ -90,10 +90,17 @@ endef
 ifneq ($(filter $(PIPELINE_GOALS) $(RUN)/%,$(MAKECMDGOALS)),)
 ifeq ($(DRY_RUN),)
 $(foreach g,$(SETTINGS_GROUPS),$(call refresh_settings,$(g)))
+else
+# A dry run only reads them: a group whose settings changed is shown as remade, with all it reruns.
+changed_settings := $(foreach g,$(SETTINGS_GROUPS),$(if $(shell printf '%s\n' '$($(g)_settings)' \
+  | cmp -s - $(RUN)/.settings/$(g) 2>/dev/null || echo changed),$(g)))
+$(foreach g,$(changed_settings),$(eval $(RUN)/.settings/$(g): FORCE))
 endif
 endif
 $(RUN)/.settings/%:
 	@mkdir -p $(@D) && printf '%s\n' '$($*_settings)' > $@
+.PHONY: FORCE
+FORCE:
 
 # ---- data (SPEC 6): readers, augmentation, HDF5 + LMDB --------------------
 DATA := $(RUN)/data/manifest.json

@@ -9,7 +9,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import MAKE_TINY, ROOT, make
 
 from mcl.evaluation import audit
 from mcl.method.layouts import get_layout
@@ -83,12 +83,8 @@ def test_occlusion_box_covers_the_68_point_left_eye_with_its_brow():
 @pytest.fixture(scope="module")
 def audited(tmp_path_factory):
     run = tmp_path_factory.mktemp("audit") / "run"
-    settings = [f"RUN={run}", "DATASET=synth", "LAYOUT=5", "SCALE=0.0002", "BATCH=8", "SEED=3",
-                "DATA_OPTS=--n-train 60 --n-test 16 --copies 2 --quiet"]
-    proc = subprocess.run(["make", "--no-print-directory", "-j2", "audit", *settings], cwd=ROOT,
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.fail(f"make audit failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-3000:]}")
+    settings = [f"RUN={run}", *MAKE_TINY]
+    make("-j2", "audit", *settings)
     return run, settings
 
 

@@ -10,24 +10,13 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import tool
 
 from mcl.caffe import bnstats, caffemodel
-from mcl.caffe.train import StageSpec, run_stage
-
-PY = sys.executable
-
-
-def tool(script, *args, check=True):
-    proc = subprocess.run([PY, str(ROOT / script), *map(str, args)], capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        pytest.fail(f"{script} {' '.join(map(str, args))} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    return proc
+from mcl.run.stage import StageSpec, run_stage
 
 
 def constant_lr(run, stage):

@@ -52,7 +52,8 @@ def tiny_net(caffe, phase: str, batch: int = 16):
 
 
 @pytest.fixture
-def tiny_run(tmp_path, caffe, monkeypatch):
+def toy_run(tmp_path, caffe, monkeypatch):
+    """A two-point toy net's run folder (not conftest's tiny_run): LMDB and HDF5 data, nets, solver."""
     images, points, iod = synthetic_batch(64, 2, seed=3)
     write_lmdb(tmp_path, "train", images, points, iod)
     write_hdf5(tmp_path, "train", images, points / 10.0, iod)  # targets in tenths of pixels
@@ -73,7 +74,7 @@ def _first_last(losses, k=10):
     return float(np.mean(losses[:k])), float(np.mean(losses[-k:]))
 
 
-def test_pycaffe_solver_trains_and_snapshots(tiny_run, caffe):
+def test_pycaffe_solver_trains_and_snapshots(toy_run, caffe):
     solver = caffe.SGDSolver("solver.prototxt")
     losses = []
     for _ in range(60):
@@ -81,32 +82,32 @@ def test_pycaffe_solver_trains_and_snapshots(tiny_run, caffe):
         losses.append(float(solver.net.blobs["loss_a"].data) * 1.5 + float(solver.net.blobs["loss_b"].data) * 0.5)
     first, last = _first_last(losses)
     assert last < 0.5 * first, (first, last)
-    snap = tiny_run / "snapshots" / "tiny_iter_60.caffemodel"
-    assert snap.exists() and (tiny_run / "snapshots" / "tiny_iter_60.solverstate").exists()
+    snap = toy_run / "snapshots" / "tiny_iter_60.caffemodel"
+    assert snap.exists() and (toy_run / "snapshots" / "tiny_iter_60.solverstate").exists()
     net = caffe.Net("deploy.prototxt", str(snap), caffe.TEST)
     np.testing.assert_array_equal(net.params["pred"][0].data, solver.net.params["pred"][0].data)
     np.testing.assert_array_equal(net.params["conv1_bn"][0].data, solver.net.params["conv1_bn"][0].data)
 
 
-def test_caffe_train_tool_trains_and_snapshots(tiny_run, caffe, caffe_tool):
-    log = run_caffe(caffe_tool, "train", "--solver=solver.prototxt", cwd=tiny_run)
+def test_caffe_train_tool_trains_and_snapshots(toy_run, caffe, caffe_tool):
+    log = run_caffe(caffe_tool, "train", "--solver=solver.prototxt", cwd=toy_run)
     losses = [float(x) for x in re.findall(r"Iteration \d+ .*?, loss = ([0-9.eE+-]+)", log)]
     assert len(losses) >= 50, log[-2000:]
     first, last = _first_last(losses)
     assert last < 0.5 * first, (first, last)
-    snap = tiny_run / "snapshots" / "tiny_iter_60.caffemodel"
+    snap = toy_run / "snapshots" / "tiny_iter_60.caffemodel"
     net = caffe.Net("deploy.prototxt", str(snap), caffe.TEST)
     out = net.forward(data=np.zeros((1, 1, 50, 50), np.float32))["pred"]
     assert out.shape == (1, 4) and np.all(np.isfinite(out))
     # Resuming from the solverstate continues the iteration count.
-    s = (tiny_run / "solver.prototxt").read_text().replace("max_iter: 60", "max_iter: 70")
-    (tiny_run / "solver.prototxt").write_text(s)
+    s = (toy_run / "solver.prototxt").read_text().replace("max_iter: 60", "max_iter: 70")
+    (toy_run / "solver.prototxt").write_text(s)
     log = run_caffe(caffe_tool, "train", "--solver=solver.prototxt",
-                    "--snapshot=snapshots/tiny_iter_60.solverstate", cwd=tiny_run)
-    assert "Iteration 70" in log and (tiny_run / "snapshots" / "tiny_iter_70.caffemodel").exists()
+                    "--snapshot=snapshots/tiny_iter_60.solverstate", cwd=toy_run)
+    assert "Iteration 70" in log and (toy_run / "snapshots" / "tiny_iter_70.caffemodel").exists()
 
 
-def test_caffe_time_on_deploy(tiny_run, caffe_tool):
-    log = run_caffe(caffe_tool, "time", "--model=deploy.prototxt", "--iterations=3", cwd=tiny_run)
+def test_caffe_time_on_deploy(toy_run, caffe_tool):
+    log = run_caffe(caffe_tool, "time", "--model=deploy.prototxt", "--iterations=3", cwd=toy_run)
     m = re.search(r"Average Forward pass: ([0-9.]+) ms", log)
     assert m and float(m.group(1)) > 0, log[-1500:]

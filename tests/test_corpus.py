@@ -2,8 +2,9 @@
 
 Each case runs the tool as a user would and expects exit status 2, a message on stderr
 that names the offending file (and the line or layer where there is one), no traceback,
-and nothing under the final name of any output. The cases are parametrized by id
-(`<tool>-<input>-<fault>`), so `pytest --collect-only -q tests/test_corpus.py` counts them.
+and nothing under the final name of any output. The cases are one table, CASES, one row
+a case, parametrized by id (`<tool>-<input>-<fault>`), so `pytest --collect-only -q
+tests/test_corpus.py` counts them.
 
 Tools: data_prep/prepare.py, tools/make_nets.py, run_stage.py, compute_weights.py,
 set_loss_weights.py, assemble.py, evaluate.py, port.py, bn_stats.py, audit.py (perturb),
@@ -13,6 +14,12 @@ another layout, a weights file for another net, HDF5 with a dataset missing or o
 wrong shape, NaN or infinite landmarks, a .pts with the wrong count, a degenerate or
 out-of-image box, an empty split, an output folder that cannot be made (its parent is a
 regular file: tests may run as root, where permissions stop no write).
+
+A row's strings name paths through placeholders, each made when a case first names it:
+{tmp} the case's own folder; {run} a copy there of the tiny run (conftest.tiny_run);
+{blocked} a regular file, so that no folder can be made below it; {bm68} a 68-point model;
+{w68} Eq. 5 weights of the 68-point layout; {picture} a picture of the tiny run's raw data.
+A row's setup steps build the bad input before the tool runs.
 """
 
 from __future__ import annotations
@@ -21,953 +28,493 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-from test_data_fixtures import write_300w, write_cofw_v73, write_generic, write_mtfl, write_pts_crlf
-from test_verify import ROOT, tiny_run
+from conftest import PY, ROOT, flip_byte, tool
+from fixtures_data import write_300w, write_boxes_mat, write_cofw, write_generic, write_mtfl, write_pts_crlf
 
-PY = sys.executable
+from mcl.method.layouts import get_layout
 
 
-@dataclass
+@dataclass(frozen=True)
 class Case:
-    argv: list  # script path relative to the repository, then its arguments
-    names: list[str]  # what stderr must name: the file, and its line or layer where there is one
-    finals: list[Path] = field(default_factory=list)  # outputs that must not exist afterwards
+    argv: tuple[str, ...]  # script path relative to the repository, then its arguments
+    finals: tuple[str, ...]  # outputs that must not exist afterwards
+    names: tuple[str, ...] = ()  # what stderr must name: the file, and its line or layer where there is one
+    setup: tuple = ()  # steps that build the bad input, in order
+    status: int = 2  # the exit status
 
 
-class Ctx:
-    """What a case builds its input from: a private folder, a copy of the tiny run."""
+def bad(case_id: str, cmd: Case, names: list[str], *setup, status: int = 2):
+    """A row of the table: the command (from the helpers below), what stderr must name, the setup."""
+    return pytest.param(replace(cmd, names=tuple(names), setup=setup, status=status), id=case_id)
 
-    def __init__(self, tmp: Path, factory):
-        self.tmp = tmp
-        self.factory = factory
-        self._run = None
 
-    @property
-    def run(self) -> Path:
-        if self._run is None:
-            _, built = tiny_run(self.factory)
-            self._run = self.tmp / "run"
-            shutil.copytree(built, self._run)
-        return self._run
+class Inputs:
+    """The placeholders of a case's strings (see the module's docstring), each made when first named."""
 
-    @property
-    def other_layout_model(self) -> Path:
-        """A 68-point BM for this 5-point run: random weights, BatchNorm statistics as
-        after training (scale factor 1)."""
-        path = self.factory.getbasetemp() / "other_layout" / "bm68.caffemodel"
-        if not path.exists():
-            path.parent.mkdir(exist_ok=True)
-            code = ("import caffe, sys; caffe.set_mode_cpu(); net = caffe.Net(sys.argv[1], caffe.TEST)\n"
-                    "for name, layer in net.layer_dict.items():\n"
-                    "    if layer.type == 'BatchNorm': net.params[name][2].data[...] = 1\n"
-                    "net.save(sys.argv[2])")
-            subprocess.run([PY, "-c", code, str(ROOT / "prototxt/68/deploy.prototxt"), str(path)], check=True,
-                           capture_output=True, env=dict(os.environ, GLOG_minloglevel="2"))
+    def __init__(self, tmp: Path, request):
+        self.tmp, self.request = tmp, request
+        self.made = {"tmp": tmp}
+
+    def __getitem__(self, key: str):  # for str.format_map
+        if key not in self.made:
+            self.made[key] = getattr(self, f"_make_{key}")()
+        return self.made[key]
+
+    def __call__(self, template: str) -> str:
+        return template.format_map(self)
+
+    def path(self, template: str) -> Path:
+        return Path(self(template))
+
+    def _make_run(self) -> Path:
+        _, built = self.request.getfixturevalue("tiny_run")
+        copy = self.tmp / "run"
+        shutil.copytree(built, copy)
+        return copy
+
+    def _make_blocked(self) -> Path:
+        path = self.tmp / "plain_file"
+        path.write_text("a file, not a folder\n")
         return path
 
-    def other_layout_weights(self) -> Path:
+    def _make_bm68(self) -> Path:
+        return self.request.getfixturevalue("bm68")
+
+    def _make_w68(self) -> Path:
         from mcl.method import loss_weights
-        from mcl.method.layouts import get_layout
         path = self.tmp / "w68.json"
         path.write_text(json.dumps(loss_weights.document(get_layout(68), "eq5", weights=[1.0] * 68)))
         return path
 
-    def blocked(self, *parts) -> Path:
-        """A path below a regular file: no folder can be made there."""
-        (self.tmp / "plain_file").write_text("a file, not a folder\n")
-        return self.tmp.joinpath("plain_file", *parts)
-
-    def empty(self, name: str) -> Path:
-        path = self.tmp / name
-        path.write_bytes(b"")
-        return path
-
-    def truncated(self, src: Path, name: str) -> Path:
-        path = self.tmp / name
-        data = src.read_bytes()
-        path.write_bytes(data[: len(data) // 2])
-        return path
-
-    def not_netparameter(self, name: str) -> Path:
-        """A text prototxt saved under a caffemodel's name (a common mix-up)."""
-        path = self.tmp / name
-        path.write_bytes((self.run / "nets/deploy.prototxt").read_bytes())
-        return path
+    def _make_picture(self) -> Path:
+        return next((self["run"] / "data/synth_raw/ibug").glob("*.png"))
 
 
-def edit_h5(path: Path, drop: str | None = None, reshape: str | None = None, nan: str | None = None,
-            inf: str | None = None) -> None:
-    with h5py.File(path, "r+") as f:
-        if drop:
-            del f[drop]
-        if reshape:
-            data = f[reshape][...]
-            del f[reshape]
-            f[reshape] = data.reshape(len(data), -1)[:, :-1]
-        for key, value in ((nan, np.nan), (inf, np.inf)):
-            if key:
-                data = f[key][...]
-                data.reshape(-1)[1] = value
-                f[key][...] = data
+@pytest.fixture(scope="session")
+def bm68(tmp_path_factory) -> Path:
+    """A 68-point BM for the 5-point tiny run: random weights, BatchNorm statistics as after
+    training (scale factor 1)."""
+    path = tmp_path_factory.mktemp("other_layout") / "bm68.caffemodel"
+    code = ("import caffe, sys; caffe.set_mode_cpu(); net = caffe.Net(sys.argv[1], caffe.TEST)\n"
+            "for name, layer in net.layer_dict.items():\n"
+            "    if layer.type == 'BatchNorm': net.params[name][2].data[...] = 1\n"
+            "net.save(sys.argv[2])")
+    subprocess.run([PY, "-c", code, str(ROOT / "prototxt/68/deploy.prototxt"), str(path)], check=True,
+                   capture_output=True, env=dict(os.environ, GLOG_minloglevel="2"))
+    return path
 
 
-def no_data_manifest(run: Path) -> Path:
-    """Data from elsewhere (no data/manifest.json): its contents are checked as such,
-    not against checksums."""
-    (run / "data" / "manifest.json").unlink()
-    return run
+# ---- the paths rows name often -----------------------------------------------------------------
+
+BM = "{run}/models/bm.caffemodel"
+HEADS = "{run}/models/heads.caffemodel"
+EQ5 = "{run}/weights/bm_eq5.json"
+DEPLOY = "{run}/nets/deploy.prototxt"
+STAGE2_NET = "{run}/nets/stage2_train.prototxt"
+W300, COFW, MTFL, GENERIC = "{tmp}/300w", "{tmp}/cofw", "{tmp}/mtfl", "{tmp}/generic"
+BOXES = W300 + "/Bounding Boxes"
+COFW_TRAIN, COFW_TEST = COFW + "/COFW_train_color.mat", COFW + "/COFW_test_color.mat"
+CLUSTERS5 = get_layout(5).cluster_names
 
 
-# ---- data_prep/prepare.py -------------------------------------------------------------------
+# ---- setup steps: each takes the case's Inputs ---------------------------------------------------
 
-PREP = "data_prep/prepare.py"
-
-
-def _prep(ctx: Ctx, dataset: str, root: Path, *extra) -> list:
-    return [PREP, "--dataset", dataset, "--data-root", root, "--out", ctx.tmp / "out" / "data", "--quiet",
-            "--copies", "2", *extra]
+DATASETS = {"300w": lambda root: write_300w(root, per_subset=2), "cofw": write_cofw,
+            "mtfl": lambda root: write_mtfl(root, n=3), "generic": lambda root: write_generic(root, n=3)}
 
 
-def _w300(ctx: Ctx) -> Path:
-    root = ctx.tmp / "300w"
-    write_300w(str(root), per_subset=2)
-    return root
+def dataset(kind: str):
+    """A small data root of `kind` (fixtures_data) at {tmp}/<kind>."""
+    return lambda x: DATASETS[kind](str(x.tmp / kind))
 
 
-def _cofw(ctx: Ctx, n: int = 3) -> Path:
-    root = ctx.tmp / "cofw"
-    root.mkdir()
-    write_cofw_v73(str(root / "COFW_train_color.mat"), "train", n=n)
-    write_cofw_v73(str(root / "COFW_test_color.mat"), "test", n=2)
-    return root
+def unlink(path: str):
+    return lambda x: x.path(path).unlink()
 
 
-def _mtfl(ctx: Ctx) -> Path:
-    root = ctx.tmp / "mtfl"
-    write_mtfl(str(root), n=3)
-    return root
+def write(path: str, content: str | bytes):
+    """`content` as it is (no placeholders) under `path`."""
+    def step(x):
+        if isinstance(content, bytes):
+            x.path(path).write_bytes(content)
+        else:
+            x.path(path).write_text(content)
+    return step
 
 
-def _generic(ctx: Ctx) -> Path:
-    root = ctx.tmp / "generic"
-    write_generic(str(root), n=3)
-    return root
+def empty(path: str):
+    return write(path, b"")
 
 
-def _prep_case(ctx: Ctx, dataset: str, root: Path, names: list[str], *extra) -> Case:
-    return Case(_prep(ctx, dataset, root, *extra), names, [ctx.tmp / "out" / "data"])
+NO_DATA_MANIFEST = unlink("{run}/data/manifest.json")  # data from elsewhere: checked as such, not by checksum
 
 
-def p_missing_root(ctx):
-    return _prep_case(ctx, "ibug", ctx.tmp / "nowhere", [str(ctx.tmp / "nowhere")])
+def truncated(src: str, dst: str):
+    """The first half of `src` under `dst`."""
+    def step(x):
+        data = x.path(src).read_bytes()
+        x.path(dst).write_bytes(data[: len(data) // 2])
+    return step
 
 
-def p_missing_cofw_file(ctx):
-    root = _cofw(ctx)
-    (root / "COFW_train_color.mat").unlink()
-    return _prep_case(ctx, "cofw", root, [str(root / "COFW_train_color.mat"), "missing"])
+def copy(src: str, dst: str):
+    return lambda x: x.path(dst).write_bytes(x.path(src).read_bytes())
 
 
-def p_missing_image(ctx):
-    root = _w300(ctx)
-    (root / "helen/trainset/image_0001.jpg").unlink()
-    return _prep_case(ctx, "ibug", root, [str(root / "helen/trainset/image_0001.jpg"), "missing"])
+def not_netparameter(dst: str):
+    """A text prototxt saved under a caffemodel's name (a common mix-up)."""
+    return copy(DEPLOY, dst)
 
 
-def p_missing_pts(ctx):
-    root = _generic(ctx)
-    (root / "img/train/face_1.pts").unlink()
-    return _prep_case(ctx, "generic", root, [str(root / "img/train/face_1.pts"), "missing"])
+def flip(path: str):
+    return lambda x: flip_byte(x.path(path))
 
 
-def p_missing_box_file(ctx):
-    root = _w300(ctx)
-    (root / "Bounding Boxes/bounding_boxes_lfpw_trainset.mat").unlink()
-    return _prep_case(ctx, "ibug", root, ["bounding_boxes_lfpw_trainset.mat", "missing"])
+def h5(path: str, drop: str | None = None, reshape: str | None = None, nan: str | None = None,
+       inf: str | None = None):
+    """An HDF5 file edited: a dataset dropped, one reshaped to one column less, one value NaN or inf."""
+    def step(x):
+        with h5py.File(x.path(path), "r+") as f:
+            if drop:
+                del f[drop]
+            if reshape:
+                data = f[reshape][...]
+                del f[reshape]
+                f[reshape] = data.reshape(len(data), -1)[:, :-1]
+            for key, value in ((nan, np.nan), (inf, np.inf)):
+                if key:
+                    data = f[key][...]
+                    data.reshape(-1)[1] = value
+                    f[key][...] = data
+    return step
 
 
-def p_empty_cofw_mat(ctx):
-    root = _cofw(ctx)
-    (root / "COFW_train_color.mat").write_bytes(b"")
-    return _prep_case(ctx, "cofw", root, [str(root / "COFW_train_color.mat")])
+def pts(path: str, n: int, value: float, at: dict | None = None, n_declared: int | None = None):
+    """An ibug .pts of `n` points at (value, value), those in `at` elsewhere; its header may claim another count."""
+    def step(x):
+        points = np.full((n, 2), value)
+        for i, point in (at or {}).items():
+            points[i] = point
+        write_pts_crlf(x(path), points, n_declared=n_declared)
+    return step
 
 
-def p_empty_box_mat(ctx):
-    root = _w300(ctx)
-    (root / "Bounding Boxes/bounding_boxes_afw.mat").write_bytes(b"")
-    return _prep_case(ctx, "ibug", root, [str(root / "Bounding Boxes/bounding_boxes_afw.mat")])
+def boxes(path: str, entries: list):
+    """A bounding_boxes_*.mat of (picture, detector box, ground-truth box) entries."""
+    return lambda x: write_boxes_mat(x(path), entries)
 
 
-def p_empty_pts(ctx):
-    root = _w300(ctx)
-    (root / "afw/image_0001.pts").write_bytes(b"")
-    return _prep_case(ctx, "ibug", root, [str(root / "afw/image_0001.pts")])
+def line(path: str, index: int, text: str):
+    """Line `index` (0-based) of a text file replaced; the file is rewritten with LF line ends."""
+    def step(x):
+        p = x.path(path)
+        lines = p.read_text().splitlines()
+        lines[index] = text
+        p.write_text("\n".join(lines) + "\n")
+    return step
 
 
-def p_empty_image(ctx):
-    root = _mtfl(ctx)
-    (root / "lfw_5590/Person_0001.jpg").write_bytes(b"")
-    return _prep_case(ctx, "mtfl", root, [str(root / "lfw_5590/Person_0001.jpg")])
-
-
-def p_empty_mtfl_list(ctx):
-    root = _mtfl(ctx)
-    (root / "training.txt").write_text("")
-    return _prep_case(ctx, "mtfl", root, [str(root / "training.txt")])
-
-
-def p_empty_generic_test_split(ctx):
-    root = _generic(ctx)
-    (root / "test_images.txt").write_text("\n")
-    (root / "test_boxes.txt").write_text("")
-    return _prep_case(ctx, "generic", root, [str(root / "test_images.txt")])
-
-
-def p_empty_300w_test_split(ctx):
-    root = _w300(ctx)
-    from test_data_fixtures import write_boxes_mat
-    write_boxes_mat(str(root / "Bounding Boxes/bounding_boxes_ibug.mat"), [])
-    return _prep_case(ctx, "ibug", root, ["bounding_boxes_ibug.mat"])
-
-
-def p_cofw_missing_dataset(ctx):
-    root = _cofw(ctx)
-    edit_h5(root / "COFW_train_color.mat", drop="phisTr")
-    return _prep_case(ctx, "cofw", root, [str(root / "COFW_train_color.mat"), "phisTr"])
-
-
-def p_cofw_wrong_shape(ctx):
-    root = _cofw(ctx)
-    edit_h5(root / "COFW_train_color.mat", reshape="phisTr")
-    return _prep_case(ctx, "cofw", root, [str(root / "COFW_train_color.mat"), "phisTr"])
-
-
-def p_cofw_boxes_wrong_shape(ctx):
-    root = _cofw(ctx)
-    edit_h5(root / "COFW_test_color.mat", reshape="bboxesT")
-    return _prep_case(ctx, "cofw", root, [str(root / "COFW_test_color.mat"), "bboxesT"])
-
-
-def p_cofw_nan_landmark(ctx):
-    root = _cofw(ctx)
-    edit_h5(root / "COFW_train_color.mat", nan="phisTr")
-    return _prep_case(ctx, "cofw", root, [str(root / "COFW_train_color.mat"), "not a finite number"])
-
-
-def p_pts_nan(ctx):
-    root = _w300(ctx)
-    path = root / "lfpw/trainset/image_0000.pts"
-    pts = np.full((68, 2), 30.0)
-    pts[4] = (np.nan, 12.0)
-    write_pts_crlf(str(path), pts)
-    return _prep_case(ctx, "ibug", root, [str(path), "landmark 5"])
-
-
-def p_mtfl_inf(ctx):
-    root = _mtfl(ctx)
-    lines = (root / "testing.txt").read_text().splitlines()
+def mtfl_inf_landmark(x):
+    """The second face of MTFL's testing.txt with its fourth number infinite."""
+    p = x.path(MTFL + "/testing.txt")
+    lines = p.read_text().splitlines()
     fields = lines[1].split()
     fields[3] = "inf"
     lines[1] = " " + " ".join(fields)
-    (root / "testing.txt").write_text("\n".join(lines) + "\n")
-    return _prep_case(ctx, "mtfl", root, [f"{root / 'testing.txt'}:2", "not a finite number"])
+    p.write_text("\n".join(lines) + "\n")
 
 
-def p_pts_wrong_count(ctx):
-    root = _generic(ctx)
-    path = root / "img/test/face_2.pts"
-    write_pts_crlf(str(path), np.full((67, 2), 20.0))
-    return _prep_case(ctx, "generic", root, [str(path), "67 points"])
-
-
-def p_pts_header_disagrees(ctx):
-    root = _w300(ctx)
-    path = root / "ibug/image_0000.pts"
-    write_pts_crlf(str(path), np.full((68, 2), 20.0), n_declared=70)
-    return _prep_case(ctx, "ibug", root, [str(path), "n_points says 70"])
-
-
-def p_pts_bad_line(ctx):
-    root = _w300(ctx)
-    path = root / "afw/image_0000.pts"
-    text = path.read_bytes().decode().replace("\r\n", "\n").splitlines()
-    text[6] = "12.5 oops"
-    path.write_text("\n".join(text) + "\n")
-    return _prep_case(ctx, "ibug", root, [f"{path}:7", "oops"])
-
-
-def p_degenerate_box_300w(ctx):
-    root = _w300(ctx)
-    from test_data_fixtures import write_boxes_mat
-    write_boxes_mat(str(root / "Bounding Boxes/bounding_boxes_helen_testset.mat"),
-                    [("image_0000.jpg", [1, 1, 50, 50], [40, 30, 40, 60]), ("image_0001.jpg", [1, 1, 50, 50],
-                                                                            [10, 10, 60, 60])])
-    return _prep_case(ctx, "ibug", root, ["bounding_boxes_helen_testset.mat", "entry 1", "degenerate"],
-                      "--test-split", "full")
-
-
-def p_degenerate_box_generic(ctx):
-    root = _generic(ctx)
-    lines = (root / "train_boxes.txt").read_text().splitlines()
-    lines[1] = "40 40 10 60"  # left = right
-    (root / "train_boxes.txt").write_text("\n".join(lines) + "\n")
-    return _prep_case(ctx, "generic", root, [f"{root / 'train_boxes.txt'}:2", "degenerate"])
-
-
-def p_cofw_degenerate_box(ctx):
-    root = _cofw(ctx)
-    with h5py.File(root / "COFW_train_color.mat", "r+") as f:
+def cofw_face3_height0(x):
+    with h5py.File(x.path(COFW_TRAIN), "r+") as f:
         b = f["bboxesTr"][...]
         b[3, 2] = 0  # height 0
         f["bboxesTr"][...] = b
-    return _prep_case(ctx, "cofw", root, [str(root / "COFW_train_color.mat"), "face 3", "degenerate"])
 
 
-def p_box_outside_image(ctx):
-    root = _w300(ctx)
-    from test_data_fixtures import write_boxes_mat
-    write_boxes_mat(str(root / "Bounding Boxes/bounding_boxes_ibug.mat"),
-                    [("image_0000.jpg", [1, 1, 50, 50], [500, 400, 560, 470]),
-                     ("image_0001.jpg", [1, 1, 50, 50], [10, 10, 60, 60])])
-    return _prep_case(ctx, "ibug", root, ["ibug/image_0000", "does not overlap"])
+# ---- the commands: argv and the outputs each must not leave ---------------------------------------
 
-
-def p_landmark_outside_image(ctx):
-    root = _generic(ctx)
-    path = root / "img/train/face_0.pts"
-    pts = np.full((68, 2), 40.0)
-    pts[10] = (900.0, 40.0)
-    write_pts_crlf(str(path), pts)
-    return _prep_case(ctx, "generic", root, ["img/train/face_0", "landmark 11", "outside"])
-
-
-def p_unreadable_image(ctx):
-    root = _generic(ctx)
-    (root / "img/test/face_1.png").write_bytes(b"\x89PNG broken")
-    return _prep_case(ctx, "generic", root, [str(root / "img/test/face_1.png"), "unreadable"])
-
-
-def p_unwritable_out(ctx):
-    out = ctx.blocked("run", "data")
-    return Case([PREP, "--dataset", "synth", "--n-train", "6", "--n-test", "2", "--copies", "2", "--out", out,
-                 "--quiet"], [str(ctx.tmp / "plain_file")], [out])
-
-
-# ---- tools/make_nets.py ------------------------------------------------------------------------
-
-def m_unwritable_run(ctx):
-    run = ctx.blocked("run")
-    return Case(["tools/make_nets.py", "--run", run, "--layout", "5"], [str(ctx.tmp / "plain_file")],
-                [run / "nets"])
-
-
-# ---- tools/run_stage.py ------------------------------------------------------------------------
-
+PREP = "data_prep/prepare.py"
 STAGE = "tools/run_stage.py"
-
-
-def _stage2(ctx, init: Path, weights: Path | None = None, run: Path | None = None) -> Case:
-    run = run or ctx.run
-    argv = [STAGE, "--run", run, "--stage", "stage2", "--init", init]
-    if weights is not None:
-        argv += ["--loss-weights", weights]
-    return Case(argv, [str(init if weights is None else weights)],
-                [run / "models/stage2.caffemodel", run / "models/stage2.raw.caffemodel"])
-
-
-def r_missing_init(ctx):
-    return _stage2(ctx, ctx.tmp / "nope.caffemodel")
-
-
-def r_empty_init(ctx):
-    return _stage2(ctx, ctx.empty("empty.caffemodel"))
-
-
-def r_truncated_init(ctx):
-    return _stage2(ctx, ctx.truncated(ctx.run / "models/bm.caffemodel", "cut.caffemodel"))
-
-
-def r_init_not_netparameter(ctx):
-    return _stage2(ctx, ctx.not_netparameter("text.caffemodel"))
-
-
-def r_init_other_layout(ctx):
-    case = _stage2(ctx, ctx.other_layout_model)
-    case.names.append("conv43")  # the first layer that does not fit
-    return case
-
-
-def r_weights_missing(ctx):
-    return _stage2(ctx, ctx.run / "models/bm.caffemodel", ctx.tmp / "nope.json")
-
-
-def r_weights_empty(ctx):
-    return _stage2(ctx, ctx.run / "models/bm.caffemodel", ctx.empty("w.json"))
-
-
-def r_weights_other_net(ctx):
-    case = _stage2(ctx, ctx.run / "models/bm.caffemodel", ctx.other_layout_weights())
-    case.names.append("layout 68")
-    return case
-
-
-def _stage1_data(ctx, names: list[str]) -> Case:
-    run = ctx.run
-    return Case([STAGE, "--run", run, "--stage", "stage1", "--out", run / "models/bm_again.caffemodel"], names,
-                [run / "models/bm_again.caffemodel", run / "models/bm_again.raw.caffemodel"])
-
-
-def r_train_h5_missing_dataset(ctx):
-    run = no_data_manifest(ctx.run)
-    edit_h5(run / "data/train_000.h5", drop="landmarks")
-    return _stage1_data(ctx, [str(run / "data/train_000.h5"), "landmarks"])
-
-
-def r_train_h5_wrong_shape(ctx):
-    run = no_data_manifest(ctx.run)
-    edit_h5(run / "data/train_000.h5", reshape="landmarks")
-    return _stage1_data(ctx, [str(run / "data/train_000.h5"), "landmarks"])
-
-
-def r_train_h5_nan(ctx):
-    run = no_data_manifest(ctx.run)
-    edit_h5(run / "data/train_000.h5", nan="landmarks")
-    return _stage1_data(ctx, [str(run / "data/train_000.h5"), "landmarks", "finite"])
-
-
-def r_train_h5_missing(ctx):
-    run = no_data_manifest(ctx.run)
-    (run / "data/train_000.h5").unlink()
-    return _stage1_data(ctx, [str(run / "data/train_000.h5")])
-
-
-def r_train_h5_empty_file(ctx):
-    run = no_data_manifest(ctx.run)
-    (run / "data/train_000.h5").write_bytes(b"")
-    return _stage1_data(ctx, [str(run / "data/train_000.h5")])
-
-
-def r_empty_split(ctx):
-    run = no_data_manifest(ctx.run)
-    (run / "data/train.txt").write_text("")
-    return _stage1_data(ctx, [str(run / "data/train.txt"), "empty"])
-
-
-def r_changed_data(ctx):  # with the data manifest: the checksum names the file
-    flip = ctx.run / "data/train_000.h5"
-    data = bytearray(flip.read_bytes())
-    data[len(data) // 2] ^= 1
-    flip.write_bytes(bytes(data))
-    return _stage1_data(ctx, [str(flip), "differs"])
-
-
-def r_unwritable_out(ctx):
-    out = ctx.blocked("models", "bm.caffemodel")
-    run = ctx.run
-    return Case([STAGE, "--run", run, "--stage", "stage1", "--out", out], [str(ctx.tmp / "plain_file")], [out])
-
-
-# ---- tools/compute_weights.py -----------------------------------------------------------------
-
-CW = "tools/compute_weights.py"
-
-
-def _cw(ctx, model: Path, names: list[str] | None = None, out: Path | None = None) -> Case:
-    out = out or ctx.tmp / "w.json"
-    return Case([CW, "--run", ctx.run, "--model", model, "--eq", "5", "--out", out],
-                names if names is not None else [str(model)], [out])
-
-
-def c_missing_model(ctx):
-    return _cw(ctx, ctx.tmp / "nope.caffemodel")
-
-
-def c_empty_model(ctx):
-    return _cw(ctx, ctx.empty("e.caffemodel"))
-
-
-def c_truncated_model(ctx):
-    return _cw(ctx, ctx.truncated(ctx.run / "models/bm.caffemodel", "cut.caffemodel"))
-
-
-def c_model_not_netparameter(ctx):
-    return _cw(ctx, ctx.not_netparameter("text.caffemodel"))
-
-
-def c_model_other_layout(ctx):
-    return _cw(ctx, ctx.other_layout_model, [str(ctx.other_layout_model), "conv43"])
-
-
-def c_val_h5_missing_dataset(ctx):
-    edit_h5(ctx.run / "data/val_000.h5", drop="landmarks_image")
-    return _cw(ctx, ctx.run / "models/bm.caffemodel", [str(ctx.run / "data/val_000.h5"), "landmarks_image"])
-
-
-def c_val_h5_wrong_shape(ctx):
-    edit_h5(ctx.run / "data/val_000.h5", reshape="landmarks_image")
-    return _cw(ctx, ctx.run / "models/bm.caffemodel", [str(ctx.run / "data/val_000.h5"), "landmarks_image"])
-
-
-def c_val_h5_nan(ctx):
-    edit_h5(ctx.run / "data/val_000.h5", nan="landmarks_image")
-    return _cw(ctx, ctx.run / "models/bm.caffemodel", [str(ctx.run / "data/val_000.h5"), "landmarks_image"])
-
-
-def c_val_h5_inf_iod(ctx):
-    edit_h5(ctx.run / "data/val_000.h5", inf="iod_image")
-    return _cw(ctx, ctx.run / "models/bm.caffemodel", [str(ctx.run / "data/val_000.h5"), "iod_image"])
-
-
-def c_val_h5_missing(ctx):
-    (ctx.run / "data/val_000.h5").unlink()
-    return _cw(ctx, ctx.run / "models/bm.caffemodel", [str(ctx.run / "data/val_000.h5")])
-
-
-def c_empty_split(ctx):
-    (ctx.run / "data/val.txt").write_text("")
-    return _cw(ctx, ctx.run / "models/bm.caffemodel", [str(ctx.run / "data/val.txt"), "empty"])
-
-
-def c_unwritable_out(ctx):
-    out = ctx.blocked("weights", "w.json")
-    return _cw(ctx, ctx.run / "models/bm.caffemodel", [str(ctx.tmp / "plain_file")], out)
-
-
-# ---- tools/set_loss_weights.py ----------------------------------------------------------------
-
-SLW = "tools/set_loss_weights.py"
-
-
-def _slw(ctx, net: Path, weights: Path, names: list[str], out: Path | None = None) -> Case:
-    out = out or ctx.tmp / "net_out.prototxt"
-    return Case([SLW, net, weights, "-o", out], names, [out])
-
-
-def s_missing_net(ctx):
-    return _slw(ctx, ctx.tmp / "nope.prototxt", ctx.run / "weights/bm_eq5.json", [str(ctx.tmp / "nope.prototxt")])
-
-
-def s_empty_net(ctx):
-    net = ctx.empty("empty.prototxt")
-    return _slw(ctx, net, ctx.run / "weights/bm_eq5.json", [str(net)])
-
-
-def s_net_without_loss(ctx):
-    net = ctx.run / "nets/deploy.prototxt"
-    return _slw(ctx, net, ctx.run / "weights/bm_eq5.json", [str(net), "no loss layers"])
-
-
-def s_missing_weights(ctx):
-    return _slw(ctx, ctx.run / "nets/stage2_train.prototxt", ctx.tmp / "nope.json", [str(ctx.tmp / "nope.json")])
-
-
-def s_empty_weights(ctx):
-    w = ctx.empty("w.json")
-    return _slw(ctx, ctx.run / "nets/stage2_train.prototxt", w, [str(w)])
-
-
-def s_weights_other_net(ctx):
-    w = ctx.other_layout_weights()
-    return _slw(ctx, ctx.run / "nets/stage2_train.prototxt", w, [str(w), "layout 68"])
-
-
-def s_unwritable_out(ctx):
-    out = ctx.blocked("nets", "n.prototxt")
-    return _slw(ctx, ctx.run / "nets/stage2_train.prototxt", ctx.run / "weights/bm_eq5.json",
-                [str(ctx.tmp / "plain_file")], out)
-
-
-# ---- tools/assemble.py ----------------------------------------------------------------------
-
-ASM = "tools/assemble.py"
-
-
-def _asm(ctx, heads: Path, names: list[str] | None = None, out: Path | None = None) -> Case:
-    out = out or ctx.tmp / "am.caffemodel"
-    return Case([ASM, "--run", ctx.run, "--heads", heads, "--out", out, "--check-samples", "4"],
-                names if names is not None else [str(heads)], [out, out.with_name("am_deploy.prototxt")])
-
-
-def a_missing_heads(ctx):
-    return _asm(ctx, ctx.tmp / "nope.caffemodel")
-
-
-def a_empty_heads(ctx):
-    return _asm(ctx, ctx.empty("h.caffemodel"))
-
-
-def a_truncated_heads(ctx):
-    return _asm(ctx, ctx.truncated(ctx.run / "models/heads.caffemodel", "cut.caffemodel"))
-
-
-def a_heads_not_netparameter(ctx):
-    return _asm(ctx, ctx.not_netparameter("text.caffemodel"))
-
-
-def a_bm_instead_of_heads(ctx):
-    return _asm(ctx, ctx.run / "models/bm.caffemodel", [str(ctx.run / "models/bm.caffemodel"), "shape_pred_"])
-
-
-def a_heads_other_layout(ctx):
-    return _asm(ctx, ctx.other_layout_model, [str(ctx.other_layout_model)])
-
-
-def a_listing_empty(ctx):
-    return _asm(ctx, ctx.empty("heads_separate.json"))
-
-
-def a_listing_other_net(ctx):
-    listing = ctx.tmp / "heads_separate.json"
-    listing.write_text(json.dumps({"layout": "68", "heads": {"left_eye": "models/heads.caffemodel"}}))
-    return _asm(ctx, listing, [str(listing), "68"])
-
-
-def a_listing_missing_head(ctx):
-    listing = ctx.tmp / "heads_separate.json"
-    from mcl.method.layouts import get_layout
-    listing.write_text(json.dumps({"layout": "5", "heads": {c: f"models/head_{c}.caffemodel"
-                                                            for c in get_layout(5).cluster_names}}))
-    return _asm(ctx, listing, [str(ctx.run / "models" / f"head_{get_layout(5).cluster_names[0]}.caffemodel")])
-
-
-def a_empty_split(ctx):  # the self-check's validation faces
-    (ctx.run / "data/val.txt").write_text("")
-    return _asm(ctx, ctx.run / "models/heads.caffemodel", [str(ctx.run / "data/val.txt"), "empty"])
-
-
-def a_unwritable_out(ctx):
-    out = ctx.blocked("models", "am.caffemodel")
-    return _asm(ctx, ctx.run / "models/heads.caffemodel", [str(ctx.tmp / "plain_file")], out)
-
-
-# ---- tools/evaluate.py ----------------------------------------------------------------------
-
 EV = "tools/evaluate.py"
 
 
-def _ev(ctx, model: Path, names: list[str] | None = None, out: Path | None = None) -> Case:
-    out = out or ctx.tmp / "eval" / "test"
-    return Case([EV, "--run", ctx.run, "--model", f"BM={model}", "--speed-repeats", "0", "--overlays", "0",
-                 "--out", out], names if names is not None else [str(model)],
-                [out.with_suffix(".json"), out.with_suffix(".md"), out.with_name(out.name + "_ced.png")])
+def prep(dataset: str, root: str, *extra: str) -> Case:
+    out = "{tmp}/out/data"
+    return Case((PREP, "--dataset", dataset, "--data-root", root, "--out", out, "--quiet", "--copies", "2", *extra),
+                (out,))
 
 
-def e_missing_model(ctx):
-    return _ev(ctx, ctx.tmp / "nope.caffemodel")
+def stage2(init: str, weights: str | None = None) -> Case:
+    more = () if weights is None else ("--loss-weights", weights)
+    return Case((STAGE, "--run", "{run}", "--stage", "stage2", "--init", init, *more),
+                ("{run}/models/stage2.caffemodel", "{run}/models/stage2.raw.caffemodel"))
 
 
-def e_empty_model(ctx):
-    return _ev(ctx, ctx.empty("e.caffemodel"))
+def stage1(out: str = "{run}/models/bm_again") -> Case:
+    """Stage 1 again, its product (and the raw model beside it) under `out` + .caffemodel."""
+    return Case((STAGE, "--run", "{run}", "--stage", "stage1", "--out", out + ".caffemodel"),
+                (out + ".caffemodel", out + ".raw.caffemodel"))
 
 
-def e_truncated_model(ctx):
-    return _ev(ctx, ctx.truncated(ctx.run / "models/bm.caffemodel", "cut.caffemodel"))
+def cw(model: str, out: str = "{tmp}/w.json") -> Case:
+    return Case(("tools/compute_weights.py", "--run", "{run}", "--model", model, "--eq", "5", "--out", out), (out,))
 
 
-def e_model_not_netparameter(ctx):
-    return _ev(ctx, ctx.not_netparameter("text.caffemodel"))
+def slw(net: str, weights: str, out: str = "{tmp}/net_out.prototxt") -> Case:
+    return Case(("tools/set_loss_weights.py", net, weights, "-o", out), (out,))
 
 
-def e_model_other_layout(ctx):
-    return _ev(ctx, ctx.other_layout_model, [str(ctx.other_layout_model), "conv43"])
+def asm(heads: str, out: str = "{tmp}/am.caffemodel") -> Case:
+    return Case(("tools/assemble.py", "--run", "{run}", "--heads", heads, "--out", out, "--check-samples", "4"),
+                (out, out.rsplit("/", 1)[0] + "/am_deploy.prototxt"))
 
 
-def e_test_h5_missing_dataset(ctx):
-    edit_h5(ctx.run / "data/test_000.h5", drop="crop_to_image")
-    return _ev(ctx, ctx.run / "models/bm.caffemodel", [str(ctx.run / "data/test_000.h5"), "crop_to_image"])
+def ev(model: str, out: str = "{tmp}/eval/test") -> Case:
+    return Case((EV, "--run", "{run}", "--model", f"BM={model}", "--speed-repeats", "0", "--overlays", "0",
+                 "--out", out), (out + ".json", out + ".md", out + "_ced.png"))
 
 
-def e_test_h5_wrong_shape(ctx):
-    edit_h5(ctx.run / "data/test_000.h5", reshape="data")
-    return _ev(ctx, ctx.run / "models/bm.caffemodel", [str(ctx.run / "data/test_000.h5"), "data"])
+def port(model: str, out: str = "{tmp}/port", prototxt: str = DEPLOY) -> Case:
+    return Case(("tools/port.py", "export", "--prototxt", prototxt, "--caffemodel", model, "--out", out),
+                (out + "/bm.onnx", out + "/bm.npz"))
 
 
-def e_test_h5_nan(ctx):
-    edit_h5(ctx.run / "data/test_000.h5", nan="landmarks_image")
-    return _ev(ctx, ctx.run / "models/bm.caffemodel", [str(ctx.run / "data/test_000.h5"), "landmarks_image"])
+def bn(model: str, out: str = "{tmp}/bm_stats.caffemodel") -> Case:
+    return Case(("tools/bn_stats.py", "--run", "{run}", "--stage", "stage1", "--model", model, "--out", out,
+                 "--batches", "2"), (out,))
 
 
-def e_empty_split(ctx):
-    (ctx.run / "data/test.txt").write_text("")
-    return _ev(ctx, ctx.run / "models/bm.caffemodel", [str(ctx.run / "data/test.txt"), "empty"])
+def perturb(weights: str, out: str = "{tmp}/w_perturbed.json") -> Case:
+    return Case(("tools/audit.py", "perturb", "--run", "{run}", "--weights", weights, "--delta", "0.2", "--seed", "0",
+                 "--out", out), (out,))
 
 
-def e_predictions_wrong_count(ctx):
-    pred = ctx.tmp / "pred.txt"
-    pred.write_text("\n".join(" ".join(["10"] * 9) for _ in range(6)) + "\n")
-    out = ctx.tmp / "eval" / "test"
-    return Case([EV, "--run", ctx.run, "--predictions", f"P={pred}", "--speed-repeats", "0", "--overlays", "0",
-                 "--out", out], [str(pred), "line 1"], [out.with_suffix(".json")])
+def predict(model: str) -> Case:
+    return Case(("tools/predict.py", "{picture}", "--box", "10", "10", "60", "60", "--model", model,
+                 "--out", "{tmp}/pred"), ("{tmp}/pred",))
 
 
-def e_unwritable_out(ctx):
-    return _ev(ctx, ctx.run / "models/bm.caffemodel", [str(ctx.tmp / "plain_file")], ctx.blocked("eval", "test"))
+VERIFY = Case(("tools/verify.py", "--run", "{run}"), ())
 
 
-# ---- tools/port.py --------------------------------------------------------------------------
+# ---- the table --------------------------------------------------------------------------------------
 
-PORT = "tools/port.py"
-
-
-def _port(ctx, model: Path, names: list[str] | None = None, out: Path | None = None,
-          prototxt: Path | None = None) -> Case:
-    out = out or ctx.tmp / "port"
-    return Case([PORT, "export", "--prototxt", prototxt or ctx.run / "nets/deploy.prototxt", "--caffemodel", model,
-                 "--out", out], names if names is not None else [str(model)], [out / "bm.onnx", out / "bm.npz"])
-
-
-def x_missing_model(ctx):
-    return _port(ctx, ctx.tmp / "nope.caffemodel")
-
-
-def x_empty_model(ctx):
-    return _port(ctx, ctx.empty("bm.caffemodel"))
-
-
-def x_truncated_model(ctx):
-    return _port(ctx, ctx.truncated(ctx.run / "models/bm.caffemodel", "bm.caffemodel"))
-
-
-def x_model_not_netparameter(ctx):
-    return _port(ctx, ctx.not_netparameter("bm.caffemodel"))
-
-
-def x_model_other_layout(ctx):
-    return _port(ctx, ctx.other_layout_model, [str(ctx.other_layout_model), "conv43"])
-
-
-def x_missing_prototxt(ctx):
-    return _port(ctx, ctx.run / "models/bm.caffemodel", [str(ctx.tmp / "nope.prototxt")],
-                 prototxt=ctx.tmp / "nope.prototxt")
-
-
-def x_unwritable_out(ctx):
-    return _port(ctx, ctx.run / "models/bm.caffemodel", [str(ctx.tmp / "plain_file")], ctx.blocked("port"))
-
-
-# ---- tools/bn_stats.py, tools/audit.py, tools/predict.py ---------------------------------------
-
-def _bn(ctx, model: Path, names: list[str] | None = None, out: Path | None = None) -> Case:
-    out = out or ctx.tmp / "bm_stats.caffemodel"
-    return Case(["tools/bn_stats.py", "--run", ctx.run, "--stage", "stage1", "--model", model, "--out", out,
-                 "--batches", "2"], names if names is not None else [str(model)], [out])
-
-
-def b_missing_model(ctx):
-    return _bn(ctx, ctx.tmp / "nope.caffemodel")
-
-
-def b_empty_model(ctx):
-    return _bn(ctx, ctx.empty("e.caffemodel"))
-
-
-def b_truncated_model(ctx):
-    return _bn(ctx, ctx.truncated(ctx.run / "models/bm.caffemodel", "cut.caffemodel"))
-
-
-def b_model_other_layout(ctx):
-    return _bn(ctx, ctx.other_layout_model, [str(ctx.other_layout_model), "conv43"])
-
-
-def b_unwritable_out(ctx):
-    return _bn(ctx, ctx.run / "models/bm.caffemodel", [str(ctx.tmp / "plain_file")],
-               ctx.blocked("models", "x.caffemodel"))
-
-
-def _perturb(ctx, weights: Path, names: list[str] | None = None, out: Path | None = None) -> Case:
-    out = out or ctx.tmp / "w_perturbed.json"
-    return Case(["tools/audit.py", "perturb", "--run", ctx.run, "--weights", weights, "--delta", "0.2", "--seed", "0",
-                 "--out", out], names if names is not None else [str(weights)], [out])
-
-
-def u_missing_weights(ctx):
-    return _perturb(ctx, ctx.tmp / "nope.json")
-
-
-def u_empty_weights(ctx):
-    return _perturb(ctx, ctx.empty("w.json"))
-
-
-def u_weights_other_net(ctx):
-    return _perturb(ctx, ctx.other_layout_weights(), [str(ctx.tmp / "w68.json"), "68"])
-
-
-def u_unwritable_out(ctx):
-    return _perturb(ctx, ctx.run / "weights/bm_eq5.json", [str(ctx.tmp / "plain_file")],
-                    ctx.blocked("weights", "w.json"))
-
-
-def _predict(ctx, model: Path) -> Case:
-    out = ctx.tmp / "pred"
-    picture = next((ctx.run / "data/synth_raw/ibug").glob("*.png"))
-    return Case(["tools/predict.py", picture, "--box", "10", "10", "60", "60", "--model", model, "--out", out],
-                [str(model)], [out])
-
-
-def d_missing_model(ctx):
-    return _predict(ctx, ctx.tmp / "nope.onnx")
-
-
-def d_empty_model(ctx):
-    return _predict(ctx, ctx.empty("am.onnx"))
-
-
-def d_model_not_onnx(ctx):
-    return _predict(ctx, ctx.run / "models/bm.caffemodel")
-
-
-# ---- tools/verify.py ------------------------------------------------------------------------
-
-def v_empty_manifest(ctx):
-    (ctx.run / "manifest.json").write_text("")
-    return Case(["tools/verify.py", "--run", ctx.run], [str(ctx.run / "manifest.json")])
-
-
-def v_empty_data_manifest(ctx):
-    (ctx.run / "data/manifest.json").write_text("")
-    return Case(["tools/verify.py", "--run", ctx.run], [str(ctx.run / "data/manifest.json")])
-
-
-CASES = {
+CASES = [
     # data_prep/prepare.py
-    "prepare-root-missing": p_missing_root,
-    "prepare-cofw_mat-missing": p_missing_cofw_file,
-    "prepare-image-missing": p_missing_image,
-    "prepare-pts-missing": p_missing_pts,
-    "prepare-box_mat-missing": p_missing_box_file,
-    "prepare-cofw_mat-empty": p_empty_cofw_mat,
-    "prepare-box_mat-empty": p_empty_box_mat,
-    "prepare-pts-empty": p_empty_pts,
-    "prepare-image-empty": p_empty_image,
-    "prepare-mtfl_list-empty_split": p_empty_mtfl_list,
-    "prepare-generic_list-empty_split": p_empty_generic_test_split,
-    "prepare-300w_boxes-empty_split": p_empty_300w_test_split,
-    "prepare-cofw_mat-dataset_missing": p_cofw_missing_dataset,
-    "prepare-cofw_mat-phis_wrong_shape": p_cofw_wrong_shape,
-    "prepare-cofw_mat-boxes_wrong_shape": p_cofw_boxes_wrong_shape,
-    "prepare-cofw_mat-nan_landmark": p_cofw_nan_landmark,
-    "prepare-pts-nan_landmark": p_pts_nan,
-    "prepare-mtfl_list-inf_landmark": p_mtfl_inf,
-    "prepare-pts-wrong_count": p_pts_wrong_count,
-    "prepare-pts-header_disagrees": p_pts_header_disagrees,
-    "prepare-pts-bad_line": p_pts_bad_line,
-    "prepare-box_mat-degenerate_box": p_degenerate_box_300w,
-    "prepare-generic_boxes-degenerate_box": p_degenerate_box_generic,
-    "prepare-cofw_mat-degenerate_box": p_cofw_degenerate_box,
-    "prepare-box_mat-box_outside_image": p_box_outside_image,
-    "prepare-pts-landmark_outside_image": p_landmark_outside_image,
-    "prepare-image-unreadable": p_unreadable_image,
-    "prepare-out-unwritable": p_unwritable_out,
+    bad("prepare-root-missing", prep("ibug", "{tmp}/nowhere"), ["{tmp}/nowhere"]),
+    bad("prepare-cofw_mat-missing", prep("cofw", COFW), [COFW_TRAIN, "missing"],
+        dataset("cofw"), unlink(COFW_TRAIN)),
+    bad("prepare-image-missing", prep("ibug", W300), [W300 + "/helen/trainset/image_0001.jpg", "missing"],
+        dataset("300w"), unlink(W300 + "/helen/trainset/image_0001.jpg")),
+    bad("prepare-pts-missing", prep("generic", GENERIC), [GENERIC + "/img/train/face_1.pts", "missing"],
+        dataset("generic"), unlink(GENERIC + "/img/train/face_1.pts")),
+    bad("prepare-box_mat-missing", prep("ibug", W300), ["bounding_boxes_lfpw_trainset.mat", "missing"],
+        dataset("300w"), unlink(BOXES + "/bounding_boxes_lfpw_trainset.mat")),
+    bad("prepare-cofw_mat-empty", prep("cofw", COFW), [COFW_TRAIN],
+        dataset("cofw"), empty(COFW_TRAIN)),
+    bad("prepare-box_mat-empty", prep("ibug", W300), [BOXES + "/bounding_boxes_afw.mat"],
+        dataset("300w"), empty(BOXES + "/bounding_boxes_afw.mat")),
+    bad("prepare-pts-empty", prep("ibug", W300), [W300 + "/afw/image_0001.pts"],
+        dataset("300w"), empty(W300 + "/afw/image_0001.pts")),
+    bad("prepare-image-empty", prep("mtfl", MTFL), [MTFL + "/lfw_5590/Person_0001.jpg"],
+        dataset("mtfl"), empty(MTFL + "/lfw_5590/Person_0001.jpg")),
+    bad("prepare-mtfl_list-empty_split", prep("mtfl", MTFL), [MTFL + "/training.txt"],
+        dataset("mtfl"), write(MTFL + "/training.txt", "")),
+    bad("prepare-generic_list-empty_split", prep("generic", GENERIC), [GENERIC + "/test_images.txt"],
+        dataset("generic"), write(GENERIC + "/test_images.txt", "\n"), write(GENERIC + "/test_boxes.txt", "")),
+    bad("prepare-300w_boxes-empty_split", prep("ibug", W300), ["bounding_boxes_ibug.mat"],
+        dataset("300w"), boxes(BOXES + "/bounding_boxes_ibug.mat", [])),
+    bad("prepare-cofw_mat-dataset_missing", prep("cofw", COFW), [COFW_TRAIN, "phisTr"],
+        dataset("cofw"), h5(COFW_TRAIN, drop="phisTr")),
+    bad("prepare-cofw_mat-phis_wrong_shape", prep("cofw", COFW), [COFW_TRAIN, "phisTr"],
+        dataset("cofw"), h5(COFW_TRAIN, reshape="phisTr")),
+    bad("prepare-cofw_mat-boxes_wrong_shape", prep("cofw", COFW), [COFW_TEST, "bboxesT"],
+        dataset("cofw"), h5(COFW_TEST, reshape="bboxesT")),
+    bad("prepare-cofw_mat-nan_landmark", prep("cofw", COFW), [COFW_TRAIN, "not a finite number"],
+        dataset("cofw"), h5(COFW_TRAIN, nan="phisTr")),
+    bad("prepare-pts-nan_landmark", prep("ibug", W300), [W300 + "/lfpw/trainset/image_0000.pts", "landmark 5"],
+        dataset("300w"), pts(W300 + "/lfpw/trainset/image_0000.pts", 68, 30.0, at={4: (np.nan, 12.0)})),
+    bad("prepare-mtfl_list-inf_landmark", prep("mtfl", MTFL), [MTFL + "/testing.txt:2", "not a finite number"],
+        dataset("mtfl"), mtfl_inf_landmark),
+    bad("prepare-pts-wrong_count", prep("generic", GENERIC), [GENERIC + "/img/test/face_2.pts", "67 points"],
+        dataset("generic"), pts(GENERIC + "/img/test/face_2.pts", 67, 20.0)),
+    bad("prepare-pts-header_disagrees", prep("ibug", W300), [W300 + "/ibug/image_0000.pts", "n_points says 70"],
+        dataset("300w"), pts(W300 + "/ibug/image_0000.pts", 68, 20.0, n_declared=70)),
+    bad("prepare-pts-bad_line", prep("ibug", W300), [W300 + "/afw/image_0000.pts:7", "oops"],
+        dataset("300w"), line(W300 + "/afw/image_0000.pts", 6, "12.5 oops")),
+    bad("prepare-box_mat-degenerate_box", prep("ibug", W300, "--test-split", "full"),
+        ["bounding_boxes_helen_testset.mat", "entry 1", "degenerate"],
+        dataset("300w"), boxes(BOXES + "/bounding_boxes_helen_testset.mat",
+                               [("image_0000.jpg", [1, 1, 50, 50], [40, 30, 40, 60]),
+                                ("image_0001.jpg", [1, 1, 50, 50], [10, 10, 60, 60])])),
+    bad("prepare-generic_boxes-degenerate_box", prep("generic", GENERIC),
+        [GENERIC + "/train_boxes.txt:2", "degenerate"],
+        dataset("generic"), line(GENERIC + "/train_boxes.txt", 1, "40 40 10 60")),  # left = right
+    bad("prepare-cofw_mat-degenerate_box", prep("cofw", COFW), [COFW_TRAIN, "face 3", "degenerate"],
+        dataset("cofw"), cofw_face3_height0),
+    bad("prepare-box_mat-box_outside_image", prep("ibug", W300), ["ibug/image_0000", "does not overlap"],
+        dataset("300w"), boxes(BOXES + "/bounding_boxes_ibug.mat",
+                               [("image_0000.jpg", [1, 1, 50, 50], [500, 400, 560, 470]),
+                                ("image_0001.jpg", [1, 1, 50, 50], [10, 10, 60, 60])])),
+    bad("prepare-pts-landmark_outside_image", prep("generic", GENERIC), ["img/train/face_0", "landmark 11", "outside"],
+        dataset("generic"), pts(GENERIC + "/img/train/face_0.pts", 68, 40.0, at={10: (900.0, 40.0)})),
+    bad("prepare-image-unreadable", prep("generic", GENERIC), [GENERIC + "/img/test/face_1.png", "unreadable"],
+        dataset("generic"), write(GENERIC + "/img/test/face_1.png", b"\x89PNG broken")),
+    bad("prepare-out-unwritable",
+        Case((PREP, "--dataset", "synth", "--n-train", "6", "--n-test", "2", "--copies", "2",
+              "--out", "{blocked}/run/data", "--quiet"), ("{blocked}/run/data",)), ["{blocked}"]),
     # tools/make_nets.py
-    "make_nets-run-unwritable": m_unwritable_run,
+    bad("make_nets-run-unwritable",
+        Case(("tools/make_nets.py", "--run", "{blocked}/run", "--layout", "5"), ("{blocked}/run/nets",)),
+        ["{blocked}"]),
     # tools/run_stage.py
-    "run_stage-init-missing": r_missing_init,
-    "run_stage-init-empty": r_empty_init,
-    "run_stage-init-truncated": r_truncated_init,
-    "run_stage-init-not_netparameter": r_init_not_netparameter,
-    "run_stage-init-other_layout": r_init_other_layout,
-    "run_stage-weights-missing": r_weights_missing,
-    "run_stage-weights-empty": r_weights_empty,
-    "run_stage-weights-other_net": r_weights_other_net,
-    "run_stage-train_h5-missing": r_train_h5_missing,
-    "run_stage-train_h5-empty": r_train_h5_empty_file,
-    "run_stage-train_h5-dataset_missing": r_train_h5_missing_dataset,
-    "run_stage-train_h5-wrong_shape": r_train_h5_wrong_shape,
-    "run_stage-train_h5-nan_landmark": r_train_h5_nan,
-    "run_stage-train_list-empty_split": r_empty_split,
-    "run_stage-train_h5-changed": r_changed_data,
-    "run_stage-out-unwritable": r_unwritable_out,
+    bad("run_stage-init-missing", stage2("{tmp}/nope.caffemodel"), ["{tmp}/nope.caffemodel"]),
+    bad("run_stage-init-empty", stage2("{tmp}/empty.caffemodel"), ["{tmp}/empty.caffemodel"],
+        empty("{tmp}/empty.caffemodel")),
+    bad("run_stage-init-truncated", stage2("{tmp}/cut.caffemodel"), ["{tmp}/cut.caffemodel"],
+        truncated(BM, "{tmp}/cut.caffemodel")),
+    bad("run_stage-init-not_netparameter", stage2("{tmp}/text.caffemodel"), ["{tmp}/text.caffemodel"],
+        not_netparameter("{tmp}/text.caffemodel")),
+    bad("run_stage-init-other_layout", stage2("{bm68}"), ["{bm68}", "conv43"]),  # the first layer that does not fit
+    bad("run_stage-weights-missing", stage2(BM, "{tmp}/nope.json"), ["{tmp}/nope.json"]),
+    bad("run_stage-weights-empty", stage2(BM, "{tmp}/w.json"), ["{tmp}/w.json"], empty("{tmp}/w.json")),
+    bad("run_stage-weights-other_net", stage2(BM, "{w68}"), ["{w68}", "layout 68"]),
+    bad("run_stage-train_h5-missing", stage1(), ["{run}/data/train_000.h5"],
+        NO_DATA_MANIFEST, unlink("{run}/data/train_000.h5")),
+    bad("run_stage-train_h5-empty", stage1(), ["{run}/data/train_000.h5"],
+        NO_DATA_MANIFEST, empty("{run}/data/train_000.h5")),
+    bad("run_stage-train_h5-dataset_missing", stage1(), ["{run}/data/train_000.h5", "landmarks"],
+        NO_DATA_MANIFEST, h5("{run}/data/train_000.h5", drop="landmarks")),
+    bad("run_stage-train_h5-wrong_shape", stage1(), ["{run}/data/train_000.h5", "landmarks"],
+        NO_DATA_MANIFEST, h5("{run}/data/train_000.h5", reshape="landmarks")),
+    bad("run_stage-train_h5-nan_landmark", stage1(), ["{run}/data/train_000.h5", "landmarks", "finite"],
+        NO_DATA_MANIFEST, h5("{run}/data/train_000.h5", nan="landmarks")),
+    bad("run_stage-train_list-empty_split", stage1(), ["{run}/data/train.txt", "empty"],
+        NO_DATA_MANIFEST, write("{run}/data/train.txt", "")),
+    bad("run_stage-train_h5-changed", stage1(), ["{run}/data/train_000.h5", "differs"],  # the data manifest's checksum
+        flip("{run}/data/train_000.h5")),
+    bad("run_stage-out-unwritable", stage1("{blocked}/models/bm"), ["{blocked}"]),
     # tools/compute_weights.py
-    "compute_weights-model-missing": c_missing_model,
-    "compute_weights-model-empty": c_empty_model,
-    "compute_weights-model-truncated": c_truncated_model,
-    "compute_weights-model-not_netparameter": c_model_not_netparameter,
-    "compute_weights-model-other_layout": c_model_other_layout,
-    "compute_weights-val_h5-missing": c_val_h5_missing,
-    "compute_weights-val_h5-dataset_missing": c_val_h5_missing_dataset,
-    "compute_weights-val_h5-wrong_shape": c_val_h5_wrong_shape,
-    "compute_weights-val_h5-nan_landmark": c_val_h5_nan,
-    "compute_weights-val_h5-inf_iod": c_val_h5_inf_iod,
-    "compute_weights-val_list-empty_split": c_empty_split,
-    "compute_weights-out-unwritable": c_unwritable_out,
+    bad("compute_weights-model-missing", cw("{tmp}/nope.caffemodel"), ["{tmp}/nope.caffemodel"]),
+    bad("compute_weights-model-empty", cw("{tmp}/e.caffemodel"), ["{tmp}/e.caffemodel"], empty("{tmp}/e.caffemodel")),
+    bad("compute_weights-model-truncated", cw("{tmp}/cut.caffemodel"), ["{tmp}/cut.caffemodel"],
+        truncated(BM, "{tmp}/cut.caffemodel")),
+    bad("compute_weights-model-not_netparameter", cw("{tmp}/text.caffemodel"), ["{tmp}/text.caffemodel"],
+        not_netparameter("{tmp}/text.caffemodel")),
+    bad("compute_weights-model-other_layout", cw("{bm68}"), ["{bm68}", "conv43"]),
+    bad("compute_weights-val_h5-missing", cw(BM), ["{run}/data/val_000.h5"], unlink("{run}/data/val_000.h5")),
+    bad("compute_weights-val_h5-dataset_missing", cw(BM), ["{run}/data/val_000.h5", "landmarks_image"],
+        h5("{run}/data/val_000.h5", drop="landmarks_image")),
+    bad("compute_weights-val_h5-wrong_shape", cw(BM), ["{run}/data/val_000.h5", "landmarks_image"],
+        h5("{run}/data/val_000.h5", reshape="landmarks_image")),
+    bad("compute_weights-val_h5-nan_landmark", cw(BM), ["{run}/data/val_000.h5", "landmarks_image"],
+        h5("{run}/data/val_000.h5", nan="landmarks_image")),
+    bad("compute_weights-val_h5-inf_iod", cw(BM), ["{run}/data/val_000.h5", "iod_image"],
+        h5("{run}/data/val_000.h5", inf="iod_image")),
+    bad("compute_weights-val_list-empty_split", cw(BM), ["{run}/data/val.txt", "empty"],
+        write("{run}/data/val.txt", "")),
+    bad("compute_weights-out-unwritable", cw(BM, "{blocked}/weights/w.json"), ["{blocked}"]),
     # tools/set_loss_weights.py
-    "set_loss_weights-net-missing": s_missing_net,
-    "set_loss_weights-net-empty": s_empty_net,
-    "set_loss_weights-net-no_loss_layers": s_net_without_loss,
-    "set_loss_weights-weights-missing": s_missing_weights,
-    "set_loss_weights-weights-empty": s_empty_weights,
-    "set_loss_weights-weights-other_net": s_weights_other_net,
-    "set_loss_weights-out-unwritable": s_unwritable_out,
+    bad("set_loss_weights-net-missing", slw("{tmp}/nope.prototxt", EQ5), ["{tmp}/nope.prototxt"]),
+    bad("set_loss_weights-net-empty", slw("{tmp}/empty.prototxt", EQ5), ["{tmp}/empty.prototxt"],
+        empty("{tmp}/empty.prototxt")),
+    bad("set_loss_weights-net-no_loss_layers", slw(DEPLOY, EQ5), [DEPLOY, "no loss layers"]),
+    bad("set_loss_weights-weights-missing", slw(STAGE2_NET, "{tmp}/nope.json"), ["{tmp}/nope.json"]),
+    bad("set_loss_weights-weights-empty", slw(STAGE2_NET, "{tmp}/w.json"), ["{tmp}/w.json"], empty("{tmp}/w.json")),
+    bad("set_loss_weights-weights-other_net", slw(STAGE2_NET, "{w68}"), ["{w68}", "layout 68"]),
+    bad("set_loss_weights-out-unwritable", slw(STAGE2_NET, EQ5, "{blocked}/nets/n.prototxt"), ["{blocked}"]),
     # tools/assemble.py
-    "assemble-heads-missing": a_missing_heads,
-    "assemble-heads-empty": a_empty_heads,
-    "assemble-heads-truncated": a_truncated_heads,
-    "assemble-heads-not_netparameter": a_heads_not_netparameter,
-    "assemble-heads-no_heads": a_bm_instead_of_heads,
-    "assemble-heads-other_layout": a_heads_other_layout,
-    "assemble-listing-empty": a_listing_empty,
-    "assemble-listing-other_net": a_listing_other_net,
-    "assemble-listing-head_missing": a_listing_missing_head,
-    "assemble-val_list-empty_split": a_empty_split,
-    "assemble-out-unwritable": a_unwritable_out,
+    bad("assemble-heads-missing", asm("{tmp}/nope.caffemodel"), ["{tmp}/nope.caffemodel"]),
+    bad("assemble-heads-empty", asm("{tmp}/h.caffemodel"), ["{tmp}/h.caffemodel"], empty("{tmp}/h.caffemodel")),
+    bad("assemble-heads-truncated", asm("{tmp}/cut.caffemodel"), ["{tmp}/cut.caffemodel"],
+        truncated(HEADS, "{tmp}/cut.caffemodel")),
+    bad("assemble-heads-not_netparameter", asm("{tmp}/text.caffemodel"), ["{tmp}/text.caffemodel"],
+        not_netparameter("{tmp}/text.caffemodel")),
+    bad("assemble-heads-no_heads", asm(BM), [BM, "shape_pred_"]),
+    bad("assemble-heads-other_layout", asm("{bm68}"), ["{bm68}"]),
+    bad("assemble-listing-empty", asm("{tmp}/heads_separate.json"), ["{tmp}/heads_separate.json"],
+        empty("{tmp}/heads_separate.json")),
+    bad("assemble-listing-other_net", asm("{tmp}/heads_separate.json"), ["{tmp}/heads_separate.json", "68"],
+        write("{tmp}/heads_separate.json",
+              json.dumps({"layout": "68", "heads": {"left_eye": "models/heads.caffemodel"}}))),
+    bad("assemble-listing-head_missing", asm("{tmp}/heads_separate.json"),
+        ["{run}/models/head_" + CLUSTERS5[0] + ".caffemodel"],
+        write("{tmp}/heads_separate.json",
+              json.dumps({"layout": "5", "heads": {c: f"models/head_{c}.caffemodel" for c in CLUSTERS5}}))),
+    bad("assemble-val_list-empty_split", asm(HEADS), ["{run}/data/val.txt", "empty"],  # the self-check's faces
+        write("{run}/data/val.txt", "")),
+    bad("assemble-out-unwritable", asm(HEADS, "{blocked}/models/am.caffemodel"), ["{blocked}"]),
     # tools/evaluate.py
-    "evaluate-model-missing": e_missing_model,
-    "evaluate-model-empty": e_empty_model,
-    "evaluate-model-truncated": e_truncated_model,
-    "evaluate-model-not_netparameter": e_model_not_netparameter,
-    "evaluate-model-other_layout": e_model_other_layout,
-    "evaluate-test_h5-dataset_missing": e_test_h5_missing_dataset,
-    "evaluate-test_h5-wrong_shape": e_test_h5_wrong_shape,
-    "evaluate-test_h5-nan_landmark": e_test_h5_nan,
-    "evaluate-test_list-empty_split": e_empty_split,
-    "evaluate-predictions-wrong_count": e_predictions_wrong_count,
-    "evaluate-out-unwritable": e_unwritable_out,
+    bad("evaluate-model-missing", ev("{tmp}/nope.caffemodel"), ["{tmp}/nope.caffemodel"]),
+    bad("evaluate-model-empty", ev("{tmp}/e.caffemodel"), ["{tmp}/e.caffemodel"], empty("{tmp}/e.caffemodel")),
+    bad("evaluate-model-truncated", ev("{tmp}/cut.caffemodel"), ["{tmp}/cut.caffemodel"],
+        truncated(BM, "{tmp}/cut.caffemodel")),
+    bad("evaluate-model-not_netparameter", ev("{tmp}/text.caffemodel"), ["{tmp}/text.caffemodel"],
+        not_netparameter("{tmp}/text.caffemodel")),
+    bad("evaluate-model-other_layout", ev("{bm68}"), ["{bm68}", "conv43"]),
+    bad("evaluate-test_h5-dataset_missing", ev(BM), ["{run}/data/test_000.h5", "crop_to_image"],
+        h5("{run}/data/test_000.h5", drop="crop_to_image")),
+    bad("evaluate-test_h5-wrong_shape", ev(BM), ["{run}/data/test_000.h5", "data"],
+        h5("{run}/data/test_000.h5", reshape="data")),
+    bad("evaluate-test_h5-nan_landmark", ev(BM), ["{run}/data/test_000.h5", "landmarks_image"],
+        h5("{run}/data/test_000.h5", nan="landmarks_image")),
+    bad("evaluate-test_list-empty_split", ev(BM), ["{run}/data/test.txt", "empty"], write("{run}/data/test.txt", "")),
+    bad("evaluate-predictions-wrong_count",
+        Case((EV, "--run", "{run}", "--predictions", "P={tmp}/pred.txt", "--speed-repeats", "0", "--overlays", "0",
+              "--out", "{tmp}/eval/test"), ("{tmp}/eval/test.json",)), ["{tmp}/pred.txt", "line 1"],
+        write("{tmp}/pred.txt", "\n".join(" ".join(["10"] * 9) for _ in range(6)) + "\n")),
+    bad("evaluate-out-unwritable", ev(BM, "{blocked}/eval/test"), ["{blocked}"]),
     # tools/port.py
-    "port-model-missing": x_missing_model,
-    "port-model-empty": x_empty_model,
-    "port-model-truncated": x_truncated_model,
-    "port-model-not_netparameter": x_model_not_netparameter,
-    "port-model-other_layout": x_model_other_layout,
-    "port-prototxt-missing": x_missing_prototxt,
-    "port-out-unwritable": x_unwritable_out,
+    bad("port-model-missing", port("{tmp}/nope.caffemodel"), ["{tmp}/nope.caffemodel"]),
+    bad("port-model-empty", port("{tmp}/bm.caffemodel"), ["{tmp}/bm.caffemodel"], empty("{tmp}/bm.caffemodel")),
+    bad("port-model-truncated", port("{tmp}/bm.caffemodel"), ["{tmp}/bm.caffemodel"],
+        truncated(BM, "{tmp}/bm.caffemodel")),
+    bad("port-model-not_netparameter", port("{tmp}/bm.caffemodel"), ["{tmp}/bm.caffemodel"],
+        not_netparameter("{tmp}/bm.caffemodel")),
+    bad("port-model-other_layout", port("{bm68}"), ["{bm68}", "conv43"]),
+    bad("port-prototxt-missing", port(BM, prototxt="{tmp}/nope.prototxt"), ["{tmp}/nope.prototxt"]),
+    bad("port-out-unwritable", port(BM, "{blocked}/port"), ["{blocked}"]),
     # tools/bn_stats.py
-    "bn_stats-model-missing": b_missing_model,
-    "bn_stats-model-empty": b_empty_model,
-    "bn_stats-model-truncated": b_truncated_model,
-    "bn_stats-model-other_layout": b_model_other_layout,
-    "bn_stats-out-unwritable": b_unwritable_out,
+    bad("bn_stats-model-missing", bn("{tmp}/nope.caffemodel"), ["{tmp}/nope.caffemodel"]),
+    bad("bn_stats-model-empty", bn("{tmp}/e.caffemodel"), ["{tmp}/e.caffemodel"], empty("{tmp}/e.caffemodel")),
+    bad("bn_stats-model-truncated", bn("{tmp}/cut.caffemodel"), ["{tmp}/cut.caffemodel"],
+        truncated(BM, "{tmp}/cut.caffemodel")),
+    bad("bn_stats-model-other_layout", bn("{bm68}"), ["{bm68}", "conv43"]),
+    bad("bn_stats-out-unwritable", bn(BM, "{blocked}/models/x.caffemodel"), ["{blocked}"]),
     # tools/audit.py perturb
-    "audit_perturb-weights-missing": u_missing_weights,
-    "audit_perturb-weights-empty": u_empty_weights,
-    "audit_perturb-weights-other_net": u_weights_other_net,
-    "audit_perturb-out-unwritable": u_unwritable_out,
+    bad("audit_perturb-weights-missing", perturb("{tmp}/nope.json"), ["{tmp}/nope.json"]),
+    bad("audit_perturb-weights-empty", perturb("{tmp}/w.json"), ["{tmp}/w.json"], empty("{tmp}/w.json")),
+    bad("audit_perturb-weights-other_net", perturb("{w68}"), ["{w68}", "68"]),
+    bad("audit_perturb-out-unwritable", perturb(EQ5, "{blocked}/weights/w.json"), ["{blocked}"]),
     # tools/predict.py
-    "predict-model-missing": d_missing_model,
-    "predict-model-empty": d_empty_model,
-    "predict-model-not_onnx": d_model_not_onnx,
+    bad("predict-model-missing", predict("{tmp}/nope.onnx"), ["{tmp}/nope.onnx"]),
+    bad("predict-model-empty", predict("{tmp}/am.onnx"), ["{tmp}/am.onnx"], empty("{tmp}/am.onnx")),
+    bad("predict-model-not_onnx", predict(BM), [BM]),
     # tools/verify.py
-    "verify-manifest-empty": v_empty_manifest,
-    "verify-data_manifest-empty": v_empty_data_manifest,
-}
+    bad("verify-manifest-empty", VERIFY, ["{run}/manifest.json"], write("{run}/manifest.json", "")),
+    bad("verify-data_manifest-empty", VERIFY, ["{run}/data/manifest.json"], write("{run}/data/manifest.json", "")),
+]
 
 
-@pytest.mark.parametrize("case_id", list(CASES))
-def test_bad_input(case_id, tmp_path, tmp_path_factory):
-    case = CASES[case_id](Ctx(tmp_path, tmp_path_factory))
-    script, *args = case.argv
-    proc = subprocess.run([PY, str(ROOT / script), *map(str, args)], capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, GLOG_minloglevel="2"))
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input(case, tmp_path, request):
+    x = Inputs(tmp_path, request)
+    for step in case.setup:
+        step(x)
+    script, *args = map(x, case.argv)
+    names = [x(name) for name in case.names]
+    finals = [x.path(p) for p in case.finals]
+    proc = tool(script, *args, check=False, timeout=300, env={"GLOG_minloglevel": "2"})
     err = proc.stderr
-    assert proc.returncode == 2, f"exit {proc.returncode}\n{err[-3000:]}\n{proc.stdout[-1000:]}"
+    assert proc.returncode == case.status, f"exit {proc.returncode}\n{err[-3000:]}\n{proc.stdout[-1000:]}"
     assert "Traceback" not in err, err[-3000:]
-    missing = [name for name in case.names if name not in err]
+    missing = [name for name in names if name not in err]
     assert not missing, f"stderr does not name {missing}:\n{err[-3000:]}"
-    left = [str(p) for p in case.finals if p.exists()]
+    left = [str(p) for p in finals if p.exists()]
     assert not left, f"written under a final name: {left}"

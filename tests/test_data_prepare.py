@@ -13,7 +13,8 @@ import time
 import h5py
 import numpy as np
 import pytest
-from test_data_fixtures import write_300w, write_cofw_v73, write_generic, write_mtfl
+from conftest import ROOT, descendants, parent_of, tool, tree, wait_ended
+from fixtures_data import write_300w, write_cofw, write_generic, write_mtfl
 
 from mcl.data.augment import AugmentSettings, apply_affine
 from mcl.data.pipeline import PrepareSettings, prepare, split_validation
@@ -21,19 +22,10 @@ from mcl.data.readers import DataError
 from mcl.data.writers import read_hdf5_list, sha256_file
 from mcl.method.layouts import IBUG68
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOL = os.path.join(ROOT, "data_prep", "prepare.py")
+PREPARE_TOOL = "data_prep/prepare.py"
+TOOL = str(ROOT / PREPARE_TOOL)
 TINY = dict(dataset="synth", n_train=20, n_test=6, val_fraction=0.2, augment=AugmentSettings(copies=3),
             progress=False)
-
-
-def tree(folder: str) -> dict[str, bytes]:
-    out = {}
-    for d, _, files in os.walk(folder):
-        for f in files:
-            p = os.path.join(d, f)
-            out[os.path.relpath(p, folder)] = open(p, "rb").read()
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -152,8 +144,8 @@ def test_tool_reports_bad_input_as_error_and_exit_2(tmp_path):
     write_300w(str(root), per_subset=1)
     (root / "afw" / "image_0000.pts").write_text("version: 1\nn_points: 3\n{\n1 2\n3 4\n5 6\n}\n")
     out = tmp_path / "data"
-    r = subprocess.run([sys.executable, TOOL, "--dataset", "ibug", "--data-root", str(root), "--out", str(out),
-                        "--quiet", "--workers", "1"], capture_output=True, text=True)
+    r = tool(PREPARE_TOOL, "--dataset", "ibug", "--data-root", root, "--out", out, "--quiet", "--workers", "1",
+             check=False)
     assert r.returncode == 2
     assert r.stderr.startswith("error: ") and "Traceback" not in r.stderr
     assert "afw/image_0000.pts: has 3 points, expected 68" in r.stderr
@@ -161,7 +153,7 @@ def test_tool_reports_bad_input_as_error_and_exit_2(tmp_path):
 
 
 def test_tool_help_lists_the_options():
-    r = subprocess.run([sys.executable, TOOL, "--help"], capture_output=True, text=True)
+    r = tool(PREPARE_TOOL, "--help", check=False)
     assert r.returncode == 0
     for opt in ("--dataset", "--data-root", "--layout", "--seed", "--workers", "--out", "--val-fraction",
                 "--skip-bad", "--formats", "--n-train", "--n-test", "--test-split", "--copies", "--angles",
@@ -213,8 +205,7 @@ def test_each_real_format_goes_through_the_tool(tmp_path, dataset, n_points):
     root = tmp_path / dataset
     root.mkdir()
     if dataset == "cofw":
-        write_cofw_v73(str(root / "COFW_train_color.mat"), "train", n=3)
-        write_cofw_v73(str(root / "COFW_test_color.mat"), "test", n=2)
+        write_cofw(root)
     elif dataset == "mtfl":
         write_mtfl(str(root), n=3)
     else:
@@ -248,7 +239,7 @@ BIG = (420, 360)  # width, height: a cvtColor of this size runs on OpenCV's thre
 
 
 def write_cofw_big(root, n_train: int = 4, n_test: int = 2) -> None:
-    """COFW as MATLAB -v7.3 saves it (see test_data_fixtures.write_cofw_v73), with colour
+    """COFW as MATLAB -v7.3 saves it (see fixtures_data.write_cofw_v73), with colour
     pictures a few hundred pixels a side, as the real files have."""
     rng = np.random.default_rng(99)
     w, h = BIG
@@ -300,8 +291,7 @@ def big_dataset(dataset: str, root) -> list[str]:
 
 
 def run_tool(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, TOOL, "--quiet", "--copies", "3", *args], capture_output=True,
-                          text=True, timeout=timeout)
+    return tool(PREPARE_TOOL, "--quiet", "--copies", "3", *args, check=False, timeout=timeout)
 
 
 def test_opencv_threads_are_used_at_the_fixture_size():
@@ -340,38 +330,6 @@ def test_workers_start_clean_when_this_process_has_opencv_threads_running(tmp_pa
     assert m["counts"]["train"]["crops"] == 6
 
 
-def descendants(pid: int) -> dict[int, str]:
-    """{pid: start time} of every process below `pid` (workers, fork server, tracker)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            children.setdefault(int(fields[1]), []).append(int(entry))
-    out, todo = {}, [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out[child] = _start_time(child)
-            todo.append(child)
-    return out
-
-
-def _start_time(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] == "Z" else fields[19]
-
-
-def still_running(procs: dict[int, str]) -> list[int]:
-    return [pid for pid, start in procs.items() if start is not None and _start_time(pid) == start]
-
-
 def start_synth_with_workers(tmp_path, *extra):
     """The tool on a synthetic set big enough to be caught mid-run, once its worker
     processes are running."""
@@ -395,10 +353,7 @@ def test_signal_ends_the_tool_and_its_workers_within_seconds(tmp_path, sig, code
     _, err = proc.communicate(timeout=30)
     assert time.time() - t0 < 5, f"took {time.time() - t0:.1f} s"
     assert proc.returncode == code and f"error: {word}" in err and "Traceback" not in err
-    deadline = time.time() + 5
-    while still_running(kids) and time.time() < deadline:
-        time.sleep(0.05)
-    assert still_running(kids) == []
+    assert wait_ended(kids, 5) == []
     assert os.listdir(tmp_path) == []  # no data/, no partial folder
 
 
@@ -406,31 +361,17 @@ def test_killed_tool_leaves_no_worker_behind(tmp_path):
     proc, kids = start_synth_with_workers(tmp_path)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)  # returns once every process holding its stderr is gone
-    deadline = time.time() + 5
-    while still_running(kids) and time.time() < deadline:
-        time.sleep(0.05)
-    assert still_running(kids) == []
+    assert wait_ended(kids, 5) == []
     assert not (tmp_path / "data").exists()
 
 
 def test_a_dead_worker_stops_the_tool_with_nothing_written(tmp_path):
     proc, kids = start_synth_with_workers(tmp_path)
-    workers = [k for k in kids if _parent(k) != proc.pid]  # children of the fork server
+    workers = [k for k in kids if parent_of(k) != proc.pid]  # children of the fork server
     assert workers
     os.kill(workers[0], signal.SIGKILL)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 1 and "error: a worker process died" in err
     assert os.listdir(tmp_path) == []
-    deadline = time.time() + 5
-    while still_running(kids) and time.time() < deadline:
-        time.sleep(0.05)
-    assert still_running(kids) == []
-
-
-def _parent(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except OSError:
-        return None
+    assert wait_ended(kids, 5) == []
 

@@ -7,7 +7,7 @@ import os
 import cv2
 import numpy as np
 import pytest
-from test_data_fixtures import write_300w, write_cofw_v73, write_generic, write_mtfl, write_pts_crlf
+from fixtures_data import write_300w, write_cofw_v73, write_generic, write_mtfl, write_pts_crlf
 
 from mcl.data.readers import (
     DataError,

@@ -5,21 +5,16 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 
 import pytest
-from conftest import ROOT
+from conftest import MAKE_TINY, make
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     run = tmp_path_factory.mktemp("demo") / "run"
-    settings = [f"RUN={run}", "SCHEDULE=paper", "SCALE=0.0002", "LAYOUT=5", "BATCH=8", "SEED=3",
-                "DATA_OPTS=--n-train 60 --n-test 16 --copies 2 --quiet"]
-    proc = subprocess.run(["make", "--no-print-directory", "demo", *settings], cwd=ROOT, capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        pytest.fail(f"make demo failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-3000:]}")
+    settings = [f"RUN={run}", "SCHEDULE=paper", *MAKE_TINY]
+    proc = make("demo", *settings)
     return run, proc.stdout
 
 

@@ -32,14 +32,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, synthetic_batch, write_hdf5, write_lmdb
+from conftest import MAKE_TINY, make, synthetic_batch, tool, write_hdf5, write_lmdb
 from google.protobuf import text_format
 
 from mcl.caffe import caffemodel, reweight
@@ -88,8 +85,7 @@ def run(tmp_path_factory):
     layout = get_layout(5)
     path = tmp_path_factory.mktemp("engine")
     write_hdf5(path, "train", *synthetic_batch(44, layout.n_points, 1))
-    subprocess.run([sys.executable, str(ROOT / "tools/make_nets.py"), "--run", str(path), "--layout", "5",
-                    "--scale", "0.0001", "--seed", "1", "--batch", "8"], check=True, capture_output=True)
+    tool("tools/make_nets.py", "--run", path, "--layout", 5, "--scale", 0.0001, "--seed", 1, "--batch", 8)
     rng = np.random.default_rng(7)  # loss weights that are not all 1 (Eq. 5 and Eq. 9 shaped)
     eq5 = path / "eq5.json"
     eq5.write_text(json.dumps(loss_weights.document(layout, "eq5", weights=loss_weights.eq5(rng.uniform(.05, .2, 5)))))
@@ -290,9 +286,9 @@ def test_fused_net_is_the_layer_by_layer_net(run, caffe_runs, stage, chains, gro
     for s in (slow, fast):
         if init is not None:
             s.copy_from(init)
-    kinds = [k for k, _ in fast.net._plan]
+    kinds = [k for k, _ in fast.fused.plan]
     assert (kinds.count("fused"), kinds.count("losses")) == (chains, groups)
-    assert slow.net._plan is None
+    assert slow.fused.plan is None
     skip = inert(caffe_runs[stage]["net"])
     for k in range(6):
         slow.step()
@@ -309,7 +305,7 @@ def test_fused_net_is_the_layer_by_layer_net(run, caffe_runs, stage, chains, gro
                 assert relerr(x, y) <= 1e-3, f"{name}[{i}] differs by {relerr(x, y):.1e}"
 
 
-def test_fixed_trunk_runs_once_per_row(run, caffe_runs):
+def test_fixed_prefix_runs_once_per_row(run, caffe_runs):
     """Heads: the fixed trunk's pool4 (and the normalised targets) are computed once per training row,
     and again whenever a trunk blob is written; where a BatchNorm of the trunk uses batch statistics
     (FROZEN_BN_HEADS=batch: only conv11 is then a fixed function of a face) or the trunk learns,
@@ -319,14 +315,14 @@ def test_fixed_trunk_runs_once_per_row(run, caffe_runs):
     for s in solvers:
         s.copy_from(init)
     fast, slow = solvers
-    assert set(fast.trunk.frontier) == {"pool4", "landmarks_norm"}
-    assert {"conv11", "conv43", "conv43_bn", "pool4"} <= set(fast.trunk.skip)
+    assert set(fast.fixed_prefix.frontier) == {"pool4", "landmarks_norm"}
+    assert {"conv11", "conv43", "conv43_bn", "pool4"} <= set(fast.fixed_prefix.skip)
     rows = fast.feeds[0].rows
     for k in range(4):
         for s in solvers:
             s.step()
         assert fast.loss == pytest.approx(slow.loss, rel=1e-5), f"iteration {k}"
-    assert len(fast.trunk.cached[0].tops["pool4"]) == rows
+    assert len(fast.fixed_prefix.cached[0].tops["pool4"]) == rows
     # A trunk written after the cache was made (here: conv43 and its statistics changed).
     for s in solvers:
         blobs = s.blobs()
@@ -339,19 +335,19 @@ def test_fixed_trunk_runs_once_per_row(run, caffe_runs):
         assert fast.loss == pytest.approx(slow.loss, rel=1e-5), f"iteration {k} after the change"
     assert fast.loss != pytest.approx(before, rel=1e-3)
     for stage in ("stage1", "stage3"):
-        assert Solver(run, run / "solvers" / f"{stage}_solver.prototxt").trunk is None, stage
+        assert Solver(run, run / "solvers" / f"{stage}_solver.prototxt").fixed_prefix is None, stage
     # Stage 2: conv11..conv32 fixed, their BatchNorms global (FROZEN_BN_STAGE2's default): pool3 is cached.
-    assert set(Solver(run, run / "solvers" / "stage2_solver.prototxt").trunk.frontier) == {"pool3", "landmarks_norm"}
+    assert set(Solver(run, run / "solvers" / "stage2_solver.prototxt").fixed_prefix.frontier) == {"pool3", "landmarks_norm"}
     text = (run / "nets" / "heads_train.prototxt").read_text()
     assert "use_global_stats: true" in text
     (run / "nets" / "heads_batch_train.prototxt").write_text(text.replace("use_global_stats: true",
                                                                            "use_global_stats: false"))
     (run / "solvers" / "heads_batch_solver.prototxt").write_text(
         (run / "solvers" / "heads_solver.prototxt").read_text().replace("heads_train", "heads_batch_train"))
-    assert Solver(run, run / "solvers" / "heads_batch_solver.prototxt").trunk is None
+    assert Solver(run, run / "solvers" / "heads_batch_solver.prototxt").fixed_prefix is None
 
 
-def test_heads_with_the_trunk_cache_resume_to_the_same_bits(run, caffe_runs):
+def test_heads_with_the_fixed_prefix_cache_resume_to_the_same_bits(run, caffe_runs):
     init = caffe_runs["heads"]["init"]
     whole = torch_solver(run, "heads", init)
     part = torch_solver(run, "heads", init)
@@ -375,6 +371,7 @@ def test_fuse_leaves_what_does_not_fit(tmp_path):
     """A normalised blob read by another layer, a leaky ReLU, a Slice read elsewhere: those layers
     run one by one, and the values are the layer-by-layer net's."""
     from mcl import torchnet
+    from mcl.engine.fused import FusedNet
     text = """
     layer { name: "in" type: "Input" top: "x" top: "t" input_param { shape { dim: 4 dim: 3 dim: 5 dim: 5 }
                                                                     shape { dim: 4 dim: 4 } } }
@@ -397,18 +394,18 @@ def test_fuse_leaves_what_does_not_fit(tmp_path):
     """
     param = text_format.Parse(text, caffe_pb2.NetParameter())
     ref = torchnet.from_netparameter(param, "TRAIN", seed=3)
-    net = torchnet.from_netparameter(param, "TRAIN", seed=3).fuse()
-    plan = [(k, v.name if k == "layer" else [m.name for m in v[3]]) for k, v in net._plan]
+    net = FusedNet(torchnet.from_netparameter(param, "TRAIN", seed=3))
+    plan = [(k, v.name if k == "layer" else [m.name for m in v[3]]) for k, v in net.plan]
     assert ("fused", ["bn2", "sc2"]) in plan and ("layer", "r2") in plan  # the leaky ReLU stays a layer
     assert ("layer", "bn1") in plan and ("layer", "sc1") in plan  # n1 is read by the Eltwise
-    assert "losses" not in [k for k, _ in net._plan]  # p1 is read by a third loss
+    assert "losses" not in [k for k, _ in net.plan]  # p1 is read by a third loss
     g = torch.Generator().manual_seed(0)
     inputs = {"x": torch.randn(4, 3, 5, 5, generator=g), "t": torch.randn(4, 4, generator=g)}
     want, got = ref(inputs), net(inputs)
     for top in ("l1", "l2", "l3", "e", "p"):
         torch.testing.assert_close(got[top], want[top], rtol=1e-5, atol=1e-6)
     for name, arrays in ref.caffe_blobs().items():
-        for x, y in zip(net.caffe_blobs()[name], arrays):
+        for x, y in zip(net.net.caffe_blobs()[name], arrays):
             np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7, err_msg=name)
 
 
@@ -426,54 +423,14 @@ def test_unsupported_solver_settings_are_named(run):
             Solver(run, bad)
 
 
-# ---- the stage runner: progress, snapshots, kill and resume ----------------------------------------------
-
-def new_run(path, source="hdf5"):
-    layout = get_layout(5)
-    write_hdf5(path, "train", *synthetic_batch(60, layout.n_points, 1))
-    if source == "lmdb":
-        write_lmdb(path, "train", *synthetic_batch(60, layout.n_points, 1))
-    subprocess.run([sys.executable, str(ROOT / "tools/make_nets.py"), "--run", str(path), "--layout", "5",
-                    "--scale", "0.0002", "--seed", "1", "--batch", "8", "--source", source],
-                   check=True, capture_output=True)
-    return path
-
-
-@pytest.mark.parametrize("source", ["hdf5", "lmdb"])
-def test_killed_torch_stage_resumes_to_the_same_bits(tmp_path, monkeypatch, source):
-    from mcl.caffe.train import StageError, StageSpec, run_stage
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    a = new_run(tmp_path / "a", source)  # stage 1: 36 iterations, a snapshot every 3
-    b = tmp_path / "b"
-    shutil.copytree(a, b)
-    whole = run_stage(StageSpec(a, "stage1", None, a / "bm.caffemodel", engine="torch"), progress=False)
-    spec = StageSpec(b, "stage1", None, b / "bm.caffemodel", engine="torch")
-    with pytest.raises(StageError, match="torch engine failed"):
-        run_stage(spec, progress=False, stop_after=20)  # dies after iteration 20, last snapshot at 18
-    assert not spec.out.exists()
-    (b / "snapshots" / "stage1_iter_18.caffemodel").write_bytes(b"cut short")  # as if killed while writing
-    resumed = run_stage(spec, progress=False)
-    assert resumed["resumed_from"] == 15
-    ma, mb = (caffemodel.blobs(caffemodel.load(p)) for p in (a / "bm.caffemodel", spec.out))
-    assert ma.keys() == mb.keys()
-    for name in ma:
-        for x, y in zip(ma[name], mb[name]):
-            np.testing.assert_array_equal(x, y, err_msg=name)
-    # The progress events are the Caffe worker's, the log reads like Caffe's.
-    assert set(whole["last"]) == {"event", "iter", "max_iter", "loss", "lr", "elapsed", "start"}
-    assert (whole["last"]["iter"], whole["last"]["max_iter"], resumed["last"]["start"]) == (36, 36, 15)
-    assert whole["last"]["loss"] == resumed["last"]["loss"]
-    log = (a / "logs" / "stage1.log").read_text()
-    assert "Iteration 35, loss = " in log and "Snapshotting solver state" in log
-
+# ---- the benchmark (a stage killed and resumed in either engine: test_pipeline.py) -------------------
 
 def test_bench_engine_prints_both_engines_and_the_projection(tmp_path, caffe):
     """`make bench-engine`'s tool, at a tiny size: both engines timed per stage, the fixed layers'
     pass timed on its own, the projection and the verdict printed, the figures in its JSON."""
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "tools/bench_engine.py"), "--layout", "5", "--batch", "8",
-                           "--threads", "1", "--iters", "2", "--block", "1", "--warmup", "1", "--settle", "0.05",
-                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    proc = tool("tools/bench_engine.py", "--layout", 5, "--batch", 8, "--threads", 1, "--iters", 2, "--block", 1,
+                "--warmup", 1, "--settle", 0.05, "--json", out, check=False, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "projected paper schedule" in proc.stdout and "stage 1: torch engine" in proc.stdout
     assert "heads: the fixed layers' one pass over the split" in proc.stdout
@@ -481,21 +438,13 @@ def test_bench_engine_prints_both_engines_and_the_projection(tmp_path, caffe):
     for stage in ("stage1", "stage2", "heads"):
         for engine in ("caffe", "torch"):
             assert len(res[stage]["all"]["wall"][engine]) == 2 and res[stage][engine] > 0
-    assert res["heads"]["trunk_ms_per_row"] > 0 and res["stage2"]["trunk_ms_per_row"] > 0
-    assert res["stage1"]["trunk_ms_per_row"] is None
+    assert res["heads"]["fixed_ms_per_row"] > 0 and res["stage2"]["fixed_ms_per_row"] > 0
+    assert res["stage1"]["fixed_ms_per_row"] is None
     assert res["training_rows_300w"] == 28330  # 3,148 faces (Sec. IV-A-1), 10% validation, 10 copies
     assert res["stage1_speedup"] == pytest.approx(res["stage1"]["caffe"] / res["stage1"]["torch"])
 
 
 # ---- the whole pipeline: ENGINE=torch against ENGINE=caffe --------------------------------------------------
-
-def make(*args):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        pytest.fail(f"make {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
 
 @pytest.mark.slow
 def test_torch_pipeline_gives_caffes_assembled_model(tmp_path):
@@ -505,12 +454,10 @@ def test_torch_pipeline_gives_caffes_assembled_model(tmp_path):
     two float32 roundings of one training, and their trajectories part by the chaos
     measured above, so the bound is the issue's 1% on the test errors, not bits.
     """
-    common = ["DATASET=synth", "LAYOUT=5", "SCALE=0.0002", "BATCH=8", "SEED=3",
-              "DATA_OPTS=--n-train 60 --n-test 16 --copies 2 --quiet"]
     results = {}
     for engine in ("caffe", "torch"):
         run = tmp_path / engine
-        make("evaluate", f"RUN={run}", f"ENGINE={engine}", *common)
+        make("evaluate", f"RUN={run}", f"ENGINE={engine}", *MAKE_TINY, env={"OMP_NUM_THREADS": "1"})
         results[engine] = json.loads((run / "eval/test.json").read_text())["results"]
         doc = json.loads((run / "manifest.json").read_text())["artifacts"]
         for stage_model in ("models/bm.caffemodel", "models/wm.caffemodel", "models/heads.caffemodel"):

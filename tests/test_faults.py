@@ -3,7 +3,7 @@ after each kill the next run finishes, and what it makes equals the uninterrupte
 (data byte for byte, weights bit for bit), with nothing left behind.
 
 The moments are drawn over the wall time the uninterrupted run took (the shared tiny
-run of test_verify is the reference). Each kill hits either the whole process group (as
+run of conftest is the reference). Each kill hits either the whole process group (as
 a crash would) or the tool alone (its workers must then end by themselves)."""
 
 from __future__ import annotations
@@ -15,11 +15,9 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
-from test_data_prepare import descendants, still_running, tree
-from test_verify import PREPARE, ROOT, tiny_run, tool
+from conftest import PREPARE, ROOT, descendants, tool, tree, wait_ended
 
 from mcl.run.verify import check_run
 
@@ -53,23 +51,20 @@ def start_and_kill(cmd: list, when: float, whom: str) -> bool:
     else:
         os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    deadline = time.time() + 30
-    while still_running(kids) and time.time() < deadline:
-        time.sleep(0.05)
-    assert still_running(kids) == [], f"processes left after kill -9 of the {whom}"
+    assert wait_ended(kids, 30) == [], f"processes left after kill -9 of the {whom}"
     return True
 
 
-def seconds(tmp_path_factory) -> dict:
-    base, _ = tiny_run(tmp_path_factory)
+def seconds(tiny_run) -> dict:
+    base, _ = tiny_run
     return json.loads((base.parent / "seconds.json").read_text())
 
 
-def test_killed_data_preparation_reruns_to_identical_bytes(tmp_path_factory, tmp_path):
-    base, _ = tiny_run(tmp_path_factory)
+def test_killed_data_preparation_reruns_to_identical_bytes(tiny_run, tmp_path):
+    base, _ = tiny_run
     want = tree(str(base / "data"))
     killed = 0
-    for k, when, whom in moments(seconds(tmp_path_factory)["prepare"], SEED):
+    for k, when, whom in moments(seconds(tiny_run)["prepare"], SEED):
         folder = tmp_path / f"k{k}"
         cmd = [ROOT / "data_prep/prepare.py", *PREPARE, "--out", folder / "data"]
         killed += start_and_kill(cmd, when, whom)
@@ -84,11 +79,11 @@ def test_killed_data_preparation_reruns_to_identical_bytes(tmp_path_factory, tmp
     assert killed == KILLS
 
 
-def test_killed_stage_reruns_to_identical_weights(tmp_path_factory, tmp_path):
-    base, run = tiny_run(tmp_path_factory)
+def test_killed_stage_reruns_to_identical_weights(tiny_run, tmp_path):
+    base, run = tiny_run
     want = {m: (run / "models" / m).read_bytes() for m in ("bm.caffemodel", "bm.raw.caffemodel")}
     killed = 0
-    for k, when, whom in moments(seconds(tmp_path_factory)["stage1"], SEED + 1):
+    for k, when, whom in moments(seconds(tiny_run)["stage1"], SEED + 1):
         folder = tmp_path / f"k{k}"
         shutil.copytree(base, folder)
         cmd = [ROOT / "tools/run_stage.py", "--run", folder, "--stage", "stage1"]
@@ -106,11 +101,11 @@ def test_killed_stage_reruns_to_identical_weights(tmp_path_factory, tmp_path):
 
 
 @pytest.mark.parametrize("suffix", [".solverstate", ".caffemodel"])
-def test_a_snapshot_cut_short_is_passed_over(tmp_path_factory, tmp_path, suffix):
+def test_a_snapshot_cut_short_is_passed_over(tiny_run, tmp_path, suffix):
     """A kill while Caffe writes a snapshot leaves it cut short under its final name;
     Caffe aborts on such a file, so resuming takes the snapshot before it."""
-    from mcl.caffe.train import StageError, StageSpec, run_stage
-    base, run = tiny_run(tmp_path_factory)
+    from mcl.run.stage import StageError, StageSpec, run_stage
+    base, run = tiny_run
     folder = tmp_path / "r"
     shutil.copytree(base, folder)
     with pytest.raises(StageError):  # dies after iteration 12, a snapshot after each
@@ -124,10 +119,10 @@ def test_a_snapshot_cut_short_is_passed_over(tmp_path_factory, tmp_path, suffix)
         assert (folder / "models" / m).read_bytes() == (run / "models" / m).read_bytes(), m
 
 
-def test_a_run_killed_between_its_two_renames_is_cleaned_up(tmp_path_factory, tmp_path):
+def test_a_run_killed_between_its_two_renames_is_cleaned_up(tiny_run, tmp_path):
     """Replacing a dataset moves the old one aside, then the new one in: a kill between
     the two leaves both in hidden folders; the next run removes them and finishes."""
-    base, _ = tiny_run(tmp_path_factory)
+    base, _ = tiny_run
     dead = subprocess.Popen(["true"])
     dead.wait()
     shutil.copytree(base / "data", tmp_path / f".data.old-{dead.pid}-x1" / "data")

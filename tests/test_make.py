@@ -5,24 +5,15 @@ changed setting re-running what depends on it."""
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
-from conftest import ROOT
-
-
-def make(*args, check=True):
-    proc = subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        pytest.fail(f"make {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+from conftest import MAKE_TINY, make
 
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
     run = tmp_path_factory.mktemp("make") / "run"
-    settings = [f"RUN={run}", "DATASET=synth", "LAYOUT=5", "SCALE=0.0002", "BATCH=8", "SEED=3",
-                "DATA_OPTS=--n-train 60 --n-test 16 --copies 2 --quiet"]
+    settings = [f"RUN={run}", *MAKE_TINY]
     out = make("evaluate", *settings)
     return run, settings, out.stdout
 

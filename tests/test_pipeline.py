@@ -6,38 +6,16 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, synthetic_batch, write_hdf5, write_lmdb
+from conftest import PY, ROOT, new_run, tool
 
 from mcl.caffe import assemble, caffemodel, netgen, reweight
-from mcl.caffe.train import StageError, StageSpec, run_stage
 from mcl.method import loss_weights
 from mcl.method.layouts import LAYOUTS, get_layout
 from mcl.method.stages import ALPHA
-
-PY = sys.executable
-
-
-def tool(name, *args, check=True):
-    proc = subprocess.run([PY, str(ROOT / "tools" / name), *map(str, args)], capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        pytest.fail(f"{name} {' '.join(map(str, args))} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
-def new_run(path, layout, scale=0.0002, batch=8, source="hdf5"):
-    """A run folder with small train/val/test splits and its nets (stage1: 36 iterations)."""
-    for split, n, seed in (("train", 96, 1), ("val", 24, 2), ("test", 24, 3)):
-        write_hdf5(path, split, *synthetic_batch(n, layout.n_points, seed))
-    if source == "lmdb":
-        write_lmdb(path, "train", *synthetic_batch(96, layout.n_points, 1))
-    tool("make_nets.py", "--run", path, "--layout", layout.name, "--scale", scale, "--seed", 1, "--batch", batch,
-         "--source", source)
-    return path
-
+from mcl.run.stage import StageError, StageSpec, run_stage
 
 # ---- weights (pure) ------------------------------------------------------------------
 
@@ -75,13 +53,15 @@ def chained(tmp_path_factory):
     layout = get_layout(5)
     run = new_run(tmp_path_factory.mktemp("chain"), layout)
     m, w = run / "models", run / "weights"
-    tool("run_stage.py", "--run", run, "--stage", "stage1")
-    tool("compute_weights.py", "--run", run, "--model", m / "bm.caffemodel", "--eq", 5, "--out", w / "bm_eq5.json")
-    tool("run_stage.py", "--run", run, "--stage", "stage2", "--init", m / "bm.caffemodel", "--loss-weights", w / "bm_eq5.json")
-    tool("run_stage.py", "--run", run, "--stage", "stage3", "--init", m / "stage2.caffemodel", "--loss-weights", w / "bm_eq5.json")
-    tool("compute_weights.py", "--run", run, "--model", m / "wm.caffemodel", "--eq", 9, "--out", w / "wm_eq9.json")
-    tool("run_stage.py", "--run", run, "--stage", "heads", "--init", m / "wm.caffemodel", "--loss-weights", w / "wm_eq9.json")
-    out = tool("assemble.py", "--run", run, "--heads", m / "heads.caffemodel")
+    stage, weights = "tools/run_stage.py", "tools/compute_weights.py"
+    tool(stage, "--run", run, "--stage", "stage1")
+    tool(weights, "--run", run, "--model", m / "bm.caffemodel", "--eq", 5, "--out", w / "bm_eq5.json")
+    tool(stage, "--run", run, "--stage", "stage2", "--init", m / "bm.caffemodel", "--loss-weights", w / "bm_eq5.json")
+    tool(stage, "--run", run, "--stage", "stage3", "--init", m / "stage2.caffemodel",
+         "--loss-weights", w / "bm_eq5.json")
+    tool(weights, "--run", run, "--model", m / "wm.caffemodel", "--eq", 9, "--out", w / "wm_eq9.json")
+    tool(stage, "--run", run, "--stage", "heads", "--init", m / "wm.caffemodel", "--loss-weights", w / "wm_eq9.json")
+    out = tool("tools/assemble.py", "--run", run, "--heads", m / "heads.caffemodel")
     assert "self-check on" in out.stdout and "exact" in out.stdout
     return run, layout
 
@@ -152,10 +132,10 @@ def test_separate_head_runs_assemble_like_the_joint_run(chained, tmp_path):
     m, w = sep / "models", sep / "weights"
     for p in (m / "heads.caffemodel", m / "am.caffemodel", m / "am_deploy.prototxt"):
         p.unlink()
-    out = tool("run_stage.py", "--run", sep, "--stage", "heads", "--separate", "--init", m / "wm.caffemodel",
+    out = tool("tools/run_stage.py", "--run", sep, "--stage", "heads", "--separate", "--init", m / "wm.caffemodel",
                "--loss-weights", w / "wm_eq9.json")
     assert f"{layout.m} separate head runs" in out.stdout
-    tool("assemble.py", "--run", sep, "--heads", m / "heads_separate.json")
+    tool("tools/assemble.py", "--run", sep, "--heads", m / "heads_separate.json")
     joint = caffemodel.blobs(caffemodel.load(run / "models/am.caffemodel"))["shape_pred"]
     separate = caffemodel.blobs(caffemodel.load(m / "am.caffemodel"))["shape_pred"]
     for a, b in zip(joint, separate):
@@ -164,24 +144,42 @@ def test_separate_head_runs_assemble_like_the_joint_run(chained, tmp_path):
 
 # ---- interruption ---------------------------------------------------------------------------
 
+# Per engine: what the stage killed after iteration 20 fails with, and the iteration it resumes
+# from. The torch run's newest snapshot (18) is also cut short, as if killed while writing it.
+KILLED = {"caffe": ("Caffe failed", None, 18), "torch": ("torch engine failed", "stage1_iter_18.caffemodel", 15)}
+
+
 @pytest.mark.parametrize("source", ["hdf5", "lmdb"])
-def test_killed_stage_resumes_to_the_same_weights(tmp_path, source):
-    layout = get_layout(5)
-    a = new_run(tmp_path / "a", layout, source=source)
+@pytest.mark.parametrize("engine", ["caffe", "torch"])
+def test_killed_stage_resumes_to_the_same_weights(tmp_path, monkeypatch, engine, source):
+    """Stage 1 (36 iterations, a snapshot every 3) killed, then resumed: the bits of the
+    uninterrupted run, in either engine, with the same progress events."""
+    fails, cut, resumes_from = KILLED[engine]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    a = new_run(tmp_path / "a", source=source, n_train=60)  # 60 faces, batch 8: batches wrap mid-batch
     b = tmp_path / "b"
     shutil.copytree(a, b)
-    run_stage(StageSpec(a, "stage1", None, a / "models/bm.caffemodel"), progress=False)
-    spec_b = StageSpec(b, "stage1", None, b / "models/bm.caffemodel")
-    with pytest.raises(StageError, match="Caffe failed"):
-        run_stage(spec_b, progress=False, stop_after=20)  # dies after iteration 20, last snapshot at 18
-    assert not spec_b.out.exists()  # nothing under the final name
-    summary = run_stage(spec_b, progress=False)
-    assert summary["resumed_from"] == 18
-    ma, mb = (caffemodel.blobs(caffemodel.load(p)) for p in (a / "models/bm.caffemodel", spec_b.out))
+    whole = run_stage(StageSpec(a, "stage1", None, a / "models/bm.caffemodel", engine=engine), progress=False)
+    spec = StageSpec(b, "stage1", None, b / "models/bm.caffemodel", engine=engine)
+    with pytest.raises(StageError, match=fails):
+        run_stage(spec, progress=False, stop_after=20)  # dies after iteration 20, last snapshot at 18
+    assert not spec.out.exists()  # nothing under the final name
+    if cut is not None:
+        (b / "snapshots" / cut).write_bytes(b"cut short")
+    resumed = run_stage(spec, progress=False)
+    assert resumed["resumed_from"] == resumes_from
+    ma, mb = (caffemodel.blobs(caffemodel.load(p)) for p in (a / "models/bm.caffemodel", spec.out))
     assert ma.keys() == mb.keys()
     for name in ma:
         for x, y in zip(ma[name], mb[name]):
             np.testing.assert_array_equal(x, y, err_msg=name)
+    # The progress events are the Caffe worker's in both engines; the torch engine's log reads like Caffe's.
+    assert set(whole["last"]) == {"event", "iter", "max_iter", "loss", "lr", "elapsed", "start"}
+    assert (whole["last"]["iter"], whole["last"]["max_iter"], resumed["last"]["start"]) == (36, 36, resumes_from)
+    assert whole["last"]["loss"] == resumed["last"]["loss"]
+    if engine == "torch":
+        log = (a / "logs" / "stage1.log").read_text()
+        assert "Iteration 35, loss = " in log and "Snapshotting solver state" in log
 
 
 def test_ctrl_c_snapshots_and_resumes(tmp_path):
@@ -198,7 +196,7 @@ def test_ctrl_c_snapshots_and_resumes(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode in (2, 130), (out, err)
     assert "interrupted" in err and not (run / "models/bm.caffemodel").exists()
-    out = tool("run_stage.py", "--run", run, "--stage", "stage1", "--out", run / "models/bm.caffemodel")
+    out = tool("tools/run_stage.py", "--run", run, "--stage", "stage1", "--out", run / "models/bm.caffemodel")
     assert "resuming from iteration" in out.stdout and (run / "models/bm.caffemodel").exists()
 
 
@@ -206,29 +204,29 @@ def test_ctrl_c_snapshots_and_resumes(tmp_path):
 
 def test_bad_inputs_are_named(chained, tmp_path):
     run, layout = chained
-    r = tool("run_stage.py", "--run", run, "--stage", "stage2", "--init", tmp_path / "nope.caffemodel",
+    r = tool("tools/run_stage.py", "--run", run, "--stage", "stage2", "--init", tmp_path / "nope.caffemodel",
              "--out", tmp_path / "x.caffemodel", check=False)
     assert r.returncode == 2 and "nope.caffemodel" in r.stderr and "missing" in r.stderr
     other = tmp_path / "w68.json"
     other.write_text(json.dumps(loss_weights.document(get_layout(68), "eq5", weights=[1.0] * 68)))
-    r = tool("run_stage.py", "--run", run, "--stage", "stage2", "--init", run / "models/bm.caffemodel",
+    r = tool("tools/run_stage.py", "--run", run, "--stage", "stage2", "--init", run / "models/bm.caffemodel",
              "--loss-weights", other, "--out", tmp_path / "x.caffemodel", check=False)
     assert r.returncode == 2 and "layout 68" in r.stderr and "layout 5" in r.stderr
     assert not (tmp_path / "x.caffemodel").exists()
     # A caffemodel of another layout (68-point BM) does not fit this run's 5-point deploy net.
     big = new_run(tmp_path / "big", get_layout(68), scale=0.00001, batch=2)
     run_stage(StageSpec(big, "stage1", None, big / "models/bm.caffemodel"), progress=False)
-    r = tool("compute_weights.py", "--run", run, "--model", big / "models/bm.caffemodel", "--eq", 5,
+    r = tool("tools/compute_weights.py", "--run", run, "--model", big / "models/bm.caffemodel", "--eq", 5,
              "--out", tmp_path / "w.json", check=False)
     assert r.returncode == 2 and "bm.caffemodel" in r.stderr and "does not fit" in r.stderr
     assert not (tmp_path / "w.json").exists()
-    r = tool("run_stage.py", "--run", run, "--stage", "stage2", "--init", big / "models/bm.caffemodel",
+    r = tool("tools/run_stage.py", "--run", run, "--stage", "stage2", "--init", big / "models/bm.caffemodel",
              "--out", tmp_path / "x.caffemodel", check=False)
     assert r.returncode == 2 and "bm.caffemodel" in r.stderr and "does not fit" in r.stderr
     empty = tmp_path / "empty"
     shutil.copytree(run, empty, ignore=shutil.ignore_patterns("snapshots"))
     (empty / "data/val.txt").write_text("")
-    r = tool("compute_weights.py", "--run", empty, "--model", run / "models/bm.caffemodel", "--eq", 5,
+    r = tool("tools/compute_weights.py", "--run", empty, "--model", run / "models/bm.caffemodel", "--eq", 5,
              "--out", tmp_path / "w.json", check=False)
     assert r.returncode == 2 and "val.txt" in r.stderr and "empty" in r.stderr
 
@@ -241,7 +239,7 @@ def test_step1_resumes_from_the_warmup_solverstate(tmp_path):
     from mcl.caffe.proto import caffe_pb2
     layout = get_layout(5)
     run = new_run(tmp_path / "run", layout, scale=0.001)  # warm-up 9 iterations, step 1 180
-    warm = tool("run_stage.py", "--run", run, "--stage", "warmup")
+    warm = tool("tools/run_stage.py", "--run", run, "--stage", "warmup")
     assert "warmup.caffemodel" in warm.stdout
     state = run / "snapshots" / "warmup_iter_9.solverstate"
     assert state.exists() and (run / "snapshots" / "warmup_iter_9.caffemodel").exists()
@@ -250,13 +248,13 @@ def test_step1_resumes_from_the_warmup_solverstate(tmp_path):
     ss = caffe_pb2.SolverState()
     ss.ParseFromString(state.read_bytes())
     assert ss.iter == 9 and len(ss.history) > 0
-    out = tool("run_stage.py", "--run", run, "--stage", "stage1", "--warmup").stdout
+    out = tool("tools/run_stage.py", "--run", run, "--stage", "stage1", "--warmup").stdout
     assert "from the warm-up's solverstate at iteration 9" in out and "resuming from iteration 9" in out
     entry = json.loads((run / "manifest.json").read_text())["artifacts"]["models/bm.raw.caffemodel"]
     assert entry["warmup"] == "snapshots/warmup_iter_9.solverstate" and entry["resumed_from_iter"] == 9
     stage1_log = (run / "logs" / "stage1.log").read_text()
     assert "Iteration 10" in stage1_log and "Iteration 0," not in stage1_log  # it did not start over
     # A stage that is not step 1 refuses the warm-up.
-    bad = tool("run_stage.py", "--run", run, "--stage", "stage3", "--init", run / "models" / "bm.caffemodel",
+    bad = tool("tools/run_stage.py", "--run", run, "--stage", "stage3", "--init", run / "models" / "bm.caffemodel",
                "--warmup", check=False)
     assert bad.returncode == 2 and "only step 1" in bad.stderr

@@ -6,28 +6,21 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import cv2
 import h5py
 import numpy as np
 import pytest
-from conftest import ROOT, synthetic_batch, write_hdf5
+from conftest import synthetic_batch, tool, write_hdf5
 
 from mcl.method.layouts import get_layout
 from mcl.run import manifest
 
-PY = sys.executable
 METRIC_KEYS = ("mean_error", "failure_rate", "auc", "per_cluster", "per_landmark")
 
 
 def evaluate(run, *args, check=True):
-    proc = subprocess.run([PY, str(ROOT / "tools/evaluate.py"), "--run", str(run), *map(str, args)],
-                          capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        pytest.fail(f"evaluate.py {' '.join(map(str, args))} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    return proc
+    return tool("tools/evaluate.py", "--run", run, *args, check=check)
 
 
 def results(path):
@@ -51,8 +44,7 @@ def tiny(tmp_path_factory, caffe):
     run = tmp_path_factory.mktemp("pred") / "run"
     for split, n, seed in (("train", 8, 1), ("val", 8, 2), ("test", 12, 3)):
         write_hdf5(run, split, *synthetic_batch(n, layout.n_points, seed))
-    subprocess.run([PY, str(ROOT / "tools/make_nets.py"), "--run", str(run), "--layout", "5", "--scale", "0.0002",
-                    "--seed", "7", "--batch", "8"], check=True, capture_output=True)
+    tool("tools/make_nets.py", "--run", run, "--layout", 5, "--scale", 0.0002, "--seed", 7, "--batch", 8)
     net = caffe.Net(str(run / "nets/deploy.prototxt"), caffe.TEST)
     for name, layer in zip(net._layer_names, net.layers):
         if layer.type == "BatchNorm":  # unit statistics: outputs of a sane size

@@ -18,12 +18,7 @@ ATOL = 1e-4
 LAYOUT_NAMES = sorted(LAYOUTS, key=int)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def caffe_net(caffe, tmp_path, net_param, phase, blobs, name="net"):

@@ -1,70 +1,22 @@
 """`make verify` (tools/verify.py): every checksum of a run recomputed, each changed or
 missing file named; and a stage that refuses a changed input instead of training on it.
 
-Also home of the tiny run (data, nets, BM, Eq. 5 weights, heads) that the corpus and
-fault tests share: built once per session through the tools themselves."""
+On a copy of the tiny run (conftest.tiny_run: data, nets, BM, Eq. 5 weights, heads)."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-PY = sys.executable
-# A synthetic set of 24 + 6 faces in the 5-point layout, 2 crops per training face.
-PREPARE = ["--dataset", "synth", "--layout", "5", "--n-train", "24", "--n-test", "6", "--copies", "2",
-           "--synth-size", "100", "--seed", "3", "--quiet", "--force"]
-# Schedule scale 0.0001: stage 1 runs 18 iterations (a snapshot after each), the others 6.
-NETS = ["--layout", "5", "--scale", "0.0001", "--seed", "1", "--batch", "4"]
-
-
-def tool(script: str, *args, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.run([PY, str(ROOT / script), *map(str, args)], capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        pytest.fail(f"{script} {' '.join(map(str, args))} failed ({proc.returncode}):\n"
-                    f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
-def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
-    """(base, run). base: prepared data and the run's nets, what stage 1 starts from.
-    run: base after stage 1 (BM), the Eq. 5 weights and a joint heads stage from BM.
-    Built once per session (with the wall times of preparing and of stage 1 in
-    seconds.json beside them); callers copy what they change."""
-    root = tmp_path_factory.getbasetemp() / "tiny_run"
-    base, run = root / "base", root / "run"
-    if not (root / "done").exists():
-        shutil.rmtree(root, ignore_errors=True)
-        t0 = time.time()
-        tool("data_prep/prepare.py", *PREPARE, "--out", base / "data")
-        t1 = time.time()
-        tool("tools/make_nets.py", "--run", base, *NETS)
-        shutil.copytree(base, run)
-        t2 = time.time()
-        tool("tools/run_stage.py", "--run", run, "--stage", "stage1")
-        root.joinpath("seconds.json").write_text(json.dumps({"prepare": t1 - t0, "stage1": time.time() - t2}))
-        tool("tools/compute_weights.py", "--run", run, "--model", run / "models/bm.caffemodel", "--eq", 5,
-             "--out", run / "weights/bm_eq5.json")
-        tool("tools/run_stage.py", "--run", run, "--stage", "heads", "--init", run / "models/bm.caffemodel")
-        (root / "done").write_text("")
-    return base, run
-
-
-def flip_byte(path: Path, where: float = 0.5) -> None:
-    data = bytearray(path.read_bytes())
-    data[int(len(data) * where)] ^= 0x01
-    path.write_bytes(bytes(data))
+from conftest import flip_byte, make, tool
 
 
 @pytest.fixture
-def run(tmp_path_factory, tmp_path) -> Path:
-    _, built = tiny_run(tmp_path_factory)
+def run(tiny_run, tmp_path) -> Path:
+    _, built = tiny_run
     copy = tmp_path / "run"
     shutil.copytree(built, copy)
     return copy
@@ -118,10 +70,10 @@ def test_prepared_data_alone_verifies(run):
 
 
 def test_make_verify(run):
-    ok = subprocess.run(["make", "-s", "verify", f"RUN={run}"], cwd=ROOT, capture_output=True, text=True)
+    ok = make("-s", "verify", f"RUN={run}", check=False)
     assert ok.returncode == 0 and "intact" in ok.stdout, ok.stderr
     flip_byte(run / "models/bm.caffemodel")
-    bad = subprocess.run(["make", "-s", "verify", f"RUN={run}"], cwd=ROOT, capture_output=True, text=True)
+    bad = make("-s", "verify", f"RUN={run}", check=False)
     assert bad.returncode != 0 and f"{run / 'models/bm.caffemodel'}: differs" in bad.stderr
 
 

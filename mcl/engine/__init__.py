@@ -10,7 +10,7 @@ Its equality with Caffe is tested stage by stage (tests/test_engine.py).
   feeds.py    the HDF5Data / LMDB Data layers, in Caffe's order
   fillers.py  iteration-0 weights (Caffe's own where pycaffe is there)
   fused.py    FusedNet: BatchNorm-Scale-ReLU chains as one kernel, each Eq. 4 group as one reduction
-  trunk.py    the fixed leading layers' outputs computed once per training row
+  fixed.py    the fixed leading layers (the fixed prefix) computed once per training row
   solver.py   Solver: the counterpart of pycaffe's SGDSolver (step, snapshot, restore)
   bench.py    the engine benchmark: Caffe and the torch engine side by side (tools/bench_engine.py)
   stage.py    TorchStage: the engine behind the stage runner's interface (mcl.run.worker), as mcl.caffe.train's

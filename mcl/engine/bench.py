@@ -15,7 +15,7 @@ iterations.
 The projection counts every stage of Algorithm 1 (mcl.method.stages, at the paper's
 schedule) at the rate of the benchmarked stage that trains like it: stage 3 trains every
 layer, as stage 1 does. Where the leading layers are fixed (stage 2, the heads) the torch
-engine computes them once per training row (mcl/engine/trunk.py): that pass is timed on
+engine computes them once per training row (mcl/engine/fixed.py): that pass is timed on
 its own and counted for the size of 300-W's training split.
 """
 
@@ -86,12 +86,12 @@ def child(spec: dict) -> int:
         torch.set_num_threads(threads)
         solver = Solver(run, solver_path, device=spec["device"], fillers="torch")
         sync = torch.cuda.synchronize if solver.device.type == "cuda" else (lambda: None)
-        if solver.trunk is not None:  # the one-off pass over the split, timed on its own
+        if solver.fixed_prefix is not None:  # the one-off pass over the split, timed on its own
             t0 = time.perf_counter()
-            solver.trunk.build()
+            solver.fixed_prefix.build()
             sync()
-            trunk_ms = (time.perf_counter() - t0) * 1000.0
-            print(f"trunk {trunk_ms / solver.feeds[0].rows:.4f}", flush=True)
+            fixed_ms = (time.perf_counter() - t0) * 1000.0
+            print(f"fixed {fixed_ms / solver.feeds[0].rows:.4f}", flush=True)
 
         def step():
             solver.step()
@@ -125,11 +125,11 @@ def bench_stage(run: Path, stage: str, device: str, threads: int, warmup: int, i
         procs[engine] = subprocess.Popen([sys.executable, "-m", "mcl.engine.bench", "--child", json.dumps(spec)],
                                          cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     try:
-        trunk_ms_per_row = None
+        fixed_ms_per_row = None
         for engine, p in procs.items():
             line = p.stdout.readline().strip()
-            if line.startswith("trunk "):
-                trunk_ms_per_row = float(line.split()[1])
+            if line.startswith("fixed "):
+                fixed_ms_per_row = float(line.split()[1])
                 line = p.stdout.readline().strip()
             if line != "ready":
                 raise RuntimeError(f"the {engine} process failed to start (exit {p.wait()})")
@@ -148,7 +148,7 @@ def bench_stage(run: Path, stage: str, device: str, threads: int, warmup: int, i
                     if i >= warmup:
                         times[engine].append(wall_ms)
                         cpu[engine].append(cpu_ms)
-        return times, cpu, trunk_ms_per_row
+        return times, cpu, fixed_ms_per_row
     finally:
         for p in procs.values():
             try:
@@ -184,11 +184,11 @@ def compare_engines(layout: str = "68", batch: int = BATCH_SIZE, threads: int = 
         run = Path(tmp)
         write_run(run, layout, batch, rows=4 * batch)
         for stage in BENCHED:
-            times, cpu, trunk = bench_stage(run, stage, device, threads, warmup, iters, block, settle)
+            times, cpu, fixed = bench_stage(run, stage, device, threads, warmup, iters, block, settle)
             res[stage] = {e: statistics.median(t) for e, t in times.items()}
             res[stage].update({f"{e}_cpu": statistics.median(t) for e, t in cpu.items()})
             res[stage]["all"] = {"wall": times, "cpu": cpu}
-            res[stage]["trunk_ms_per_row"] = trunk
+            res[stage]["fixed_ms_per_row"] = fixed
             print(f"  {stage:<7} caffe {res[stage]['caffe']:8.1f} ms/iter   torch ({device}) "
                   f"{res[stage]['torch']:8.1f} ms/iter", flush=True)
     load1 = os.getloadavg()[0]
@@ -206,11 +206,11 @@ def compare_engines(layout: str = "68", batch: int = BATCH_SIZE, threads: int = 
     total = {e: sum(hours(res[s][e], sum(schedule[s].values())) for s in BENCHED) for e in ("caffe", "torch")}
     rows = training_rows()
     for stage in BENCHED:
-        trunk = res[stage]["trunk_ms_per_row"]
-        if trunk is not None:
-            total["torch"] += hours(trunk, rows)
-            print(f"{stage}: the fixed layers' one pass over the split, {trunk:.3f} ms a row "
-                  f"({trunk * rows / 1000:.0f} s for the {rows:,} training rows of 300-W), is counted below")
+        fixed = res[stage]["fixed_ms_per_row"]
+        if fixed is not None:
+            total["torch"] += hours(fixed, rows)
+            print(f"{stage}: the fixed layers' one pass over the split, {fixed:.3f} ms a row "
+                  f"({fixed * rows / 1000:.0f} s for the {rows:,} training rows of 300-W), is counted below")
     at_stage1 = " + ".join(_k(n) + ("" if name == "stage1" else f" (stage {STAGES[name].step})")
                            for name, n in schedule["stage1"].items())
     print(f"\nprojected paper schedule ({at_stage1} at stage 1's rate, {_k(sum(schedule['stage2'].values()))} of "

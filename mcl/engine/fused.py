@@ -4,7 +4,7 @@ Each BatchNorm -> Scale (-> ReLU) chain runs as one fused kernel, and each Eq. 4
 sliced EuclideanLoss layers as one difference and one reduction, its losses one vector
 (FusedNet.loss_vector). The layers keep their blobs; only where float32 results are
 rounded changes (tests/test_engine.py holds the fused net to the layer-by-layer one).
-Layers in `skip` are left out: the fixed trunk's (trunk.py), whose tops the caller gives.
+Layers in `skip` are left out: the fixed prefix's (fixed.py), whose tops the caller gives.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ data layers as Caffe does (feeds.py), and updates as sgd_solver.cpp does (sgd.py
 Speed (`fast`, the default): each BatchNorm -> Scale -> ReLU chain runs as one fused
 kernel, and each Eq. 4 group of sliced EuclideanLoss layers as one difference and one
 reduction (fused.py); and where the shared layers are fixed (the heads), their
-outputs are computed once per training row (trunk.py). That changes only where float32
+outputs are computed once per training row (fixed.py). That changes only where float32
 results are rounded, never what is computed: tests/test_engine.py holds the engine to
 Caffe with all of it on.
 Channels-last maps were measured and refused: PyTorch's channels-last BatchNorm
@@ -33,7 +33,7 @@ from mcl import torchnet
 from mcl.caffe import caffemodel
 from mcl.caffe.proto import caffe_pb2
 from mcl.engine import feeds as feeding
-from mcl.engine import trunk as trunk_cache
+from mcl.engine import fixed as fixed_cache
 from mcl.engine.fillers import caffe_initial_blobs
 from mcl.engine.fused import FusedNet
 from mcl.engine.sgd import Blob, CaffeSGD, Settings
@@ -78,11 +78,11 @@ class Solver:
         # Speed (module docstring): fused BatchNorm-Scale-ReLU kernels and Eq. 4 groups.
         self.fast = fast
         self.fused = FusedNet(self.net, fuse=fast)
-        self.trunk = None
+        self.fixed_prefix = None
         if fast:
-            self.trunk = trunk_cache.plan(self.net, self.feeds)
-            if self.trunk is not None:
-                self.fused.skip = frozenset(self.trunk.skip)
+            self.fixed_prefix = fixed_cache.plan(self.net, self.feeds)
+            if self.fixed_prefix is not None:
+                self.fused.skip = frozenset(self.fixed_prefix.skip)
         self.iter = 0
         self.last_losses: torch.Tensor | None = None
         self.last_rate = self.settings.rate(0)
@@ -162,8 +162,8 @@ class Solver:
     def step(self) -> None:
         """One iteration: forward and backward on the iteration's batches, then Caffe's update."""
         inputs = feeding.batch(self.feeds, self.iter)
-        if self.trunk is not None:
-            inputs.update(self.trunk.batch(self.iter))
+        if self.fixed_prefix is not None:
+            inputs.update(self.fixed_prefix.batch(self.iter))
         out = self.fused(inputs)
         losses = self.fused.loss_vector(out, self.loss_tops)
         (losses * self._w).sum().backward()

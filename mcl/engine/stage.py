@@ -53,13 +53,13 @@ class TorchStage:
         self.log(f"Copying weights from {init}")
 
     def prepare(self) -> None:
-        trunk = self.solver.trunk
-        if trunk is not None:
+        fixed = self.solver.fixed_prefix
+        if fixed is not None:
             t1 = time.time()
-            trunk.build()
-            rows = max(f.rows for f in trunk.cached)
-            self.log(f"Fixed trunk ({trunk.skip[0]} .. {trunk.skip[-1]}, {len(trunk.skip)} layers): "
-                     f"{', '.join(trunk.frontier)} computed once for {rows} training rows in {time.time() - t1:.1f} s")
+            fixed.build()
+            rows = max(f.rows for f in fixed.cached)
+            self.log(f"Fixed layers ({fixed.skip[0]} .. {fixed.skip[-1]}, {len(fixed.skip)} layers): "
+                     f"{', '.join(fixed.frontier)} computed once for {rows} training rows in {time.time() - t1:.1f} s")
 
     def step(self) -> None:
         self.solver.step()

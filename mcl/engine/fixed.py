@@ -28,10 +28,10 @@ from mcl.engine.feeds import Feed
 from mcl.engine.fused import forward_layers
 
 ROW_WISE = ("Convolution", "InnerProduct", "Pooling", "ReLU", "Scale", "BatchNorm")
-MAX_BYTES = 1 << 30  # above this the trunk runs every iteration, as in Caffe
+MAX_BYTES = 1 << 30  # above this the fixed prefix runs every iteration, as in Caffe
 
 
-class TrunkCache:
+class FixedPrefixCache:
     """The frontier blobs of the fixed prefix for every row of their feed, and the layers they replace."""
 
     def __init__(self, net, feed_list: list[Feed], skip: list[str], frontier: dict[str, Feed]):
@@ -64,7 +64,7 @@ class TrunkCache:
                 out = forward_layers(net, rows, self.skip)
                 for b in blobs:
                     parts[b].append(out[b])
-            self.cached.append(Feed(f"{feed.layer} (fixed trunk)", {b: torch.cat(p) for b, p in parts.items()},
+            self.cached.append(Feed(f"{feed.layer} (fixed prefix)", {b: torch.cat(p) for b, p in parts.items()},
                                     feed.batch_size))
         self.versions = [t._version for t in self.tensors]
 
@@ -77,8 +77,8 @@ class TrunkCache:
         return out
 
 
-def plan(net, feed_list: list[Feed]) -> TrunkCache | None:
-    """The trunk cache of a net and its feeds, or None where no convolution is fixed row by row."""
+def plan(net, feed_list: list[Feed]) -> FixedPrefixCache | None:
+    """The fixed-prefix cache of a net and its feeds, or None where no convolution is fixed row by row."""
     source = {top: f for f in feed_list for top in f.tops}
     fixed: dict[str, Feed] = dict(source)  # blob -> the one feed it is a function of, row by row
     skip, frontier = [], {}
@@ -103,7 +103,7 @@ def plan(net, feed_list: list[Feed]) -> TrunkCache | None:
     for feed in {id(f): f for f in frontier.values()}.values():
         if sum(_row_size(net.shapes[b]) for b, f in frontier.items() if f is feed) * 4 * feed.rows > MAX_BYTES:
             return None
-    return TrunkCache(net, feed_list, skip, frontier)
+    return FixedPrefixCache(net, feed_list, skip, frontier)
 
 
 def _fixed_feed(net, s, fixed: dict):

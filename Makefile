@@ -88,6 +88,13 @@ $(shell mkdir -p $(RUN)/.settings && printf '%s\n' '$($(1)_settings)' | cmp -s -
   || printf '%s\n' '$($(1)_settings)' > $(RUN)/.settings/$(1))
 endef
 ifneq ($(filter $(PIPELINE_GOALS) $(RUN)/%,$(MAKECMDGOALS)),)
+# A run made before RUN/loss_weights/ had its name is refused with the command that renames it.
+ifneq ($(wildcard $(RUN)/weights/*.json),)
+ifeq ($(wildcard $(RUN)/loss_weights),)
+$(error $(RUN)/weights/ holds loss-weight files of an earlier version, which this one keeps in \
+  $(RUN)/loss_weights/: rename the folder (mv $(RUN)/weights $(RUN)/loss_weights) and run make again)
+endif
+endif
 ifeq ($(DRY_RUN),)
 $(foreach g,$(SETTINGS_GROUPS),$(call refresh_settings,$(g)))
 else
@@ -128,7 +135,8 @@ STAGE_OPTS := --bn-stats $(BN_STATS) --bn-batches $(BN_BATCHES) --engine $(ENGIN
 # What every stage's recipe depends on beside its inputs: its training and statistics settings.
 BN := $(RUN)/.settings/train $(RUN)/.settings/bn
 M := $(RUN)/models
-W := $(RUN)/weights
+# The u_j of Eq. 5 and Eq. 9 (loss weights, not model weights).
+W := $(RUN)/loss_weights
 HEADS_OUT_joint := $(M)/heads.caffemodel
 HEADS_OUT_separate := $(M)/heads_separate.json
 HEADS_OUT := $(HEADS_OUT_$(HEADS))

@@ -182,7 +182,7 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
     tool("tools/run_stage.py", "--run", run, "--stage", "stage1")
     root.joinpath("seconds.json").write_text(json.dumps({"prepare": t1 - t0, "stage1": time.time() - t2}))
     tool("tools/compute_weights.py", "--run", run, "--model", run / "models/bm.caffemodel", "--eq", 5,
-         "--out", run / "weights/bm_eq5.json")
+         "--out", run / "loss_weights/bm_eq5.json")
     tool("tools/run_stage.py", "--run", run, "--stage", "heads", "--init", run / "models/bm.caffemodel")
     return base, run
 

@@ -114,7 +114,7 @@ def bm68(tmp_path_factory) -> Path:
 
 BM = "{run}/models/bm.caffemodel"
 HEADS = "{run}/models/heads.caffemodel"
-EQ5 = "{run}/weights/bm_eq5.json"
+EQ5 = "{run}/loss_weights/bm_eq5.json"
 DEPLOY = "{run}/nets/deploy.prototxt"
 STAGE2_NET = "{run}/nets/stage2_train.prototxt"
 W300, COFW, MTFL, GENERIC = "{tmp}/300w", "{tmp}/cofw", "{tmp}/mtfl", "{tmp}/generic"

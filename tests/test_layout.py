@@ -179,6 +179,17 @@ def test_engine_and_device_do_not_regenerate_the_nets(tmp_path):
     assert json.loads((run / "run.json").read_text())["schedule_scale"] == 0.0002
 
 
+def test_a_run_with_the_old_weights_folder_is_told_how_to_rename_it(tmp_path):
+    """RUN/weights/ (loss weights, before the folder was named loss_weights/) stops make with the command."""
+    run = tmp_path / "run"
+    (run / "weights").mkdir(parents=True)
+    (run / "weights" / "bm_eq5.json").write_text("{}")
+    proc = subprocess.run(["make", "stage2", f"RUN={run}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert f"mv {run}/weights {run}/loss_weights" in proc.stderr
+    assert not (run / "loss_weights").exists() and not (run / ".settings").exists()
+
+
 def test_the_graph_sees_a_planted_cycle():
     """The measurement itself: a cycle planted in a small graph is found."""
     edges = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}

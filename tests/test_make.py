@@ -24,14 +24,14 @@ def test_make_runs_algorithm_1_end_to_end(made):
              "--eq 9", "--stage heads", "assemble.py", "evaluate.py"]
     positions = [log.index(step) for step in order]
     assert positions == sorted(positions), "stages ran out of Algorithm 1's order"
-    for artifact in ("data/manifest.json", "models/bm.caffemodel", "weights/bm_eq5.json", "models/stage2.caffemodel",
-                     "models/wm.caffemodel", "weights/wm_eq9.json", "models/heads.caffemodel",
+    for artifact in ("data/manifest.json", "models/bm.caffemodel", "loss_weights/bm_eq5.json", "models/stage2.caffemodel",
+                     "models/wm.caffemodel", "loss_weights/wm_eq9.json", "models/heads.caffemodel",
                      "models/am.caffemodel", "models/am_deploy.prototxt", "eval/test.json", "eval/test.md",
                      "eval/test_ced.png", "logs/stage1.log"):
         assert (run / artifact).exists(), artifact
     doc = json.loads((run / "manifest.json").read_text())["artifacts"]
-    assert set(doc) >= {"models/bm.caffemodel", "weights/bm_eq5.json", "models/stage2.caffemodel",
-                        "models/wm.caffemodel", "weights/wm_eq9.json", "models/heads.caffemodel",
+    assert set(doc) >= {"models/bm.caffemodel", "loss_weights/bm_eq5.json", "models/stage2.caffemodel",
+                        "models/wm.caffemodel", "loss_weights/wm_eq9.json", "models/heads.caffemodel",
                         "models/am.caffemodel", "eval/test.json"}
     for name in ("models/bm.caffemodel", "models/wm.caffemodel", "models/heads.caffemodel"):
         s = doc[name]["settings"]

@@ -52,7 +52,7 @@ def test_eq5_refuses_bad_errors():
 def chained(tmp_path_factory):
     layout = get_layout(5)
     run = new_run(tmp_path_factory.mktemp("chain"), layout)
-    m, w = run / "models", run / "weights"
+    m, w = run / "models", run / "loss_weights"
     stage, weights = "tools/run_stage.py", "tools/compute_weights.py"
     tool(stage, "--run", run, "--stage", "stage1")
     tool(weights, "--run", run, "--model", m / "bm.caffemodel", "--eq", 5, "--out", w / "bm_eq5.json")
@@ -68,8 +68,8 @@ def chained(tmp_path_factory):
 
 def test_chain_writes_every_artifact_with_a_complete_manifest(chained):
     run, layout = chained
-    artifacts = ["models/bm.caffemodel", "weights/bm_eq5.json", "models/stage2.caffemodel", "models/wm.caffemodel",
-                 "weights/wm_eq9.json", "models/heads.caffemodel", "models/am.caffemodel"]
+    artifacts = ["models/bm.caffemodel", "loss_weights/bm_eq5.json", "models/stage2.caffemodel", "models/wm.caffemodel",
+                 "loss_weights/wm_eq9.json", "models/heads.caffemodel", "models/am.caffemodel"]
     doc = json.loads((run / "manifest.json").read_text())["artifacts"]
     for a in artifacts:
         assert (run / a).exists(), a
@@ -82,7 +82,7 @@ def test_chain_writes_every_artifact_with_a_complete_manifest(chained):
     assert doc["models/wm.caffemodel"]["settings"]["base_lr"] == 0.001
     assert (run / "logs" / "stage1.log").read_text().count("Iteration") > 0  # Caffe's own log
     # The nets trained with the weights the tools computed.
-    u = json.loads((run / "weights/bm_eq5.json").read_text())["weights"]
+    u = json.loads((run / "loss_weights/bm_eq5.json").read_text())["weights"]
     net = netgen.parse_net((run / "nets/stage3_train.prototxt").read_text())
     np.testing.assert_array_equal(reweight.read_back(net, layout)[None], np.float32(u))
 
@@ -129,7 +129,7 @@ def test_separate_head_runs_assemble_like_the_joint_run(chained, tmp_path):
     run, layout = chained
     sep = tmp_path / "sep"
     shutil.copytree(run, sep)
-    m, w = sep / "models", sep / "weights"
+    m, w = sep / "models", sep / "loss_weights"
     for p in (m / "heads.caffemodel", m / "am.caffemodel", m / "am_deploy.prototxt"):
         p.unlink()
     out = tool("tools/run_stage.py", "--run", sep, "--stage", "heads", "--separate", "--init", m / "wm.caffemodel",

@@ -31,11 +31,11 @@ def test_an_intact_run_verifies(run):
     assert r.returncode == 0, r.stderr
     assert "intact" in r.stdout and r.stderr == ""
     doc = json.loads((run / "manifest.json").read_text())["artifacts"]
-    assert {"models/bm.caffemodel", "weights/bm_eq5.json", "models/heads.caffemodel"} <= set(doc)
+    assert {"models/bm.caffemodel", "loss_weights/bm_eq5.json", "models/heads.caffemodel"} <= set(doc)
 
 
 @pytest.mark.parametrize("rel", ["data/train_000.h5", "models/bm.caffemodel", "models/heads.raw.caffemodel",
-                                 "weights/bm_eq5.json", "data/val_lmdb/data.mdb"])
+                                 "loss_weights/bm_eq5.json", "data/val_lmdb/data.mdb"])
 def test_a_changed_byte_is_caught_and_named(run, rel):
     flip_byte(run / rel)
     r = verify(run)
@@ -45,11 +45,11 @@ def test_a_changed_byte_is_caught_and_named(run, rel):
 
 
 def test_missing_files_are_named(run):
-    (run / "weights/bm_eq5.json").unlink()
+    (run / "loss_weights/bm_eq5.json").unlink()
     (run / "data/test_000.h5").unlink()
     r = verify(run)
     assert r.returncode == 2
-    assert f"{run / 'weights/bm_eq5.json'}: missing (artifact of weights-eq5)" in r.stderr
+    assert f"{run / 'loss_weights/bm_eq5.json'}: missing (artifact of weights-eq5)" in r.stderr
     assert f"{run / 'data/test_000.h5'}: missing" in r.stderr
     assert "2 missing" in r.stderr
 
@@ -77,7 +77,7 @@ def test_make_verify(run):
     assert bad.returncode != 0 and f"{run / 'models/bm.caffemodel'}: differs" in bad.stderr
 
 
-@pytest.mark.parametrize("rel", ["models/bm.caffemodel", "weights/bm_eq5.json", "data/train_000.h5"])
+@pytest.mark.parametrize("rel", ["models/bm.caffemodel", "loss_weights/bm_eq5.json", "data/train_000.h5"])
 def test_a_stage_refuses_a_changed_input(run, rel):
     """Stage 2 from BM with the Eq. 5 weights, after one of them (or the training data)
     changed since the manifest recorded it: refused, nothing trained, nothing written."""
@@ -88,7 +88,7 @@ def test_a_stage_refuses_a_changed_input(run, rel):
     else:
         flip_byte(run / rel)
     r = tool("tools/run_stage.py", "--run", run, "--stage", "stage2", "--init", run / "models/bm.caffemodel",
-             "--loss-weights", run / "weights/bm_eq5.json", check=False)
+             "--loss-weights", run / "loss_weights/bm_eq5.json", check=False)
     assert r.returncode == 2, r.stderr
     assert f"{run / rel}" in r.stderr and "refusing to train" in r.stderr and "Traceback" not in r.stderr
     assert not (run / "models/stage2.caffemodel").exists() and not (run / "models/stage2.raw.caffemodel").exists()

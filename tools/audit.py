@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The reproducibility audit of a run: the paper's ablations (SPEC 10) beside the paper's numbers.
 
-  tools/audit.py perturb --run RUN --weights weights/bm_eq5.json --delta 0.2 --seed 0 --out W
+  tools/audit.py perturb --run RUN --weights loss_weights/bm_eq5.json --delta 0.2 --seed 0 --out W
       Eq. 5 weights with +delta on a seeded random floor(n/2) landmarks, -delta on the rest
   tools/audit.py models --run RUN --out RUN/audit/models.json
       BM, WM and AM with the run's BatchNorm statistics and with Caffe's running ones
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("perturb", help="perturbed Eq. 5 weights (Section IV-C-2)")
-    p.add_argument("--weights", required=True, help="Eq. 5 weights JSON (weights/bm_eq5.json)")
+    p.add_argument("--weights", required=True, help="Eq. 5 weights JSON (loss_weights/bm_eq5.json)")
     p.add_argument("--delta", type=float, required=True, help="the perturbation delta")
     p.add_argument("--seed", type=int, default=0, help="seed of the random half (default 0)")
     p.add_argument("--out", required=True)

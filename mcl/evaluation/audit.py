@@ -23,6 +23,7 @@ from mcl.evaluation.evaluate import evaluate_model, load_net, load_split, split_
 from mcl.fileio import atomic_write
 from mcl.method import loss_weights, paper
 from mcl.method.layouts import Layout
+from mcl.method.stages import LOSS_WEIGHTS_DIR
 from mcl.run import manifest, provenance
 
 ABLATIONS = ("pre_bm", "perturbation", "single_head", "simplified_am", "weighting_simplified_am", "occlusion",
@@ -185,7 +186,7 @@ def ablation(run: Path, name: str, layout: Layout, seed: int = 0, split: str = "
         r = {"WM": S(wm)}
         for d in DELTAS:
             r[f"delta {d:g}"] = S(ModelSpec(f"delta {d:g}", f"audit/models/pert_{d:g}_wm.caffemodel"))
-            r[f"delta {d:g}"]["weights"] = json.loads((run / f"weights/pert_{d:g}_eq5.json").read_text())["perturbation"]
+            r[f"delta {d:g}"]["weights"] = json.loads((run / LOSS_WEIGHTS_DIR / f"pert_{d:g}_eq5.json").read_text())["perturbation"]
         worst = max(abs(_mean(r[k]) / _mean(r["WM"]) - 1) for k in r if k != "WM")
         out = _result(r, f"every perturbed WM within {100 * PERTURBATION_TOLERANCE:g}% of WM's mean error",
                       worst <= PERTURBATION_TOLERANCE, "perturbation", layout, run)

@@ -56,7 +56,7 @@ class Stage:
         return f"{LOSS_WEIGHTS_DIR}/{STAGES[self.weights_from].product}_{self.weights}.json"
 
 
-LOSS_WEIGHTS_DIR = "weights"  # RUN/weights/: the u_j of Eq. 5 and Eq. 9
+LOSS_WEIGHTS_DIR = "loss_weights"  # RUN/loss_weights/: the u_j of Eq. 5 and Eq. 9 (loss weights, not model weights)
 
 STAGES = {
     "stage1": Stage("stage1", "1", 0.02, 180000, (), "uniform", product="bm", label="BM"),

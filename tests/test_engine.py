@@ -43,7 +43,7 @@ from mcl.caffe import caffemodel, reweight
 from mcl.caffe.proto import caffe_pb2
 from mcl.engine import feeds as feeding
 from mcl.engine.sgd import SolverError
-from mcl.engine.solver import Solver, _read_model, _read_state
+from mcl.engine.solver import Solver, read_model, read_state
 from mcl.method import loss_weights
 from mcl.method.layouts import get_layout
 
@@ -151,8 +151,8 @@ def _init_model(run, stage, done):
 
 def caffe_state(run, stage, it):
     state = run / "snapshots" / f"caffe_{stage}_iter_{it}.solverstate.h5"
-    _, _, history = _read_state(state)
-    return _read_model(run / "snapshots" / f"caffe_{stage}_iter_{it}.caffemodel.h5"), history
+    _, _, history = read_state(state)
+    return read_model(run / "snapshots" / f"caffe_{stage}_iter_{it}.caffemodel.h5"), history
 
 
 def torch_solver(run, stage, init) -> Solver:

@@ -98,7 +98,7 @@ def private_imports() -> list[str]:
     """`from mcl.x import _name` anywhere in the library, tools, data_prep or tests."""
     bad = []
     for path in sorted(list((ROOT / "mcl").rglob("*.py")) + list((ROOT / "tools").glob("*.py"))
-                       + list((ROOT / "data_prep").glob("*.py"))):
+                       + list((ROOT / "data_prep").glob("*.py")) + list((ROOT / "tests").glob("*.py"))):
         for target, names, _ in _imports(path):
             bad += [f"{path.relative_to(ROOT)}: {target}.{n}" for n in names if _private(n)]
     return bad

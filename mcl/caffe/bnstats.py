@@ -43,12 +43,6 @@ class StatsError(ValueError):
     """A model or net the statistics step cannot work on."""
 
 
-def check_setting(setting: str) -> str:
-    if setting not in SETTINGS:
-        raise StatsError(f"BatchNorm statistics setting must be one of {', '.join(SETTINGS)}, got {setting!r}")
-    return setting
-
-
 def raw_path(product: Path) -> Path:
     """Where the model as Caffe wrote it is kept beside the stage's product."""
     product = Path(product)
@@ -152,7 +146,8 @@ def recompute(run: Path, train_net_path: Path, model_path: Path, out: Path, batc
 def finish_stage(run: Path, train_net_path: Path, raw: Path, product: Path, setting: str,
                  batches: int = DEFAULT_BATCHES) -> dict:
     """The statistics step: `raw` (as Caffe wrote it) -> the stage's `product` under `setting`."""
-    check_setting(setting)
+    if setting not in SETTINGS:
+        raise StatsError(f"BatchNorm statistics setting must be one of {', '.join(SETTINGS)}, got {setting!r}")
     if setting == "running":
         _copy(raw, product)  # byte for byte: `running` is the model Caffe wrote
         return {"bn_stats": "running"}

@@ -211,14 +211,14 @@ class Solver:
         """SGDSolver::RestoreSolverState: a snapshot of either engine, in either of Caffe's formats
         (binary proto `.solverstate`, or HDF5 `.solverstate.h5` with its `.caffemodel.h5`)."""
         state_path = Path(state_path)
-        it, learned_net, history = _read_state(state_path)
+        it, learned_net, history = read_state(state_path)
         order = self._caffe_order()
         if len(history) != len(order):
             raise caffemodel.ModelError(f"{state_path}: {len(history)} history blobs, the net has {len(order)}")
         model = self.run / learned_net if learned_net else None
         if model is None or not model.exists():
             model = Path(str(state_path).replace(".solverstate", ".caffemodel"))
-        self.net.load_caffe_blobs(_read_model(model), strict=True)
+        self.net.load_caffe_blobs(read_model(model), strict=True)
         self._rebind()
         index = {(layer, i): k for k, (layer, i, _) in enumerate(order)}
         for b, h in zip(self.sgd.blobs, self.sgd.history):
@@ -228,7 +228,8 @@ class Solver:
         self.last_losses = None
 
 
-def _read_state(path: Path) -> tuple[int, str, list[np.ndarray]]:
+def read_state(path: Path) -> tuple[int, str, list[np.ndarray]]:
+    """(iteration, learned_net, history blobs) of a solverstate, binary or HDF5 as Caffe writes them."""
     if path.name.endswith(".h5"):
         import h5py
         with h5py.File(path, "r") as f:
@@ -241,7 +242,8 @@ def _read_state(path: Path) -> tuple[int, str, list[np.ndarray]]:
     return state.iter, state.learned_net, [caffemodel.blob_array(h) for h in state.history]
 
 
-def _read_model(path: Path) -> dict[str, list[np.ndarray]]:
+def read_model(path: Path) -> dict[str, list[np.ndarray]]:
+    """Layer name -> blobs of a snapshot's caffemodel, binary or HDF5."""
     if path.name.endswith(".h5"):
         import h5py
         with h5py.File(path, "r") as f:

@@ -94,6 +94,21 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
+def package_graph() -> dict[str, set[str]]:
+    """Sub-package -> the sub-packages its modules import (mcl/fileio.py and mcl/__init__.py count as `mcl`)."""
+    def package(m: str) -> str:
+        parts = m.split(".")
+        return ".".join(parts[:2]) if len(parts) > 1 and (ROOT / parts[0] / parts[1]).is_dir() else "mcl"
+    out: dict[str, set[str]] = {}
+    for a, targets in graph().items():
+        out.setdefault(package(a), set())
+        for b in targets:
+            if package(a) != package(b):
+                out[package(a)].add(package(b))
+                out.setdefault(package(b), set())
+    return out
+
+
 def private_imports() -> list[str]:
     """`from mcl.x import _name` anywhere in the library, tools, data_prep or tests."""
     bad = []
@@ -124,6 +139,11 @@ def top_modules() -> list[str]:
 
 def test_no_import_cycle_inside_mcl():
     assert cycles(graph()) == []
+
+
+def test_the_packages_stand_on_each_other_without_a_circle():
+    """method < caffe < data, torchnet < engine < run < evaluation < port: no package imports one above it."""
+    assert cycles(package_graph()) == []
 
 
 def test_no_module_imports_a_private_name():
@@ -200,7 +220,9 @@ if __name__ == "__main__":
     e = graph()
     print(f"modules: {len(e)}; directly in mcl/: {len(top_modules())} ({', '.join(top_modules())})")
     print(f"imports between modules: {sum(len(v) for v in e.values())}")
-    print(f"import cycles: {cycles(e) or 'none'}")
+    print(f"import cycles: {cycles(e) or 'none'}; between packages: {cycles(package_graph()) or 'none'}")
+    for pkg, deps in sorted(package_graph().items()):
+        print(f"    {pkg} imports {', '.join(sorted(deps)) or 'nothing of mcl'}")
     print(f"function-level imports of the project's own modules: {len(function_imports())}")
     for line in function_imports():
         print("   ", line)

@@ -117,7 +117,7 @@ def test_assembly_refuses_a_tampered_self_check(chained, caffe):
     W[0, 0] += 1e-3
     caffemodel.set_blob(shape.blobs[0], W)
     caffemodel.save(am, run / "tampered.caffemodel")
-    from mcl.evaluation.evaluate import load_net
+    from mcl.caffe.forward import load_net
     nets = {c: load_net(run / "nets/heads_deploy.prototxt", run / "models/heads.caffemodel") for c in layout.cluster_names[:1]}
     nets.update({c: nets[layout.cluster_names[0]] for c in layout.cluster_names})
     am_net = load_net(run / "models/am_deploy.prototxt", run / "tampered.caffemodel")

@@ -13,6 +13,8 @@ import pytest
 from conftest import ROOT
 from test_port import caffe_model, deploy_text
 
+from mcl.caffe import forward
+from mcl.data import splits
 from mcl.data.readers import read_dataset, read_pts
 from mcl.evaluation import evaluate
 from mcl.method.layouts import get_layout
@@ -51,9 +53,9 @@ def test_predictor_gives_the_evaluations_numbers(run):
     from mcl.port.predict import Predictor, read_gray
     root, proto, am = run
     layout = get_layout("68")
-    data = evaluate.load_split(root / "run", "test")
-    res = evaluate.evaluate_model(evaluate.load_net(proto, am), data, layout)
-    caffe_crop = evaluate.predict(evaluate.load_net(proto, am), data["data"], ["shape_pred"])["shape_pred"]
+    data = splits.load_split(root / "run", "test")
+    res = evaluate.evaluate_model(forward.load_net(proto, am), data, layout)
+    caffe_crop = forward.predict(forward.load_net(proto, am), data["data"], ["shape_pred"])["shape_pred"]
     caffe_points = evaluate.to_image(caffe_crop, data["crop_to_image"])
 
     predictor = Predictor.from_onnx(root / "run" / "port" / "am.onnx")

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mcl.caffe import bnstats  # noqa: E402
 from mcl.caffe.caffemodel import ModelError  # noqa: E402
+from mcl.evaluation import audit  # noqa: E402
 from mcl.evaluation.evaluate import EvalError  # noqa: E402
 from mcl.fileio import atomic_write  # noqa: E402
 from mcl.method.stages import STAGES  # noqa: E402
@@ -54,7 +55,7 @@ def main(argv=None) -> int:
             print(f"wrote {args.out}: {r['bn_layers']} BatchNorm layers recomputed over {r['bn_batches']} batches")
         if args.compare:
             batches = args.batches or 4
-            doc = bnstats.compare(run, args.stage, model, batches, args.split)
+            doc = audit.compare_bn_statistics(run, args.stage, model, batches, args.split)
             print(f"{args.stage}: Eq. 4 loss on the first {batches} training batches, {args.split} mean error")
             print(f"{'model':<16}{'TRAIN phase':>13}{'TEST phase':>12}{'ratio':>8}{'mean error %':>14}{'failure %':>11}")
             for label, r in doc["rows"].items():

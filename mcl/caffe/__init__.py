@@ -7,12 +7,11 @@ what runs inside Caffe.
   netgen         the paper's nets as NetParameters (SPEC 2-4); solvers: its SGD solvers (SPEC 5)
   runfiles       a run's nets and solvers as files; reweight: Eq. 4's loss weights written into a net
   check          that the Caffe we link imports and has the layers the nets need
-  train          the Caffe engine of the stage runner (pycaffe's SGDSolver behind mcl.run.worker's interface)
+  forward        pycaffe TEST nets: a model in its deploy net, forward passes over crops
   bnstats        the BatchNorm statistics step (TRAIN-phase forward passes in Caffe)
-  assemble       AM as a caffemodel from the heads (Eq. 2-3), checked in Caffe
+  assemble       AM as a caffemodel from the heads (Eq. 2-3), and the check that it equals them in Caffe
   speed          forward time as the paper measures it (pycaffe and `caffe time`)
 
-May import: `mcl.method`, `mcl.fileio`, `mcl.data` (for the data layers' files) and, in `train`, the
-runner's interface in `mcl.run`. pycaffe (`import caffe`) only inside the functions that run something
-in Caffe, and at the top of `train`, which only the Caffe engine's worker imports.
+May import: `mcl.method` and `mcl.fileio` only (everything else of `mcl` builds on this package).
+pycaffe (`import caffe`) only inside the functions that run something in Caffe.
 """

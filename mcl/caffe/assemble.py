@@ -7,20 +7,16 @@ shape layer from splicing; the result is checked against the heads in Caffe.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 
-from mcl.caffe import caffemodel, netgen
+from mcl.caffe import caffemodel
 from mcl.caffe.caffemodel import ModelError
+from mcl.caffe.forward import predict
 from mcl.caffe.netgen import SHAPE_LAYER, head_layer_name
-from mcl.caffe.runfiles import run_layout
-from mcl.evaluation.evaluate import load_net, load_split, predict
-from mcl.fileio import atomic_write
 from mcl.method.assembly import splice
 from mcl.method.layouts import Layout
-from mcl.run import manifest
 
 
 def _head_blobs(model, cluster: str, path) -> list[np.ndarray]:
@@ -116,35 +112,3 @@ def read_heads(run: Path, heads_path: Path, layout: Layout) -> tuple[dict[str, t
         raise ModelError(f"{heads_path}: no 'heads' mapping of cluster -> caffemodel")
     heads = {c: (caffemodel.load(run / p), run / p) for c, p in listing["heads"].items()}
     return heads, [run / p for p in listing["heads"].values()]
-
-
-def assemble_run(run: Path, heads_path: Path, out: Path, check_samples: int = 64) -> dict:
-    """AM of a run (Algorithm 1, step 3+m+1): its caffemodel and deploy net beside it, written under
-    their final names only once Caffe shows AM's output for every landmark equal to its head's,
-    on validation faces and random inputs; recorded in the run manifest."""
-    t0 = time.time()
-    layout = run_layout(run)
-    deploy_out = out.with_name(out.stem + "_deploy.prototxt")
-    tmp, deploy_tmp = out.with_name(f".{out.name}.tmp"), deploy_out.with_name(f".{deploy_out.name}.tmp")
-    try:
-        heads, inputs = read_heads(run, heads_path, layout)
-        caffemodel.save(assemble(heads, layout), tmp)
-        atomic_write(deploy_tmp, f"# MCL-Caffe assembled model (AM): layout {layout.name}, heads from "
-                                 f"{heads_path.name}.\n" + netgen.to_text(netgen.deploy_net(layout)))
-        images = load_split(run, "val", limit=check_samples)["data"]
-        images = np.concatenate([images, np.random.default_rng(0).uniform(-1, 1, (8, 1, 50, 50)).astype(np.float32)])
-        am_net = load_net(deploy_tmp, tmp)
-        nets = {}
-        for c, (_, path) in heads.items():
-            same = next((nets[k] for k in nets if heads[k][1] == path), None)
-            nets[c] = same if same is not None else load_net(run / "nets" / "heads_deploy.prototxt", path)
-        check = verify(nets, am_net, images, layout)
-        deploy_tmp.replace(deploy_out)
-        tmp.replace(out)
-    finally:
-        for p in (tmp, deploy_tmp):  # a model that failed its self-check never looks finished
-            p.unlink(missing_ok=True)
-    manifest.record(run, out, "assemble", {"heads": str(heads_path)}, inputs, time.time() - t0,
-                    deploy=str(deploy_out.relative_to(run) if deploy_out.is_relative_to(run) else deploy_out),
-                    check=check)
-    return {"layout": layout, "check": check, "deploy": deploy_out}

@@ -27,11 +27,7 @@ import numpy as np
 
 from mcl.caffe import caffemodel, netgen
 from mcl.caffe.proto import caffe_pb2
-from mcl.caffe.runfiles import run_layout
-from mcl.evaluation.evaluate import EvalError, evaluate_model, load_net, load_split
 from mcl.fileio import atomic_write
-from mcl.method.stages import STAGES
-from mcl.run import provenance
 
 SETTINGS = ("recomputed", "running")
 DEFAULT = "recomputed"
@@ -186,25 +182,3 @@ def phase_losses(run: Path, train_net_path: Path, model: Path, batches: int = 1)
             total += sum(w * float(net.blobs[t].data) for t, w in weights.items())
         out[phase_name] = total / batches
     return out
-
-
-def compare(run: Path, stage: str, model: Path, batches: int, split: str) -> dict:
-    """Caffe's raw model beside the stage's product: the Eq. 4 loss in the TRAIN and TEST phases on the
-    first training batches, and the mean error on `split` (tools/bn_stats.py --compare)."""
-    layout = run_layout(run)
-    net = run / "nets" / f"{stage}_train.prototxt"
-    deploy = run / "nets" / f"{STAGES[stage].deploy}.prototxt"
-    output = ("fc6" if stage == "pre_bm" else netgen.head_layer_name(layout.cluster_names[0]) if stage == "heads"
-              else netgen.SHAPE_LAYER)
-    data = load_split(run, split)
-    rows = {}
-    for label, path in (("running (raw)", raw_path(model)), ("product", model)):
-        if not path.exists():
-            raise EvalError(f"{path}: missing")
-        r = phase_losses(run, net, path, batches)
-        ev = evaluate_model(load_net(deploy, path), data, layout, output)
-        r["mean_error"] = ev["inter_ocular"]["mean_error"]
-        r["failure_rate"] = ev["inter_ocular"]["failure_rate"]["0.10"]
-        r["model"], r["bn_stats"] = str(path), provenance.bn_stats_of(run, path)
-        rows[label] = r
-    return {"stage": stage, "split": split, "batches": batches, "output": output, "rows": rows}

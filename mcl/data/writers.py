@@ -24,6 +24,7 @@ import os
 
 import numpy as np
 
+from mcl.caffe.proto import caffe_pb2
 from mcl.data.augment import CROP, CropSet
 from mcl.data.readers import DataError
 from mcl.method.layouts import PIXEL_MEAN, PIXEL_SCALE
@@ -202,15 +203,6 @@ def check_lmdb(path) -> int:
     return n
 
 
-def _caffe_pb2():
-    try:
-        from mcl.caffe.proto import caffe_pb2
-    except ImportError as exc:
-        raise DataError(f"LMDB output needs Caffe's caffe_pb2 ({exc}); run `make setup`, "
-                        f"or write HDF5 only (--formats hdf5)") from None
-    return caffe_pb2
-
-
 def _map_size(n: int, bytes_each: int) -> int:
     """Deterministic (it is stored in the file): twice the payload, whole MiB."""
     return (2 * n * (bytes_each + 64) // (1 << 20) + 16) << 20
@@ -222,15 +214,14 @@ def write_lmdb(folder: str, split: str, crops: CropSet) -> list[str]:
     key order, so equal crops give equal bytes."""
     import lmdb
 
-    pb2 = _caffe_pb2()
     lm, inv = targets(crops)
     tg = np.concatenate([lm, inv[:, None]], axis=1)
     written = []
     for db, size_each, make in (
         (f"{split}_lmdb", CROP * CROP + 16,
-         lambda i: pb2.Datum(channels=1, height=CROP, width=CROP, data=crops.images[i].tobytes())),
+         lambda i: caffe_pb2.Datum(channels=1, height=CROP, width=CROP, data=crops.images[i].tobytes())),
         (f"{split}_targets_lmdb", 4 * tg.shape[1] + 16,
-         lambda i: pb2.Datum(channels=tg.shape[1], height=1, width=1, float_data=tg[i].tolist())),
+         lambda i: caffe_pb2.Datum(channels=tg.shape[1], height=1, width=1, float_data=tg[i].tolist())),
     ):
         path = os.path.join(folder, db)
         env = lmdb.open(path, map_size=_map_size(len(crops), size_each), subdir=True, lock=False)
@@ -249,13 +240,12 @@ def read_lmdb(path: str) -> list[tuple[str, object]]:
     """(key, Datum) pairs of an LMDB in key order."""
     import lmdb
 
-    pb2 = _caffe_pb2()
     env = lmdb.open(path, readonly=True, lock=False)
     out = []
     try:
         with env.begin() as txn:
             for key, value in txn.cursor():
-                d = pb2.Datum()
+                d = caffe_pb2.Datum()
                 d.ParseFromString(value)
                 out.append((key.decode("ascii"), d))
     finally:

@@ -13,11 +13,10 @@ Its equality with Caffe is tested stage by stage (tests/test_engine.py).
   fixed.py    the fixed leading layers (the fixed prefix) computed once per training row
   solver.py   Solver: the counterpart of pycaffe's SGDSolver (step, snapshot, restore)
   bench.py    the engine benchmark: Caffe and the torch engine side by side (tools/bench_engine.py)
-  stage.py    TorchStage: the engine behind the stage runner's interface (mcl.run.worker), as mcl.caffe.train's
 
 May import: `mcl.method`, `mcl.caffe`'s file layer (proto, caffemodel; never pycaffe, so the engine
-runs where no Caffe is built), `mcl.torchnet`, `mcl.run` and `mcl.fileio`; the benchmark also `mcl.data` (random training rows,
+runs where no Caffe is built), `mcl.torchnet` and `mcl.fileio`; the benchmark also `mcl.data` (random training rows,
 the size of 300-W's training split) and `mcl.caffe.runfiles`. torch at module top: only
-the stage's child process and the benchmark import this package's modules.
+the stage's child process (mcl.run.torch_engine) and the benchmark import this package's modules.
 """
 

@@ -17,13 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from mcl.caffe import netgen
+from mcl.caffe import bnstats, netgen
+from mcl.caffe.forward import load_net
 from mcl.caffe.runfiles import run_layout
-from mcl.evaluation.evaluate import evaluate_model, load_net, load_split, split_files
+from mcl.data.splits import load_split, split_files
+from mcl.evaluation.evaluate import EvalError, evaluate_model
 from mcl.fileio import atomic_write
 from mcl.method import loss_weights, paper
 from mcl.method.layouts import Layout
-from mcl.method.stages import LOSS_WEIGHTS_DIR
+from mcl.method.stages import LOSS_WEIGHTS_DIR, STAGES
 from mcl.run import manifest, provenance
 
 ABLATIONS = ("pre_bm", "perturbation", "single_head", "simplified_am", "weighting_simplified_am", "occlusion",
@@ -400,3 +402,25 @@ def _record(run: Path, out: Path, doc: dict, stage: str, inputs: list[Path]) -> 
     t0 = time.time()
     atomic_write(out, json.dumps(doc, indent=2) + "\n")
     manifest.record(run, out.resolve(), stage, {}, [p for p in inputs if p.exists()], time.time() - t0)
+
+
+def compare_bn_statistics(run: Path, stage: str, model: Path, batches: int, split: str) -> dict:
+    """Caffe's raw model beside the stage's product: the Eq. 4 loss in the TRAIN and TEST phases on the
+    first training batches, and the mean error on `split` (tools/bn_stats.py --compare)."""
+    layout = run_layout(run)
+    net = run / "nets" / f"{stage}_train.prototxt"
+    deploy = run / "nets" / f"{STAGES[stage].deploy}.prototxt"
+    output = ("fc6" if stage == "pre_bm" else netgen.head_layer_name(layout.cluster_names[0]) if stage == "heads"
+              else netgen.SHAPE_LAYER)
+    data = load_split(run, split)
+    rows = {}
+    for label, path in (("running (raw)", bnstats.raw_path(model)), ("product", model)):
+        if not path.exists():
+            raise EvalError(f"{path}: missing")
+        r = bnstats.phase_losses(run, net, path, batches)
+        ev = evaluate_model(load_net(deploy, path), data, layout, output)
+        r["mean_error"] = ev["inter_ocular"]["mean_error"]
+        r["failure_rate"] = ev["inter_ocular"]["failure_rate"]["0.10"]
+        r["model"], r["bn_stats"] = str(path), provenance.bn_stats_of(run, path)
+        rows[label] = r
+    return {"stage": stage, "split": split, "batches": batches, "output": output, "rows": rows}

@@ -11,9 +11,11 @@ from pathlib import Path
 from google.protobuf import text_format
 
 from mcl.caffe import bnstats
+from mcl.caffe.forward import load_net
 from mcl.caffe.proto import caffe_pb2
 from mcl.caffe.runfiles import run_layout
-from mcl.evaluation.evaluate import evaluate_model, load_net, load_split
+from mcl.data.splits import load_split
+from mcl.evaluation.evaluate import evaluate_model
 from mcl.evaluation.report import save_figure
 
 

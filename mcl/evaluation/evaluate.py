@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import h5py
 import numpy as np
 
-from mcl.caffe.caffemodel import check_fits, load
-from mcl.data.readers import DataError
-from mcl.data.writers import check_hdf5
+from mcl.caffe.forward import load_net, predict
+from mcl.data.splits import load_split
 from mcl.method.layouts import Layout
 
 FAILURE_THRESHOLDS = (0.10, 0.08)
@@ -23,62 +21,6 @@ AUC_LIMITS = (0.08, 0.10)
 
 class EvalError(ValueError):
     """A split or model that cannot be evaluated (missing, empty, wrong layout)."""
-
-
-def split_files(run: Path, split: str) -> list[Path]:
-    """The HDF5 files of a split, from the list file Caffe reads (paths relative to the run)."""
-    listing = Path(run) / "data" / f"{split}.txt"
-    if not listing.exists():
-        raise EvalError(f"{listing}: list file of split {split!r} missing (run `make data`)")
-    files = [Path(run) / line.strip() for line in listing.read_text().splitlines() if line.strip()]
-    if not files:
-        raise EvalError(f"{listing}: split {split!r} is empty")
-    for f in files:
-        if not f.exists():
-            raise EvalError(f"{listing}: lists {f}, which does not exist")
-    return files
-
-
-def load_split(run: Path, split: str, limit: int | None = None) -> dict[str, np.ndarray]:
-    keys = ("data", "crop_to_image", "landmarks_image", "iod_image")
-    parts: dict[str, list] = {k: [] for k in keys}
-    files = split_files(run, split)
-    for f in files:
-        with h5py.File(f, "r") as h:
-            missing = [k for k in keys if k not in h]
-            if missing:
-                raise EvalError(f"{f}: lacks dataset(s) {', '.join(missing)} needed for evaluation")
-            _check_file(f, keys)
-            for k in keys:
-                parts[k].append(h[k][...])
-    out = {k: np.concatenate(v) for k, v in parts.items()}
-    if len(out["data"]) == 0:
-        raise EvalError(f"split {split!r} of {run} holds no faces")
-    if limit is not None:
-        out = {k: v[:limit] for k, v in out.items()}
-    return out
-
-
-def _check_file(path: Path, keys) -> None:
-    """Shapes and finite values (mcl.data.writers.check_hdf5): a wrong shape would abort
-    Caffe, a NaN would turn every metric into NaN without a word."""
-    try:
-        check_hdf5(path, keys)
-    except DataError as exc:
-        raise EvalError(str(exc)) from None
-
-
-def predict(net, images: np.ndarray, outputs: list[str], batch: int = 64) -> dict[str, np.ndarray]:
-    """Forward `images` (N,1,50,50) through a pycaffe deploy net; crop-coordinate outputs."""
-    res = {o: [] for o in outputs}
-    for i in range(0, len(images), batch):
-        chunk = images[i:i + batch]
-        net.blobs["data"].reshape(*chunk.shape)
-        net.blobs["data"].data[...] = chunk
-        out = net.forward(blobs=outputs)
-        for o in outputs:
-            res[o].append(out[o].copy())
-    return {o: np.concatenate(v) for o, v in res.items()}
 
 
 def to_image(pred_crop: np.ndarray, crop_to_image: np.ndarray) -> np.ndarray:
@@ -144,21 +86,6 @@ def score(pred_img: np.ndarray, data: dict, layout: Layout) -> dict:
 def evaluate_model(net, data: dict, layout: Layout, output: str = "shape_pred") -> dict:
     """Inter-ocular metrics, and the outer-corner normalisation where the layout has it."""
     return score(predict_image(net, data, layout, output), data, layout)
-
-
-def load_net(deploy: Path, model: Path):
-    """A pycaffe TEST net; a model of another layout or net is refused with its path."""
-    import caffe
-
-    caffe.set_mode_cpu()
-    for p in (deploy, model):
-        if not Path(p).exists():
-            raise EvalError(f"{p}: missing")
-    net = caffe.Net(str(deploy), caffe.TEST)
-    # A separate head run holds one head: the heads deploy net's other heads may be absent.
-    check_fits(load(model), net, model, require_all="heads_deploy" not in Path(deploy).name)
-    net.copy_from(str(model))
-    return net
 
 
 def validation_errors(run: Path, model: Path, layout: Layout, split: str = "val") -> tuple[np.ndarray, dict]:

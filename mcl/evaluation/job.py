@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mcl.caffe import netgen, speed
+from mcl.caffe.forward import load_net
 from mcl.caffe.runfiles import run_layout
+from mcl.data.splits import load_split
 from mcl.evaluation import predictions as pf
-from mcl.evaluation.evaluate import EvalError, load_net, load_split, predict_image, score
+from mcl.evaluation.evaluate import EvalError, predict_image, score
 from mcl.run import provenance
 
 # ---- an evaluation of several models and predictions files on one split ----------------------

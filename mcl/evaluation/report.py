@@ -21,10 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from mcl.caffe import netgen
+from mcl.caffe.forward import load_net
 from mcl.caffe.runfiles import run_layout
 from mcl.data.augment import apply_affine, invert_affine
 from mcl.data.sheet import contact_sheet
-from mcl.evaluation.evaluate import ced, load_net, load_split, predict_image, score
+from mcl.data.splits import load_split
+from mcl.evaluation.evaluate import ced, predict_image, score
 from mcl.fileio import atomic_write
 from mcl.method.layouts import PIXEL_MEAN, PIXEL_SCALE, Layout
 from mcl.run import provenance

@@ -9,7 +9,7 @@ Modules (import them by name; this package imports nothing by itself):
   predict  landmarks from an ONNX model with the evaluation's crop, no Caffe
   bench    forward speed of Caffe, OpenCV dnn, PyTorch and ONNX Runtime side by side
 
-May import: `mcl.method`, `mcl.caffe`'s file layer (Caffe files are read with protobuf only),
-`mcl.torchnet`, `mcl.data` (the crops), `mcl.evaluation` (its metrics) and `mcl.fileio`. pycaffe,
-OpenCV dnn and ONNX Runtime only inside the functions that run them.
+May import: `mcl.method`, `mcl.caffe` (Caffe files are read with protobuf only; the benchmark generates
+its net), `mcl.torchnet`, `mcl.data` (the crops), `mcl.evaluation` (its metrics) and `mcl.fileio`.
+pycaffe, OpenCV dnn and ONNX Runtime only inside the functions that run them.
 """

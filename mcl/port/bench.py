@@ -26,6 +26,7 @@ import torch
 
 from mcl import torchnet
 from mcl.caffe import netgen
+from mcl.data import splits
 from mcl.evaluation import evaluate
 from mcl.method.layouts import get_layout
 from mcl.port import convert
@@ -134,7 +135,7 @@ def faces(folder: Path, run=None, n_test: int = 100) -> tuple[dict, dict, str]:
     """(calibration split, test split, where from): the run's val and test splits, or a
     synthetic set prepared here (data_prep/prepare.py --dataset synth)."""
     if run and (Path(run) / "data" / "test.txt").exists():
-        return evaluate.load_split(run, "val"), evaluate.load_split(run, "test"), f"{run}/data (val, test)"
+        return splits.load_split(run, "val"), splits.load_split(run, "test"), f"{run}/data (val, test)"
     root = Path(__file__).resolve().parents[2]
     data = folder / "run" / "data"
     proc = subprocess.run([sys.executable, str(root / "data_prep" / "prepare.py"), "--dataset", "synth",
@@ -143,7 +144,7 @@ def faces(folder: Path, run=None, n_test: int = 100) -> tuple[dict, dict, str]:
                            "--quiet"], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"preparing synthetic faces failed: {proc.stderr[-2000:]}")
-    return (evaluate.load_split(folder / "run", "val"), evaluate.load_split(folder / "run", "test"),
+    return (splits.load_split(folder / "run", "val"), splits.load_split(folder / "run", "test"),
             f"synthetic faces (data_prep/prepare.py --dataset synth, {n_test} test faces)")
 
 

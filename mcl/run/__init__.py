@@ -5,9 +5,11 @@
   provenance  what a model was trained with (schedule, seed, engine, BatchNorm statistics), from the manifest
   stage       the stage runner: one row of Algorithm 1 (mcl.method.stages) trained resumably, then recorded
   worker      the stage's child process: one training loop for both engines (step, snapshot, restore)
+  caffe_engine, torch_engine  the two engines behind the worker's interface (pycaffe's SGDSolver; mcl.engine's Solver)
+  assemble    Algorithm 1's last step: AM from the heads, checked in Caffe, recorded
   verify      `make verify`: every artifact against its recorded checksum; inputs checked before a stage
 
-May import: `mcl.method`, `mcl.caffe` (its file layer, nets and statistics step; pycaffe only
-through `mcl.caffe.train`, which the worker imports on purpose, inside a function, for the Caffe
-engine), `mcl.engine` (likewise, for the torch engine), `mcl.data` and `mcl.fileio`.
+May import: `mcl.method`, `mcl.caffe`, `mcl.data`, `mcl.engine`, `mcl.torchnet` and `mcl.fileio`; not
+`mcl.evaluation` or `mcl.port`, which build on it. pycaffe and torch only in the engine modules,
+which the worker imports on purpose inside a function, for the engine a stage asks for.
 """

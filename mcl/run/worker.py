@@ -1,6 +1,6 @@
 """The child process of one training stage (`python -m mcl.run.worker`): one loop for both engines.
 
-An engine is a small object (`mcl.caffe.train.CaffeStage`, `mcl.engine.stage.TorchStage`):
+An engine is a small object (`mcl.run.caffe_engine.CaffeStage`, `mcl.run.torch_engine.TorchStage`):
 
   iter, settings            the iteration done; the solver's settings (max_iter, display, snapshot,
                             base_lr, gamma, stepsize, lr_policy)
@@ -107,9 +107,9 @@ def work(engine, spec: StageSpec, stop_after: int | None = None) -> int:
 def open_engine(spec: StageSpec):
     """The engine object of `spec`; each imports its framework (pycaffe or torch) only here, on purpose."""
     if spec.engine == "caffe":
-        from mcl.caffe.train import CaffeStage
+        from mcl.run.caffe_engine import CaffeStage
         return CaffeStage(spec)
-    from mcl.engine.stage import TorchStage
+    from mcl.run.torch_engine import TorchStage
     return TorchStage(spec)
 
 

@@ -40,7 +40,7 @@ class CaffeStage:
         return self.solver.iter
 
     def log(self, msg: str) -> None:
-        print(f"mcl.caffe.train] {msg}", file=sys.stderr, flush=True)
+        print(f"mcl.run.caffe_engine] {msg}", file=sys.stderr, flush=True)
 
     def restore(self, state: Path) -> None:
         if not snapshot_intact(state, self.solver.net):  # cut short by a kill: Caffe would abort on it

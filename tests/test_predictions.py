@@ -93,6 +93,19 @@ def test_predictions_file_gives_the_metrics_of_the_model_that_wrote_it(tiny, wri
     assert one["FILE1"]["source"] == "predictions" and one["FILE1"]["coords_base"] == 1
 
 
+def test_predictions_are_scored_in_a_run_folder_holding_only_data(tiny, written, tmp_path):
+    """Another method's predictions need only the test split: no nets, no models, no speed figure."""
+    run, _ = written
+    data_only = tmp_path / "data_only"
+    shutil.copytree(run / "data", data_only / "data")
+    proc = evaluate(data_only, "--predictions", f"AM={run / 'p1/AM.txt'}", "--overlays", 2)
+    assert "speed" not in json.loads((data_only / "eval/test.json").read_text())
+    scored = results(data_only / "eval/test.json")["AM"]
+    assert scored["speed_ms"] is None and scored["source"] == "predictions"
+    assert_same_metrics(scored, results(run / "eval/test.json")["AM"])
+    assert not (data_only / "nets").exists(), proc.stdout
+
+
 def test_a_one_pixel_shift_is_detected(tiny, written):
     run, gt, iod = tiny
     gt_file = run / "gt_1based.txt"  # the ground truth written 1-based, as a .pts user would

@@ -27,11 +27,11 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mcl.caffe.caffemodel import ModelError  # noqa: E402
-from mcl.caffe.runfiles import run_layout  # noqa: E402
 from mcl.evaluation import report  # noqa: E402
 from mcl.evaluation.evaluate import EvalError  # noqa: E402
 from mcl.evaluation.job import parse_model, parse_named_file, run_evaluation  # noqa: E402
 from mcl.evaluation.predictions import write_predictions  # noqa: E402
+from mcl.method.layouts import get_layout  # noqa: E402
 from mcl.run import manifest  # noqa: E402
 from mcl.run.verify import check_creatable  # noqa: E402
 
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
         models = [parse_model(spec, run) for spec in args.model]
         files = [parse_named_file(spec) for spec in args.predictions]
         ev = run_evaluation(run, args.split, models, files, args.coords_base, args.speed_repeats)
-        layout = run_layout(run)
+        layout = get_layout(ev.doc["layout"])
     except (EvalError, ModelError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from mcl.caffe import netgen, speed
 from mcl.caffe.forward import load_net
-from mcl.caffe.runfiles import run_layout
 from mcl.data.splits import load_split
 from mcl.evaluation import predictions as pf
 from mcl.evaluation.evaluate import EvalError, predict_image, score
@@ -65,7 +64,7 @@ def run_evaluation(run: Path, split: str = "test", models=(), prediction_files=(
     """
     run = Path(run)
     try:
-        layout = run_layout(run)
+        layout = provenance.layout_of(run)
     except ValueError as exc:
         raise EvalError(str(exc)) from None
     names = [m.name for m in models] + [n for n, _ in prediction_files]

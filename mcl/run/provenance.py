@@ -12,7 +12,9 @@ import json
 import os
 from pathlib import Path
 
-from mcl.run import manifest
+from mcl.caffe.runfiles import run_layout
+from mcl.method.layouts import Layout, get_layout
+from mcl.run import manifest, settings
 
 DEFAULT_ENGINE = "caffe"
 DEFAULT_TEST_CROP = "ours"  # data prepared before the test-crop setting existed used our box crops
@@ -100,3 +102,24 @@ def engine_record(engine: str, device: str) -> dict:
         return {"engine": "torch", "device": device, "torch_version": version("torch")}
     except PackageNotFoundError:
         return {"engine": "torch", "device": device}
+
+
+def layout_of(run: Path) -> Layout:
+    """The run's layout: its nets' where they are generated, else RUN/run.json's, else its prepared
+    data's (a run folder holding only data can still score predictions files)."""
+    run = Path(run)
+    if (run / "nets" / "deploy.prototxt").exists():
+        return run_layout(run)
+    recorded = settings.read(run)
+    if recorded and "layout" in recorded:
+        return get_layout(recorded["layout"])
+    data = run / "data" / "manifest.json"
+    if data.exists():
+        try:
+            layout = json.loads(data.read_text()).get("settings", {}).get("layout")
+        except ValueError as exc:
+            raise ValueError(f"{data}: not valid JSON ({exc})") from None
+        if layout is not None:
+            return get_layout(str(layout))
+    raise ValueError(f"{run}: no nets/deploy.prototxt, run.json or data/manifest.json to tell the run's layout "
+                     "(run `make data` or `make nets`)")

@@ -81,8 +81,9 @@ SETTINGS_GROUPS := data nets train bn
 PIPELINE_GOALS := data stage1 weights-bm stage2 stage3 weights-wm heads assemble evaluate demo \
   audit $(AUDIT_TARGETS) audit-models
 # They are refreshed while this Makefile is read, when a pipeline target is asked for, and never
-# in a dry run (`make -n` writes nothing: a missing file is then only announced by the rule below).
-DRY_RUN := $(findstring n,$(firstword -$(MAKEFLAGS)))
+# in a dry run or a question (`make -n` and `make -q` write nothing: a missing file is then only
+# announced by the rule below).
+DRY_RUN := $(strip $(foreach f,n q,$(findstring $(f),$(firstword -$(MAKEFLAGS)))))
 define refresh_settings
 $(shell mkdir -p $(RUN)/.settings && printf '%s\n' '$($(1)_settings)' | cmp -s - $(RUN)/.settings/$(1) \
   || printf '%s\n' '$($(1)_settings)' > $(RUN)/.settings/$(1))
@@ -96,7 +97,25 @@ $(error $(RUN)/weights/ holds loss-weight files of an earlier version, which thi
 endif
 endif
 ifeq ($(DRY_RUN),)
+# One writer per run folder: this make holds RUN/.lock until it ends (its recipes share it); a
+# second make, or a tool by hand, on the same folder stops at once naming this one (mcl/run/lock.py).
+ifneq ($(wildcard $(PY)),)
+ifeq ($(filter $(abspath $(RUN)),$(subst :, ,$(MCL_RUN_LOCK))),)
+lock_message := $(shell $(PY) -m mcl.run.lock hold $(RUN) --for $$PPID 2>&1)
+ifneq ($(.SHELLSTATUS),0)
+$(error $(lock_message))
+endif
+export MCL_RUN_LOCK := $(abspath $(RUN))
+endif
+endif
 $(foreach g,$(SETTINGS_GROUPS),$(call refresh_settings,$(g)))
+# Before make plans: a product whose bytes are not those its manifest recorded (torn by a crash
+# after its rename) is set aside as <name>.torn, so its rule runs again (mcl/run/verify.py).
+ifneq ($(wildcard $(PY)),)
+ifneq ($(wildcard $(RUN)/manifest.json $(RUN)/data/manifest.json),)
+torn_check := $(shell $(PY) -m mcl.run.verify --set-aside-torn $(RUN) >&2)
+endif
+endif
 else
 # A dry run only reads them: a group whose settings changed is shown as remade, with all it reruns.
 changed_settings := $(foreach g,$(SETTINGS_GROUPS),$(if $(shell printf '%s\n' '$($(g)_settings)' \

@@ -13,6 +13,8 @@ import argparse
 import os
 import signal
 import sys
+from contextlib import nullcontext
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -21,6 +23,7 @@ from mcl.data.pipeline import DEFAULT_CROP_SCALE, FORMATS, PrepareSettings, prep
 from mcl.data.pool import WorkerError  # noqa: E402
 from mcl.data.readers import DATASETS, OUTSIDE_TOLERANCE, DataError  # noqa: E402
 from mcl.data.synth import SynthSettings  # noqa: E402
+from mcl.run.lock import writer  # noqa: E402
 
 
 def floats(text: str) -> tuple[float, ...]:
@@ -115,8 +118,10 @@ def main(argv=None) -> int:
     # is removed. A second signal during that clean-up is ignored, so the clean-up ends.
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    run = Path(args.out).resolve().parent  # RUN/data: one writer in the run folder (mcl/run/lock.py)
     try:
-        manifest = prepare(settings)
+        with writer(run) if Path(args.out).name == "data" and run.is_dir() else nullcontext():
+            manifest = prepare(settings)
     except (DataError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ protocol), the single-core speed table and the paper's table."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import cv2
@@ -13,6 +14,8 @@ import numpy as np
 import pytest
 from conftest import synthetic_batch, tool, write_hdf5
 
+from mcl.caffe import caffemodel
+from mcl.evaluation import summary
 from mcl.method.layouts import get_layout
 from mcl.run import manifest
 
@@ -104,6 +107,30 @@ def test_predictions_are_scored_in_a_run_folder_holding_only_data(tiny, written,
     assert scored["speed_ms"] is None and scored["source"] == "predictions"
     assert_same_metrics(scored, results(run / "eval/test.json")["AM"])
     assert not (data_only / "nets").exists(), proc.stdout
+
+
+def test_a_diverged_model_is_shown_as_diverged_never_with_numbers(tiny, written):
+    """A model whose weights went NaN (a diverged stage): its report rows say so and hold no figures."""
+    run, _ = written
+    model = caffemodel.load(run / "models/bm.caffemodel")
+    blob = next(lay for lay in model.layer if lay.name == "shape_pred").blobs[0]
+    caffemodel.set_blob(blob, np.full(caffemodel.blob_array(blob).shape, np.nan, np.float32))
+    caffemodel.save(model, run / "models/nan.caffemodel")
+    evaluate(run, "--model", "NAN=models/nan.caffemodel", "--model", "BM=models/bm.caffemodel", "--speed-repeats", 0,
+             "--overlays", 0, "--out", run / "eval/nan")
+    md = (run / "eval/nan.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| NAN |")]
+    assert rows and all("diverged" in line for line in rows[:1])
+    assert not any(re.search(r"\| NAN \|[^|]*\| \d+ \| \d", line) for line in rows)  # no mean error shown
+    assert any(line.startswith("| BM |") and re.search(r"\| \d+\.\d\d \|", line) for line in md.splitlines())
+    doc = {"run": str(run), "layout": "5", "split": "test", "engine": "caffe", "schedule_scale": 0.1, "seed": 0,
+           "models": {"BM": {"mean_error": float("nan"), "failure_rate": 1.0, "auc_0.10": 0.0, "bn_stats": "running",
+                             "caffe_ms": None}},
+           "equal_budget_mean_error": float("nan"), "onnx": None, "ordering": None, "occlusion_held": None,
+           "wall_time_s": {}, "files": {}}
+    summary_md = summary.markdown(doc)
+    assert "| BM | diverged" in summary_md and "| BM + equal budget (control) | diverged" in summary_md
+    assert "nan" not in summary_md.lower()
 
 
 def test_a_one_pixel_shift_is_detected(tiny, written):

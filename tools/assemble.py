@@ -20,6 +20,7 @@ from mcl.caffe.caffemodel import ModelError  # noqa: E402
 from mcl.evaluation.evaluate import EvalError  # noqa: E402
 from mcl.method.stages import ASSEMBLED_MODEL  # noqa: E402
 from mcl.run.assemble import assemble_run  # noqa: E402
+from mcl.run.lock import writer  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -32,7 +33,8 @@ def main(argv=None) -> int:
     run = Path(args.run).resolve()
     out = Path(args.out).resolve() if args.out else run / ASSEMBLED_MODEL
     try:
-        done = assemble_run(run, Path(args.heads), out, args.check_samples)
+        with writer(run):
+            done = assemble_run(run, Path(args.heads), out, args.check_samples)
     except (ModelError, EvalError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mcl.caffe.caffemodel import ModelError  # noqa: E402
 from mcl.evaluation import audit, audit_report  # noqa: E402
 from mcl.evaluation.evaluate import EvalError  # noqa: E402
+from mcl.run.lock import writer  # noqa: E402
 
 
 def cmd_perturb(args, run: Path) -> None:
@@ -72,7 +73,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     run = Path(args.run).resolve()
     try:
-        {"perturb": cmd_perturb, "models": cmd_models, "ablation": cmd_ablation, "report": cmd_report}[args.cmd](args, run)
+        with writer(run):
+            {"perturb": cmd_perturb, "models": cmd_models, "ablation": cmd_ablation, "report": cmd_report}[args.cmd](args,
+                                                                                                           run)
     except (audit.AuditError, EvalError, ModelError, ValueError, OSError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -12,19 +12,14 @@ and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mcl.caffe.runfiles import run_layout  # noqa: E402
-from mcl.evaluation.evaluate import validation_errors  # noqa: E402
-from mcl.fileio import atomic_write  # noqa: E402
-from mcl.method import loss_weights  # noqa: E402
+from mcl.evaluation.weighting import write_weights  # noqa: E402
 from mcl.method.stages import ALPHA  # noqa: E402
-from mcl.run import manifest, provenance  # noqa: E402
+from mcl.run.lock import writer  # noqa: E402
 from mcl.run.verify import check_creatable  # noqa: E402
 
 
@@ -37,32 +32,17 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="val", help="split the errors come from (default val: Omega_v)")
     ap.add_argument("--out", required=True, help="weights JSON to write")
     args = ap.parse_args(argv)
-    run = Path(args.run).resolve()
-    t0 = time.time()
+    out = Path(args.out)
     try:
-        check_creatable(Path(args.out).parent)  # an output that cannot be written stops us first
-        layout = run_layout(run)
-        errors, res = validation_errors(run, Path(args.model), layout, args.split)
-        common = dict(errors=[float(e) for e in errors], split=args.split, faces=res["inter_ocular"]["faces"],
-                      model=str(Path(args.model).resolve()), mean_error=res["inter_ocular"]["mean_error"],
-                      provenance=provenance.trained_with(run, Path(args.model).resolve()))
-        if args.eq == 5:
-            doc = loss_weights.document(layout, "eq5", weights=loss_weights.eq5(errors), **common)
-            rows = [("all", doc["weights"])]
-        else:
-            clusters = loss_weights.eq9(errors, layout, args.alpha)
-            doc = loss_weights.document(layout, "eq9", clusters=clusters, alpha=args.alpha, **common)
-            rows = list(doc["clusters"].items())
+        check_creatable(out.parent)  # an output that cannot be written stops us first
+        with writer(Path(args.run)):
+            doc, rows, layout = write_weights(Path(args.run), Path(args.model), args.eq, out, args.alpha, args.split)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    atomic_write(out, json.dumps(doc, indent=2) + "\n")
-    manifest.record(run, out.resolve(), f"weights-eq{args.eq}", {"eq": args.eq, "alpha": args.alpha, "split": args.split},
-                    [Path(args.model)] + sorted(Path(run).glob(f"data/{args.split}*.h5")), time.time() - t0,
-                    provenance=doc["provenance"])
-    print(f"Eq. {args.eq} weights from {res['inter_ocular']['faces']} {args.split} faces "
-          f"(mean error {100 * res['inter_ocular']['mean_error']:.2f}% of d):")
+    errors = doc["errors"]
+    print(f"Eq. {args.eq} weights from {doc['faces']} {args.split} faces "
+          f"(mean error {100 * doc['mean_error']:.2f}% of d):")
     names = [f"{j + 1:>7d}" for j in range(layout.n_points)]
     print(f"{'landmark':<17}" + "".join(names[:20]) + (" ..." if layout.n_points > 20 else ""))
     print(f"{'error % d':<17}" + "".join(f"{100 * e:7.2f}" for e in errors[:20]))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -21,6 +22,7 @@ from mcl.fileio import atomic_write  # noqa: E402
 from mcl.method.layouts import LAYOUTS, get_layout  # noqa: E402
 from mcl.method.stages import BATCH_SIZE, SCHEDULES  # noqa: E402
 from mcl.run import settings  # noqa: E402
+from mcl.run.lock import writer  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -55,10 +57,11 @@ def main(argv=None) -> int:
         for layout in layouts:
             files.update(reference_files(layout))
     try:
-        for rel, text in sorted(files.items()):
-            atomic_write(root / rel, text)
-        if args.run:
-            settings.write(root, run_settings(*opts))
+        with writer(root) if args.run else nullcontext():
+            for rel, text in sorted(files.items()):
+                atomic_write(root / rel, text)
+            if args.run:
+                settings.write(root, run_settings(*opts))
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

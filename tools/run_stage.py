@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mcl.caffe import bnstats  # noqa: E402
 from mcl.method.stages import STAGES, table  # noqa: E402
+from mcl.run.lock import writer  # noqa: E402
 from mcl.run.stage import ENGINES, StageError, train  # noqa: E402
 
 
@@ -48,10 +49,12 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", help="torch engine: cpu (default), cuda or cuda:N")
     args = ap.parse_args(argv)
     try:
-        train(Path(args.run), args.stage, init=Path(args.init).resolve() if args.init else None,
-              weights=Path(args.loss_weights).resolve() if args.loss_weights else None,
-              out=Path(args.out) if args.out else None, name=args.name, separate=args.separate, warmup=args.warmup,
-              bn_stats=args.bn_stats, bn_batches=args.bn_batches, engine=args.engine, device=args.device)
+        with writer(Path(args.run)):
+            train(Path(args.run), args.stage, init=Path(args.init).resolve() if args.init else None,
+                  weights=Path(args.loss_weights).resolve() if args.loss_weights else None,
+                  out=Path(args.out) if args.out else None, name=args.name, separate=args.separate,
+                  warmup=args.warmup, bn_stats=args.bn_stats, bn_batches=args.bn_batches, engine=args.engine,
+                  device=args.device)
     except (StageError, ValueError, OSError) as exc:  # bnstats.StatsError and ModelError are ValueErrors
         print(f"error: {exc}", file=sys.stderr)
         return 2

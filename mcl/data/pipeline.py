@@ -49,6 +49,7 @@ from mcl.data.readers import (
 )
 from mcl.data.sheet import contact_sheet, draw_face
 from mcl.data.writers import HDF5_MAX_MB, PIXEL_MEAN, PIXEL_SCALE, sha256_file, write_hdf5, write_lmdb
+from mcl.fileio import DiskFullError, disk_full, fsync_dir, fsync_tree
 from mcl.method.layouts import get_layout
 
 VAL_STREAM = 3  # seed-sequence streams: 1 augmentation, 2 synthetic faces
@@ -296,6 +297,7 @@ def prepare(st: PrepareSettings) -> dict:
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)
         manifest = _prepare_into(tmp, st, name)
+        fsync_tree(tmp)  # every file on the disk before the dataset takes its name
         if os.path.exists(out):
             old = tempfile.mkdtemp(prefix=f".{name}.old-{os.getpid()}-", dir=parent)
             os.rename(out, os.path.join(old, name))
@@ -308,7 +310,10 @@ def prepare(st: PrepareSettings) -> dict:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, out)
-    except BaseException:
+        fsync_dir(parent)
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if disk_full(exc) and not isinstance(exc, DiskFullError):
+            raise DiskFullError(getattr(exc, "filename", None) or out) from None
         raise
     return manifest

@@ -188,7 +188,8 @@ def ablation(run: Path, name: str, layout: Layout, seed: int = 0, split: str = "
         r = {"WM": S(wm)}
         for d in DELTAS:
             r[f"delta {d:g}"] = S(ModelSpec(f"delta {d:g}", f"audit/models/pert_{d:g}_wm.caffemodel"))
-            r[f"delta {d:g}"]["weights"] = json.loads((run / LOSS_WEIGHTS_DIR / f"pert_{d:g}_eq5.json").read_text())["perturbation"]
+            pert = json.loads((run / LOSS_WEIGHTS_DIR / f"pert_{d:g}_eq5.json").read_text())
+            r[f"delta {d:g}"]["weights"] = pert["perturbation"]
         worst = max(abs(_mean(r[k]) / _mean(r["WM"]) - 1) for k in r if k != "WM")
         out = _result(r, f"every perturbed WM within {100 * PERTURBATION_TOLERANCE:g}% of WM's mean error",
                       worst <= PERTURBATION_TOLERANCE, "perturbation", layout, run)

@@ -15,7 +15,7 @@ the sheet needs no original pictures and shows exactly what the net saw.
 from __future__ import annotations
 
 import json
-import os
+import math
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ from mcl.data.augment import apply_affine, invert_affine
 from mcl.data.sheet import contact_sheet
 from mcl.data.splits import load_split
 from mcl.evaluation.evaluate import ced, predict_image, score
-from mcl.fileio import atomic_write
+from mcl.fileio import atomic_write, durable_replace
 from mcl.method.layouts import PIXEL_MEAN, PIXEL_SCALE, Layout
 from mcl.run import provenance
 
@@ -60,6 +60,14 @@ def _fmt(x, spec: str = ".2f", none: str = "-") -> str:
     return format(x, spec)
 
 
+def diverged(mean_error) -> bool:
+    """A model whose mean error is not finite: its training diverged, and its row holds no result."""
+    return mean_error is None or not math.isfinite(float(mean_error))
+
+
+DIVERGED = "diverged: errors not finite (see its stage log); no result"
+
+
 def evaluation_markdown(doc: dict, layout: Layout) -> str:
     """The readable report of an evaluation document (as tools/evaluate.py writes it)."""
     results = doc["results"]
@@ -78,6 +86,9 @@ def evaluation_markdown(doc: dict, layout: Layout) -> str:
         m = r["inter_ocular"]
         ms = r.get("speed_ms")
         bn = r.get("bn_stats") or ("-" if r.get("source") == "predictions" else "unknown")
+        if diverged(m["mean_error"]):
+            lines.append(f"| {name} | {bn} | {m['faces']} | {DIVERGED} | | | | | | |")
+            continue
         lines.append(f"| {name} | {bn} | {m['faces']} | {100 * m['mean_error']:.2f} | "
                      f"{100 * m['failure_rate']['0.10']:.2f} | {100 * m['failure_rate']['0.08']:.2f} | "
                      f"{m['auc']['0.08']:.4f} | {m['auc']['0.10']:.4f} | {_fmt(ms)} | "
@@ -95,11 +106,17 @@ def evaluation_markdown(doc: dict, layout: Layout) -> str:
               "| model | " + " | ".join(layout.cluster_names) + " |", "|---" * (layout.m + 1) + "|"]
     for name, r in results.items():
         pc = r["inter_ocular"]["per_cluster"]
+        if diverged(r["inter_ocular"]["mean_error"]):
+            lines.append(f"| {name} | {DIVERGED} |" + " |" * (layout.m - 1))
+            continue
         lines.append(f"| {name} | " + " | ".join(f"{100 * pc[c]:.2f}" for c in layout.cluster_names) + " |")
     if layout.outer_corners is not None:
         lines += ["", "Normalised by the outer eye corners instead (as later papers report):", ""]
         for name, r in results.items():
             m = r["outer_corners"]
+            if diverged(m["mean_error"]):
+                lines.append(f"- {name}: {DIVERGED}")
+                continue
             lines.append(f"- {name}: mean error {100 * m['mean_error']:.2f}%, "
                          f"failure {100 * m['failure_rate']['0.10']:.2f}%")
     speed = doc.get("speed")
@@ -138,7 +155,8 @@ def provenance_label(r: dict) -> str:
     if r.get("source") == "predictions":
         return f"predictions file, {r.get('coords_base')}-based"
     return (f"scale {_fmt(r.get('schedule_scale'), 'g', '?')}, seed {_fmt(r.get('seed'), 'd', '?')}, "
-            f"{r.get('engine') or provenance.DEFAULT_ENGINE}, BN {r.get('bn_stats') or '?'}, crop {r.get('test_crop') or '?'}")
+            f"{r.get('engine') or provenance.DEFAULT_ENGINE}, BN {r.get('bn_stats') or '?'}, "
+            f"crop {r.get('test_crop') or '?'}")
 
 
 def plot_ced(curves: dict, path: Path, title: str, limit: float | None = None,
@@ -178,7 +196,7 @@ def save_figure(fig, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp)
-    os.replace(tmp, path)
+    durable_replace(tmp, path)
 
 
 def crop_pixels(data: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mcl.evaluation.report import DIVERGED, diverged
 from mcl.fileio import atomic_write
 from mcl.method.stages import ASSEMBLED_MODEL, STAGES
 
@@ -98,10 +99,15 @@ def markdown(doc: dict) -> str:
              "|---|---|---|---|---|---|"]
     for name, m in doc["models"].items():
         ms = "-" if m["caffe_ms"] is None else f"{m['caffe_ms']:.2f}"
+        if diverged(m["mean_error"]):
+            lines.append(f"| {name} | {DIVERGED} | | | {m['bn_stats']} | {ms} |")
+            continue
         lines.append(f"| {name} | {100 * m['mean_error']:.2f} | {100 * m['failure_rate']:.1f} | {m['auc_0.10']:.4f} | "
                      f"{m['bn_stats']} | {ms} |")
-    if doc["equal_budget_mean_error"] is not None:
-        lines.append(f"| BM + equal budget (control) | {100 * doc['equal_budget_mean_error']:.2f} | - | - | - | - |")
+    eb = doc["equal_budget_mean_error"]
+    if eb is not None:
+        shown = DIVERGED if diverged(eb) else f"{100 * eb:.2f}"
+        lines.append(f"| BM + equal budget (control) | {shown} | - | - | - | - |")
     lines.append("")
     if doc["onnx"]:
         am = doc["models"]["AM"]["caffe_ms"]

@@ -20,7 +20,7 @@ from mcl.data.augment import DEFAULT_TEST_CROP, TEST_CROPS, crop_face
 from mcl.data.readers import DataError, Sample, check_box, load_image, write_pts
 from mcl.data.writers import network_input
 from mcl.evaluation.evaluate import to_image
-from mcl.fileio import atomic_write
+from mcl.fileio import atomic_write, durable_replace
 from mcl.method.layouts import Layout, get_layout
 
 DEFAULT_CROP_SCALE = 1.25  # data_prep's default for 300-W and the synthetic set
@@ -150,7 +150,7 @@ def write_outputs(out, image_path, points: np.ndarray, box, predictor: Predictor
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{stem}.pts.tmp"
     write_pts(str(tmp), points + 1.0)
-    tmp.replace(paths[1])
+    durable_replace(tmp, paths[1])
     ok, png = cv2.imencode(".png", draw(image_path, points, box))
     atomic_write(paths[2], png.tobytes())
     return paths

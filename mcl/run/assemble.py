@@ -11,7 +11,7 @@ from mcl.caffe import assemble, caffemodel, netgen
 from mcl.caffe.forward import load_net
 from mcl.caffe.runfiles import run_layout
 from mcl.data.splits import load_split
-from mcl.fileio import atomic_write
+from mcl.fileio import atomic_write, durable_replace
 from mcl.run import manifest
 
 
@@ -36,8 +36,8 @@ def assemble_run(run: Path, heads_path: Path, out: Path, check_samples: int = 64
             same = next((nets[k] for k in nets if heads[k][1] == path), None)
             nets[c] = same if same is not None else load_net(run / "nets" / "heads_deploy.prototxt", path)
         check = assemble.verify(nets, am_net, images, layout)
-        deploy_tmp.replace(deploy_out)
-        tmp.replace(out)
+        durable_replace(deploy_tmp, deploy_out)
+        durable_replace(tmp, out)
     finally:
         for p in (tmp, deploy_tmp):  # a model that failed its self-check never looks finished
             p.unlink(missing_ok=True)

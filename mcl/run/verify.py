@@ -7,11 +7,17 @@ Two manifests record checksums:
 `check_run` recomputes all of them and names each file that is missing or differs.
 `refuse_tampered` is the check a stage makes of its inputs before it trains: an input
 that the run itself produced must still be the file the manifest recorded.
+`set_aside_torn` is what `make` does first (`python -m mcl.run.verify --set-aside-torn RUN`):
+a product whose bytes are not the ones its manifest recorded (a file torn by a crash
+after its rename) is renamed to `<name>.torn`, so that make makes it again.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,8 +189,6 @@ def check_creatable(folder) -> None:
     this process may write in, so that a tool stops before its work, creating nothing,
     when its output cannot be written (a path below a regular file: permissions stop no
     write of root's)."""
-    import os
-
     p = Path(folder).absolute()
     while not p.exists() and p != p.parent:
         p = p.parent
@@ -236,3 +240,53 @@ def snapshot_intact(state_path, net) -> bool:
     except ModelError:
         return False
     return True
+
+
+def set_aside_torn(run) -> list[tuple[Path, Path]]:
+    """Rename every artifact of the run manifest whose bytes differ from its record, and the data
+    manifest where a data file differs from its record, to `<name>.torn`: the pipeline's rule for
+    it then runs again. Returns (file, where it went)."""
+    run = Path(run)
+    hasher = _Hasher()
+    torn = []
+    path = run / RUN_MANIFEST
+    artifacts = _load(path).get("artifacts", {}) if path.is_file() else {}
+    for key, entry in sorted(artifacts.items()):
+        p = _path(run, key)
+        if p.is_file() and hasher(p) != entry.get("sha256"):
+            torn.append(p)
+    data = run / DATA_MANIFEST
+    if data.is_file():
+        report = Report(run)
+        try:
+            _check_data_manifest(report, hasher, data)
+        except VerifyError:
+            report.problems.append(None)
+        if report.problems:
+            torn.append(data)
+    moved = []
+    for p in torn:
+        aside = p.with_name(p.name + ".torn")
+        p.replace(aside)
+        moved.append((p, aside))
+    return moved
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Set aside the products of a run that are not what its manifests "
+                                             "recorded (run by make before it plans).")
+    ap.add_argument("--set-aside-torn", metavar="RUN", required=True)
+    args = ap.parse_args(argv)
+    try:
+        moved = set_aside_torn(args.set_aside_torn)
+    except (VerifyError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for p, aside in moved:
+        print(f"{p}: not the file its manifest recorded (torn by a crash, or changed): set aside as "
+              f"{aside.name}; make makes it again", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

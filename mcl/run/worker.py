@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from mcl.caffe.caffemodel import ModelError
+from mcl.fileio import DiskFullError, disk_full, durable_replace
 from mcl.run.stage import ENGINES, SnapshotError, StageError, StageSpec, snapshots
 
 
@@ -82,23 +83,32 @@ def work(engine, spec: StageSpec, stop_after: int | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     sp = engine.settings
     t0 = time.time()
-    while engine.iter < sp.max_iter:
-        engine.step()
-        it = engine.iter
-        if it % sp.display == 0 or it == sp.max_iter:
-            emit(event="iter", iter=it, max_iter=sp.max_iter, loss=engine.loss, lr=rate_after(sp, it),
-                 elapsed=time.time() - t0, start=start)
-        if interrupted:
-            if not (sp.snapshot and it % sp.snapshot == 0):  # the step's own snapshot is this one
-                engine.snapshot()  # resume exactly here next time
-            emit(event="interrupted", iter=it)
-            return 130
-        if stop_after is not None and it >= stop_after:
-            os._exit(137)  # as if killed: no snapshot beyond the periodic ones
-    spec.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = spec.out.with_name(f".{spec.out.name}.tmp")
-    engine.save(tmp)
-    os.replace(tmp, spec.out)
+    try:
+        while engine.iter < sp.max_iter:
+            engine.step()
+            it = engine.iter
+            if it % sp.display == 0 or it == sp.max_iter:
+                emit(event="iter", iter=it, max_iter=sp.max_iter, loss=engine.loss, lr=rate_after(sp, it),
+                     elapsed=time.time() - t0, start=start)
+            if interrupted:
+                if not (sp.snapshot and it % sp.snapshot == 0):  # the step's own snapshot is this one
+                    engine.snapshot()  # resume exactly here next time
+                emit(event="interrupted", iter=it)
+                return 130
+            if stop_after is not None and it >= stop_after:
+                os._exit(137)  # as if killed: no snapshot beyond the periodic ones
+        spec.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = spec.out.with_name(f".{spec.out.name}.tmp")
+        try:
+            engine.save(tmp)
+            durable_replace(tmp, spec.out)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as exc:  # a full disk while snapshotting or saving: named, and the run resumes once freed
+        if not disk_full(exc):
+            raise
+        emit(event="error", message=str(exc if isinstance(exc, DiskFullError) else DiskFullError(spec.out)))
+        return 3
     engine.log("Optimization Done.")
     emit(event="done", iter=engine.iter, out=str(spec.out))
     return 0

@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import PREPARE, ROOT, descendants, tool, tree, wait_ended
@@ -131,3 +132,87 @@ def test_a_run_killed_between_its_two_renames_is_cleaned_up(tiny_run, tmp_path):
     assert os.listdir(tmp_path) == ["data"]
     assert tree(str(tmp_path / "data")) == tree(str(base / "data"))
 
+
+
+# ---- every stage type in both engines, the statistics step and assembly -------------------------------
+# (extra arguments, products compared): each trained in a copy of the tiny run, which holds BM and its
+# Eq. 5 weights (stage 1 in a copy of its base, before BM); its products (and the raw model beside
+# each) must come out bit for bit.
+STAGE_TYPES = {
+    "stage1": ([], ["bm"]),
+    "stage2": (["--init", "models/bm.caffemodel", "--loss-weights", "loss_weights/bm_eq5.json"], ["stage2"]),
+    "stage3": (["--init", "models/bm.caffemodel", "--loss-weights", "loss_weights/bm_eq5.json"], ["wm"]),
+    "heads": (["--init", "models/bm.caffemodel"], ["heads"]),
+    "heads-separate": (["--init", "models/bm.caffemodel", "--separate"], ["head_left_eye", "head_right_eye",
+                                                                          "head_nose", "head_mouth"]),
+    "pre_bm": ([], ["pre_bm"]),
+    "equal_budget": (["--init", "models/bm.caffemodel"], ["equal_budget"]),
+}
+KILLS_PER_STAGE = 2
+
+
+def stage_copy(run, folder, products):
+    shutil.copytree(run, folder)
+    for p in products:  # the tiny run already holds the joint heads: trained afresh here
+        for f in (folder / "models").glob(f"{p}*.caffemodel"):
+            f.unlink()
+
+
+@pytest.mark.parametrize("engine", ["caffe", "torch"])
+@pytest.mark.parametrize("kind", sorted(STAGE_TYPES))
+def test_every_stage_type_killed_reruns_to_identical_weights(tiny_run, tmp_path, engine, kind):
+    """Seeded kill -9 of the stage tool (or its whole group) over its wall time, statistics step
+    included; the next run gives the uninterrupted run's bits and the run verifies intact."""
+    base, run = tiny_run
+    extra, products = STAGE_TYPES[kind]
+    stage = kind.split("-")[0]
+    run = base if stage == "stage1" else run  # retraining BM would leave the run's Eq. 5 weights stale
+    def cmd(folder):
+        return [ROOT / "tools/run_stage.py", "--run", folder, "--stage", stage, "--engine", engine,
+                *[str(folder / a) if "/" in a else a for a in extra]]
+    ref = tmp_path / "ref"
+    stage_copy(run, ref, products)
+    t0 = time.time()
+    tool(*map(str, cmd(ref)))
+    wall = time.time() - t0
+    names = [f"{p}{raw}.caffemodel" for p in products for raw in ("", ".raw")]
+    want = {m: (ref / "models" / m).read_bytes() for m in names}
+    killed = 0
+    seed = SEED + 100 + sorted(STAGE_TYPES).index(kind) * 2 + (engine == "torch")
+    for k, when, whom in moments(wall, seed):
+        folder = tmp_path / f"k{k}"
+        stage_copy(run, folder, products)
+        killed += start_and_kill(cmd(folder), when, whom)
+        tool(*map(str, cmd(folder)))
+        for m, data in want.items():
+            assert (folder / "models" / m).read_bytes() == data, f"{m} after kill {k} at {when:.2f} s ({whom})"
+        report = check_run(folder)
+        assert report.intact, [str(p) for p in report.problems]
+        if killed == KILLS_PER_STAGE:
+            break
+    assert killed == KILLS_PER_STAGE
+
+
+def test_assembly_killed_reruns_to_identical_bytes(tiny_run, tmp_path):
+    _, run = tiny_run
+    def cmd(folder):
+        return [ROOT / "tools/assemble.py", "--run", folder, "--heads", folder / "models/heads.caffemodel"]
+    ref = tmp_path / "ref"
+    shutil.copytree(run, ref)
+    t0 = time.time()
+    tool(*map(str, cmd(ref)))
+    wall = time.time() - t0
+    want = {m: (ref / "models" / m).read_bytes() for m in ("am.caffemodel", "am_deploy.prototxt")}
+    killed = 0
+    for k, when, whom in moments(wall, SEED + 200):
+        folder = tmp_path / f"k{k}"
+        shutil.copytree(run, folder)
+        killed += start_and_kill(cmd(folder), when, whom)
+        tool(*map(str, cmd(folder)))
+        for m, data in want.items():
+            assert (folder / "models" / m).read_bytes() == data, f"{m} after kill {k} at {when:.2f} s ({whom})"
+        assert check_run(folder).intact
+        assert not list((folder / "models").glob(".*")), "a temporary file was left"
+        if killed == KILLS_PER_STAGE:
+            break
+    assert killed == KILLS_PER_STAGE

@@ -144,6 +144,27 @@ def test_two_make_on_one_run_the_second_refused_the_first_unharmed(tmp_path):
     assert "intact" in make("-s", "verify", f"RUN={run}").stdout
 
 
+def test_a_make_killed_with_minus_9_leaves_no_stale_lock(tmp_path):
+    """make and its recipes killed at once (their process group, as a crash would): the holder sees
+    make gone and lets go, so the next make goes ahead, and ends with the uninterrupted run's bits."""
+    run, ref = tmp_path / "run", tmp_path / "ref"
+    make("stage1", f"RUN={ref}", *MAKE_TINY)
+    first = subprocess.Popen(["make", "--no-print-directory", "stage1", f"RUN={run}", *MAKE_TINY], cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while not list(run.glob("snapshots/stage1_iter_*.caffemodel")) and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    deadline = time.time() + 10
+    while (run / lock.LOCK_FILE).exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert not (run / lock.LOCK_FILE).exists(), "the lock outlived the make that held it"
+    make("stage1", f"RUN={run}", *MAKE_TINY)
+    for m in ("bm.caffemodel", "bm.raw.caffemodel"):
+        assert (run / "models" / m).read_bytes() == (ref / "models" / m).read_bytes(), m
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 160 MiB tmpfs (as root, as CI runs): a disk that fills (a tiny stage 1 keeps 18 snapshots)."""

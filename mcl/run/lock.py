@@ -96,7 +96,7 @@ def _same_file(fd: int, path: Path) -> bool:
 def writer(run: Path):
     """Hold RUN's lock for the block, unless the make that started this process holds it already."""
     run = Path(run).resolve()
-    if str(run) in os.environ.get(HELD_ENV, "").split(os.pathsep):
+    if any(held and Path(held).resolve() == run for held in os.environ.get(HELD_ENV, "").split(os.pathsep)):
         yield
         return
     fd = acquire(run)

@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from google.protobuf import text_format
 
 from mcl.caffe import caffemodel, netgen
 from mcl.caffe.proto import caffe_pb2
@@ -99,8 +100,6 @@ def recompute(run: Path, train_net_path: Path, model_path: Path, out: Path, batc
     """
     os.environ.setdefault("GLOG_minloglevel", "2")  # Caffe's net-construction log stays out of the console
     import caffe
-    from google.protobuf import text_format
-
     run, out = Path(run).resolve(), Path(out)
     train_net_path, model_path = Path(train_net_path).resolve(), Path(model_path).resolve()
     model = caffemodel.load(model_path)
@@ -162,7 +161,6 @@ def phase_losses(run: Path, train_net_path: Path, model: Path, batches: int = 1)
     """
     os.environ.setdefault("GLOG_minloglevel", "2")
     import caffe
-    from google.protobuf import text_format
     run = Path(run).resolve()
     net_param = text_format.Parse(Path(train_net_path).read_text(), caffe_pb2.NetParameter())
     weights = netgen.loss_weights_of(net_param)

@@ -5,6 +5,7 @@ Run as ``python -m mcl.caffe.check``; ``make setup`` runs it after linking Caffe
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,6 @@ REQUIRED_LAYERS = (
 
 def caffe_tool() -> str:
     """Path of the `caffe` command-line tool: the one beside this interpreter first."""
-    import os
     here = os.path.join(os.path.dirname(sys.executable), "caffe")
     if os.access(here, os.X_OK):
         return here

@@ -8,6 +8,10 @@ schedule scale 1, seed 0, HDF5 input and uniform loss weights.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from google.protobuf import text_format
+
 from mcl.caffe import netgen, solvers
 from mcl.caffe.proto import caffe_pb2
 from mcl.fileio import atomic_write
@@ -106,10 +110,6 @@ def derive(run, stage: str, name: str) -> tuple[str, str]:
     paths (relative to the run) of the net and the solver; files already equal are
     left untouched.
     """
-    from pathlib import Path
-
-    from google.protobuf import text_format
-
     run = Path(run)
     base_net, base_solver = run / "nets" / f"{stage}_train.prototxt", run / "solvers" / f"{stage}_solver.prototxt"
     for p in (base_net, base_solver):
@@ -129,8 +129,6 @@ def derive(run, stage: str, name: str) -> tuple[str, str]:
 
 def run_layout(run) -> Layout:
     """The layout a run folder was generated for, read from its deploy net's name."""
-    from pathlib import Path
-
     deploy = Path(run) / "nets" / "deploy.prototxt"
     if not deploy.exists():
         raise ValueError(f"{deploy}: missing (generate the run's nets with `make nets` / tools/make_nets.py --run)")

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +69,6 @@ def cpu_name() -> str:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    import platform
     return platform.processor() or "unknown CPU"
 
 
@@ -107,7 +108,6 @@ def time_forward(deploy: Path, weights: Path | None = None, repeats: int = DEFAU
 
 def _child(job: dict) -> None:
     """Runs in the child: pin first, then import Caffe, then time."""
-    import time
     os.sched_setaffinity(0, {job["core"]})
     threads = {v: os.environ.get(v) for v in THREAD_VARS}
     if any(t != "1" for t in threads.values()):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from mcl.caffe.runfiles import run_layout
@@ -97,7 +98,6 @@ def engine_record(engine: str, device: str) -> dict:
     """What the run manifest records of the engine that trained a stage."""
     if engine == "caffe":
         return {"engine": "caffe", "device": "cpu"}
-    from importlib.metadata import PackageNotFoundError, version
     try:
         return {"engine": "torch", "device": device, "torch_version": version("torch")}
     except PackageNotFoundError:

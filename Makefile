@@ -99,14 +99,13 @@ endif
 ifeq ($(DRY_RUN),)
 # One writer per run folder: this make holds RUN/.lock until it ends (its recipes share it); a
 # second make, or a tool by hand, on the same folder stops at once naming this one (mcl/run/lock.py).
-ifneq ($(wildcard $(PY)),)
+# mcl/run/lock.py needs the standard library only: before `make setup` the system's python3 runs it.
 ifeq ($(filter $(abspath $(RUN)),$(subst :, ,$(MCL_RUN_LOCK))),)
-lock_message := $(shell $(PY) -m mcl.run.lock hold $(RUN) --for $$PPID 2>&1)
+lock_message := $(shell $(if $(wildcard $(PY)),$(PY),python3) -m mcl.run.lock hold $(RUN) --for $$PPID 2>&1)
 ifneq ($(.SHELLSTATUS),0)
 $(error $(lock_message))
 endif
 export MCL_RUN_LOCK := $(abspath $(RUN))
-endif
 endif
 $(foreach g,$(SETTINGS_GROUPS),$(call refresh_settings,$(g)))
 # Before make plans: a product whose bytes are not those its manifest recorded (torn by a crash

@@ -6,7 +6,6 @@ The dataset writers of the data tests (300-W, COFW, MTFL, generic) are in fixtur
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -169,18 +168,13 @@ NETS = ["--layout", "5", "--scale", "0.0001", "--seed", "1", "--batch", "4"]
 def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
     """(base, run), built once per session through the tools themselves. base: prepared data
     and the run's nets, what stage 1 starts from. run: base after stage 1 (BM), the Eq. 5
-    weights and a joint heads stage from BM. The wall times of preparing and of stage 1 (in
-    seconds) are in seconds.json beside them. Callers copy what they change."""
+    weights and a joint heads stage from BM. Callers copy what they change."""
     root = tmp_path_factory.mktemp("tiny_run")
     base, run = root / "base", root / "run"
-    t0 = time.time()
     tool("data_prep/prepare.py", *PREPARE, "--out", base / "data")
-    t1 = time.time()
     tool("tools/make_nets.py", "--run", base, *NETS)
     shutil.copytree(base, run)
-    t2 = time.time()
     tool("tools/run_stage.py", "--run", run, "--stage", "stage1")
-    root.joinpath("seconds.json").write_text(json.dumps({"prepare": t1 - t0, "stage1": time.time() - t2}))
     tool("tools/compute_weights.py", "--run", run, "--model", run / "models/bm.caffemodel", "--eq", 5,
          "--out", run / "loss_weights/bm_eq5.json")
     tool("tools/run_stage.py", "--run", run, "--stage", "heads", "--init", run / "models/bm.caffemodel")

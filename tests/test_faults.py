@@ -2,13 +2,12 @@
 after each kill the next run finishes, and what it makes equals the uninterrupted run's
 (data byte for byte, weights bit for bit), with nothing left behind.
 
-The moments are drawn over the wall time the uninterrupted run took (the shared tiny
-run of conftest is the reference). Each kill hits either the whole process group (as
+The moments are drawn over the wall time the uninterrupted run takes, timed in the test
+itself (the shared tiny run of conftest is the reference for the bits). Each kill hits either the whole process group (as
 a crash would) or the tool alone (its workers must then end by themselves)."""
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -56,16 +55,20 @@ def start_and_kill(cmd: list, when: float, whom: str) -> bool:
     return True
 
 
-def seconds(tiny_run) -> dict:
-    base, _ = tiny_run
-    return json.loads((base.parent / "seconds.json").read_text())
+def wall_time(cmd: list) -> float:
+    """Seconds the command takes uninterrupted, timed here and now: the kill moments are drawn over
+    it, so a machine busier or idler than when the shared fixtures were built does not shift them."""
+    t0 = time.time()
+    tool(*map(str, cmd))
+    return time.time() - t0
 
 
 def test_killed_data_preparation_reruns_to_identical_bytes(tiny_run, tmp_path):
     base, _ = tiny_run
     want = tree(str(base / "data"))
     killed = 0
-    for k, when, whom in moments(seconds(tiny_run)["prepare"], SEED):
+    wall = wall_time([ROOT / "data_prep/prepare.py", *PREPARE, "--out", tmp_path / "ref" / "data"])
+    for k, when, whom in moments(wall, SEED):
         folder = tmp_path / f"k{k}"
         cmd = [ROOT / "data_prep/prepare.py", *PREPARE, "--out", folder / "data"]
         killed += start_and_kill(cmd, when, whom)
@@ -84,7 +87,9 @@ def test_killed_stage_reruns_to_identical_weights(tiny_run, tmp_path):
     base, run = tiny_run
     want = {m: (run / "models" / m).read_bytes() for m in ("bm.caffemodel", "bm.raw.caffemodel")}
     killed = 0
-    for k, when, whom in moments(seconds(tiny_run)["stage1"], SEED + 1):
+    shutil.copytree(base, tmp_path / "ref")
+    wall = wall_time([ROOT / "tools/run_stage.py", "--run", tmp_path / "ref", "--stage", "stage1"])
+    for k, when, whom in moments(wall, SEED + 1):
         folder = tmp_path / f"k{k}"
         shutil.copytree(base, folder)
         cmd = [ROOT / "tools/run_stage.py", "--run", folder, "--stage", "stage1"]
@@ -172,9 +177,7 @@ def test_every_stage_type_killed_reruns_to_identical_weights(tiny_run, tmp_path,
                 *[str(folder / a) if "/" in a else a for a in extra]]
     ref = tmp_path / "ref"
     stage_copy(run, ref, products)
-    t0 = time.time()
-    tool(*map(str, cmd(ref)))
-    wall = time.time() - t0
+    wall = wall_time(cmd(ref))
     names = [f"{p}{raw}.caffemodel" for p in products for raw in ("", ".raw")]
     want = {m: (ref / "models" / m).read_bytes() for m in names}
     killed = 0
@@ -199,9 +202,7 @@ def test_assembly_killed_reruns_to_identical_bytes(tiny_run, tmp_path):
         return [ROOT / "tools/assemble.py", "--run", folder, "--heads", folder / "models/heads.caffemodel"]
     ref = tmp_path / "ref"
     shutil.copytree(run, ref)
-    t0 = time.time()
-    tool(*map(str, cmd(ref)))
-    wall = time.time() - t0
+    wall = wall_time(cmd(ref))
     want = {m: (ref / "models" / m).read_bytes() for m in ("am.caffemodel", "am_deploy.prototxt")}
     killed = 0
     for k, when, whom in moments(wall, SEED + 200):

@@ -117,7 +117,7 @@ def bench_stage(run: Path, stage: str, device: str, threads: int, warmup: int, i
     """
     env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
                GLOG_minloglevel="2")
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the engine's worker runs (mcl/engine/worker.py)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the engine's worker runs (mcl/run/worker.py)
     procs = {}
     for engine in ("caffe", "torch"):
         spec = {"engine": engine, "run": str(run), "stage": stage, "device": device if engine == "torch" else "cpu",

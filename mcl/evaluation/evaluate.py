@@ -20,7 +20,8 @@ AUC_LIMITS = (0.08, 0.10)
 
 
 class EvalError(ValueError):
-    """A split or model that cannot be evaluated (missing, empty, wrong layout)."""
+    """An evaluation that cannot be made (nothing to evaluate, a name used twice, an output of the wrong size);
+    an unreadable split is mcl.data.splits.SplitError, a model that does not fit mcl.caffe.caffemodel.ModelError."""
 
 
 def to_image(pred_crop: np.ndarray, crop_to_image: np.ndarray) -> np.ndarray:

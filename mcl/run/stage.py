@@ -146,9 +146,10 @@ def run_stage(spec: StageSpec, progress: bool = True, stop_after: int | None = N
         raise StageError(summary["error"])
     if rc != 0:
         what = "Caffe" if spec.engine == "caffe" else "the torch engine"
-        if shutil.disk_usage(spec.run).free < DISK_FULL_BYTES:  # Caffe aborts on a write that fails
+        free = shutil.disk_usage(spec.run).free
+        if free < DISK_FULL_BYTES:  # Caffe aborts on a write that fails
             raise StageError(f"{spec.name}: {what} failed (exit {rc}) with the disk of {spec.run} full "
-                             f"({shutil.disk_usage(spec.run).free / 2 ** 20:.1f} MiB free); free some space and "
+                             f"({free / 2 ** 20:.1f} MiB free); free some space and "
                              f"run it again: it resumes from the last snapshot (see {spec.log_path})")
         raise StageError(f"{spec.name}: {what} failed (exit {rc}); see {spec.log_path}")
     for _, state in snapshots(spec)[1:]:  # a finished stage keeps only its last snapshot

@@ -6,7 +6,8 @@
 #   make setup       install everything (runs by itself before any other target)
 #
 # Variables: DATASET (synth|ibug|cofw|mtfl|generic), DATA_ROOT, LAYOUT (5|29|68),
-# SCALE (schedule scale), SEED, RUN (output folder), WORKERS, ENGINE (caffe|torch), DEVICE (cpu|cuda).
+# SCALE (schedule scale), SEED, RUN (output folder), WORKERS, ENGINE (caffe|torch), DEVICE (cpu|cuda);
+# the sweep's SEEDS, DATASETS, SWEEP; launchers LAUNCH_TRAIN and LAUNCH (docs/CLUSTER.md).
 
 SHELL := /bin/bash
 PY := .venv/bin/python
@@ -127,10 +128,20 @@ $(RUN)/.settings/%:
 .PHONY: FORCE
 FORCE:
 
+# ---- where recipes run (docs/CLUSTER.md) --------------------------------------
+# Empty (the default): here. Otherwise a launcher prefix, e.g. LAUNCH_TRAIN="srun -c4 --gres=gpu:1"
+# for every training recipe and LAUNCH="srun -c2" for the rest (data, weights, evaluation, reports).
+# mcl/run/launch.py runs it so that an interrupted make cancels the job, and names a failed one.
+LAUNCH ?=
+LAUNCH_TRAIN ?=
+launcher = $(if $(strip $(1)),$(PY) -m mcl.run.launch --run $(RUN) --target $@ -- $(1)) $(PY)
+TRAIN = $(call launcher,$(LAUNCH_TRAIN))
+LIGHT = $(call launcher,$(LAUNCH))
+
 # ---- data (SPEC 6): readers, augmentation, HDF5 + LMDB --------------------
 DATA := $(RUN)/data/manifest.json
 $(DATA): $(RUN)/.settings/data | $(SETUP_STAMP)
-	$(PY) data_prep/prepare.py --dataset $(DATASET) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
+	$(LIGHT) data_prep/prepare.py --dataset $(DATASET) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
 	  --layout $(LAYOUT) --seed $(SEED) --workers $(WORKERS) --out $(RUN)/data --force $(DATA_OPTS)
 
 data: $(DATA)
@@ -141,7 +152,7 @@ bench-data: | $(SETUP_STAMP)
 # ---- nets and solvers of the run (SPEC 2-5) ---------------------------------
 NETS := $(RUN)/nets/.generated
 $(NETS): $(RUN)/.settings/nets | $(SETUP_STAMP)
-	$(PY) tools/make_nets.py --run $(RUN) --layout $(LAYOUT) --scale $(SCALE) --schedule $(SCHEDULE) --seed $(SEED) --source $(SOURCE) $(if $(BATCH),--batch $(BATCH)) \
+	$(LIGHT) tools/make_nets.py --run $(RUN) --layout $(LAYOUT) --scale $(SCALE) --schedule $(SCHEDULE) --seed $(SEED) --source $(SOURCE) $(if $(BATCH),--batch $(BATCH)) \
 	  --frozen-bn-stage2 $(FROZEN_BN_STAGE2) --frozen-bn-heads $(FROZEN_BN_HEADS)
 	@touch $@
 
@@ -161,32 +172,32 @@ HEADS_OUT := $(HEADS_OUT_$(HEADS))
 
 # step 1: pre-train the basic model BM (u_j = 1)
 $(M)/bm.caffemodel: $(DATA) $(NETS) $(BN) $(if $(filter on,$(WARMUP)),$(M)/warmup.caffemodel)
-	$(PY) tools/run_stage.py --run $(RUN) --stage stage1 --out $@ $(STAGE_OPTS) $(if $(filter on,$(WARMUP)),--warmup)
+	$(TRAIN) tools/run_stage.py --run $(RUN) --stage stage1 --out $@ $(STAGE_OPTS) $(if $(filter on,$(WARMUP)),--warmup)
 # the optional warm-up (WARMUP=on): lr 0.002 for 5% of step 1, which resumes from its solverstate
 $(M)/warmup.caffemodel: $(DATA) $(NETS) $(BN)
-	$(PY) tools/run_stage.py --run $(RUN) --stage warmup --out $@ $(STAGE_OPTS)
+	$(TRAIN) tools/run_stage.py --run $(RUN) --stage warmup --out $@ $(STAGE_OPTS)
 # Eq. 5: weights from BM's validation errors
 $(W)/bm_eq5.json: $(M)/bm.caffemodel
-	$(PY) tools/compute_weights.py --run $(RUN) --model $< --eq 5 --out $@
+	$(LIGHT) tools/compute_weights.py --run $(RUN) --model $< --eq 5 --out $@
 # step 2: weighting fine-tuning with conv11..conv32 fixed
 $(M)/stage2.caffemodel: $(M)/bm.caffemodel $(W)/bm_eq5.json $(BN)
-	$(PY) tools/run_stage.py --run $(RUN) --stage stage2 --init $< --loss-weights $(W)/bm_eq5.json --out $@ $(STAGE_OPTS)
+	$(TRAIN) tools/run_stage.py --run $(RUN) --stage stage2 --init $< --loss-weights $(W)/bm_eq5.json --out $@ $(STAGE_OPTS)
 # step 3: weighting fine-tuning of all layers -> the weighting model WM
 $(M)/wm.caffemodel: $(M)/stage2.caffemodel $(W)/bm_eq5.json $(BN)
-	$(PY) tools/run_stage.py --run $(RUN) --stage stage3 --init $< --loss-weights $(W)/bm_eq5.json --out $@ $(STAGE_OPTS)
+	$(TRAIN) tools/run_stage.py --run $(RUN) --stage stage3 --init $< --loss-weights $(W)/bm_eq5.json --out $@ $(STAGE_OPTS)
 # Eq. 9: one weight vector per cluster from WM's validation errors
 $(W)/wm_eq9.json: $(M)/wm.caffemodel
-	$(PY) tools/compute_weights.py --run $(RUN) --model $< --eq 9 --out $@
+	$(LIGHT) tools/compute_weights.py --run $(RUN) --model $< --eq 9 --out $@
 # steps 4..3+m: multi-center fine-tuning of the heads (joint, or HEADS=separate)
 $(HEADS_OUT): $(M)/wm.caffemodel $(W)/wm_eq9.json $(BN)
-	$(PY) tools/run_stage.py --run $(RUN) --stage heads --init $< --loss-weights $(W)/wm_eq9.json \
+	$(TRAIN) tools/run_stage.py --run $(RUN) --stage heads --init $< --loss-weights $(W)/wm_eq9.json \
 	  $(if $(filter separate,$(HEADS)),--separate) --out $@ $(STAGE_OPTS)
 # step 3+m+1: assemble the heads into one shape layer -> AM
 $(M)/am.caffemodel: $(HEADS_OUT)
-	$(PY) tools/assemble.py --run $(RUN) --heads $< --out $@
+	$(LIGHT) tools/assemble.py --run $(RUN) --heads $< --out $@
 # evaluation of BM, WM and AM on the test split
 $(RUN)/eval/test.json: $(M)/bm.caffemodel $(M)/wm.caffemodel $(M)/am.caffemodel
-	$(PY) tools/evaluate.py --run $(RUN) --split test --model BM=models/bm.caffemodel \
+	$(LIGHT) tools/evaluate.py --run $(RUN) --split test --model BM=models/bm.caffemodel \
 	  --model WM=models/wm.caffemodel --model AM=models/am.caffemodel:models/am_deploy.prototxt
 
 .PHONY: stage1 weights-bm stage2 stage3 weights-wm heads assemble evaluate
@@ -204,27 +215,27 @@ evaluate: $(RUN)/eval/test.json
 # so `make -j2 audit` can run them side by side with their own weights and snapshots.
 A := $(RUN)/audit
 AM_ := $(A)/models
-AUDIT := $(PY) tools/audit.py
+AUDIT = $(LIGHT) tools/audit.py
 PERT_DELTAS := 0.1 0.2 0.3 0.4
 
 # BM, WM and AM as Caffe left their statistics: AM from the raw heads.
 $(AM_)/am_running.caffemodel: $(HEADS_OUT)
-	$(PY) tools/assemble.py --run $(RUN) --heads $(M)/heads.raw.caffemodel --out $@
+	$(LIGHT) tools/assemble.py --run $(RUN) --heads $(M)/heads.raw.caffemodel --out $@
 $(A)/models.json: $(M)/bm.caffemodel $(M)/wm.caffemodel $(M)/am.caffemodel $(AM_)/am_running.caffemodel
 	$(AUDIT) models --run $(RUN) --out $@
 # pre-BM (Section IV-C-1): trained like BM
 $(M)/pre_bm.caffemodel: $(DATA) $(NETS) $(BN)
-	$(PY) tools/run_stage.py --run $(RUN) --stage pre_bm --out $@ $(STAGE_OPTS)
+	$(TRAIN) tools/run_stage.py --run $(RUN) --stage pre_bm --out $@ $(STAGE_OPTS)
 $(A)/pre_bm.json: $(M)/pre_bm.caffemodel $(M)/bm.caffemodel
 	$(AUDIT) ablation pre_bm --run $(RUN) --out $@
 # weight perturbation (Section IV-C-2): stages 2 and 3 from BM with perturbed Eq. 5 weights
 $(W)/pert_%_eq5.json: $(W)/bm_eq5.json
 	$(AUDIT) perturb --run $(RUN) --weights $< --delta $* --seed $(SEED) --out $@
 $(AM_)/pert_%_stage2.caffemodel: $(M)/bm.caffemodel $(W)/pert_%_eq5.json $(BN)
-	$(PY) tools/run_stage.py --run $(RUN) --stage stage2 --name pert_$*_stage2 --init $< \
+	$(TRAIN) tools/run_stage.py --run $(RUN) --stage stage2 --name pert_$*_stage2 --init $< \
 	  --loss-weights $(W)/pert_$*_eq5.json --out $@ $(STAGE_OPTS)
 $(AM_)/pert_%_wm.caffemodel: $(AM_)/pert_%_stage2.caffemodel $(W)/pert_%_eq5.json $(BN)
-	$(PY) tools/run_stage.py --run $(RUN) --stage stage3 --name pert_$*_stage3 --init $< \
+	$(TRAIN) tools/run_stage.py --run $(RUN) --stage stage3 --name pert_$*_stage3 --init $< \
 	  --loss-weights $(W)/pert_$*_eq5.json --out $@ $(STAGE_OPTS)
 $(A)/perturbation.json: $(M)/wm.caffemodel $(foreach d,$(PERT_DELTAS),$(AM_)/pert_$(d)_wm.caffemodel)
 	$(AUDIT) ablation perturbation --run $(RUN) --out $@
@@ -233,22 +244,22 @@ $(A)/single_head.json: $(M)/heads.caffemodel $(M)/wm.caffemodel $(M)/am.caffemod
 	$(AUDIT) ablation single_head --run $(RUN) --out $@
 # Simplified AM (Section IV-C-4): heads from BM, weighting fine-tuning skipped
 $(W)/bm_eq9.json: $(M)/bm.caffemodel
-	$(PY) tools/compute_weights.py --run $(RUN) --model $< --eq 9 --out $@
+	$(LIGHT) tools/compute_weights.py --run $(RUN) --model $< --eq 9 --out $@
 $(AM_)/sam_heads.caffemodel: $(M)/bm.caffemodel $(W)/bm_eq9.json $(BN)
-	$(PY) tools/run_stage.py --run $(RUN) --stage heads --name sam_heads --init $< --loss-weights $(W)/bm_eq9.json \
+	$(TRAIN) tools/run_stage.py --run $(RUN) --stage heads --name sam_heads --init $< --loss-weights $(W)/bm_eq9.json \
 	  --out $@ $(STAGE_OPTS)
 $(AM_)/sam.caffemodel: $(AM_)/sam_heads.caffemodel
-	$(PY) tools/assemble.py --run $(RUN) --heads $< --out $@
+	$(LIGHT) tools/assemble.py --run $(RUN) --heads $< --out $@
 $(A)/simplified_am.json: $(AM_)/sam.caffemodel $(M)/am.caffemodel
 	$(AUDIT) ablation simplified_am --run $(RUN) --out $@
 # Weighting Simplified AM: weighting fine-tuning (stages 2, 3) applied to Simplified AM
 $(W)/sam_eq5.json: $(AM_)/sam.caffemodel
-	$(PY) tools/compute_weights.py --run $(RUN) --model $< --eq 5 --out $@
+	$(LIGHT) tools/compute_weights.py --run $(RUN) --model $< --eq 5 --out $@
 $(AM_)/wsam_stage2.caffemodel: $(AM_)/sam.caffemodel $(W)/sam_eq5.json $(BN)
-	$(PY) tools/run_stage.py --run $(RUN) --stage stage2 --name wsam_stage2 --init $< --loss-weights $(W)/sam_eq5.json \
+	$(TRAIN) tools/run_stage.py --run $(RUN) --stage stage2 --name wsam_stage2 --init $< --loss-weights $(W)/sam_eq5.json \
 	  --out $@ $(STAGE_OPTS)
 $(AM_)/wsam.caffemodel: $(AM_)/wsam_stage2.caffemodel $(W)/sam_eq5.json $(BN)
-	$(PY) tools/run_stage.py --run $(RUN) --stage stage3 --name wsam_stage3 --init $< --loss-weights $(W)/sam_eq5.json \
+	$(TRAIN) tools/run_stage.py --run $(RUN) --stage stage3 --name wsam_stage3 --init $< --loss-weights $(W)/sam_eq5.json \
 	  --out $@ $(STAGE_OPTS)
 $(A)/weighting_simplified_am.json: $(AM_)/wsam.caffemodel $(AM_)/sam.caffemodel $(M)/am.caffemodel
 	$(AUDIT) ablation weighting_simplified_am --run $(RUN) --out $@
@@ -258,7 +269,7 @@ $(A)/occlusion.json: $(M)/wm.caffemodel $(M)/am.caffemodel
 # equal budget (beyond the paper): BM continued with uniform weights for the iterations
 # of stages 2, 3 and the heads together
 $(M)/equal_budget.caffemodel: $(M)/bm.caffemodel $(BN)
-	$(PY) tools/run_stage.py --run $(RUN) --stage equal_budget --init $< --out $@ $(STAGE_OPTS)
+	$(TRAIN) tools/run_stage.py --run $(RUN) --stage equal_budget --init $< --out $@ $(STAGE_OPTS)
 $(A)/equal_budget.json: $(M)/equal_budget.caffemodel $(M)/wm.caffemodel $(M)/am.caffemodel
 	$(AUDIT) ablation equal_budget --run $(RUN) --out $@
 
@@ -272,6 +283,33 @@ $(A)/audit.json: $(A)/models.json $(foreach t,$(AUDIT_PARTS),$(A)/$(t).json) $(R
 	$(AUDIT) report --run $(RUN)
 audit: $(A)/audit.json
 	@echo "audit done: $(A)/audit.md (report), $(A)/audit.json, $(A)/*.png"
+
+# ---- the audit across seeds (docs/CLUSTER.md) ----------------------------------------
+# One run folder per dataset and seed, SWEEP/<dataset>-<layout>-s<seed>, each made by `make audit`
+# (AUDIT_PARTS chooses its parts) with every other setting of this make; then SWEEP/sweep.md,
+# sweep.json and plots. `make -j16 sweep LAUNCH_TRAIN="srun ..."` keeps up to 16 jobs queued.
+# A dataset's data root: DATA_ROOT_<dataset> (e.g. DATA_ROOT_cofw=...), else DATA_ROOT.
+SEEDS ?= $(SEED)
+DATASETS ?= $(DATASET)
+SWEEP ?= runs/sweep
+sweep_layout = $(if $(filter command line,$(origin LAYOUT)),$(LAYOUT),$(layout_$(1)))
+SWEEP_RUNS := $(foreach d,$(DATASETS),$(foreach s,$(SEEDS),$(SWEEP)/$(d)-$(call sweep_layout,$(d))-s$(s)))
+# Each run's make decides what is out of date (and holds its own run folder's lock); the report is
+# remade only when an audit changed.
+# (Defined only for the sweep's own make: a run's make must see its audit's rule alone.)
+ifneq ($(filter sweep $(SWEEP)/sweep.json,$(MAKECMDGOALS)),)
+define sweep_run
+$(SWEEP)/$(1)-$(2)-s$(3)/audit/audit.json: FORCE | $(SETUP_STAMP)
+	+$$(MAKE) --no-print-directory audit RUN=$(SWEEP)/$(1)-$(2)-s$(3) DATASET=$(1) LAYOUT=$(2) SEED=$(3) \
+	  $$(if $$(DATA_ROOT_$(1)),DATA_ROOT=$$(DATA_ROOT_$(1)))
+endef
+$(foreach d,$(DATASETS),$(foreach s,$(SEEDS),$(eval $(call sweep_run,$(d),$(call sweep_layout,$(d)),$(s)))))
+$(SWEEP)/sweep.json: $(addsuffix /audit/audit.json,$(SWEEP_RUNS))
+	$(call launcher,$(LAUNCH)) tools/sweep.py --out $(SWEEP) $(SWEEP_RUNS)
+endif
+.PHONY: sweep
+sweep: $(SWEEP)/sweep.json
+	@echo "sweep done: $(SWEEP)/sweep.md (report), $(SWEEP)/sweep.json, $(SWEEP)/sweep_*.png"
 
 # ---- porting the model out of Caffe (docs/PORT.md) ------------------------------
 # Defaults: the run's AM. `make port` never trains: without the model it says so.
@@ -317,9 +355,9 @@ bench-engine: | $(SETUP_STAMP)
 # Unlike `make port`, the demo's port of AM is a file the pipeline makes after assembly.
 DEMO_ONNX := $(RUN)/port/am.onnx
 $(DEMO_ONNX): $(M)/am.caffemodel
-	$(PY) tools/port.py export --prototxt $(M)/am_deploy.prototxt --caffemodel $< --out $(RUN)/port --run $(RUN)
+	$(LIGHT) tools/port.py export --prototxt $(M)/am_deploy.prototxt --caffemodel $< --out $(RUN)/port --run $(RUN)
 $(RUN)/summary.json: $(RUN)/eval/test.json $(A)/audit.json $(DEMO_ONNX)
-	$(PY) tools/summary.py --run $(RUN) --onnx $(DEMO_ONNX)
+	$(LIGHT) tools/summary.py --run $(RUN) --onnx $(DEMO_ONNX)
 
 demo: $(RUN)/summary.json
 	@cat $(RUN)/summary.md

@@ -7,6 +7,7 @@
   curves        learning curves of a stage
   audit         the seven ablations and the equal-budget control (SPEC 8); audit_report: their report
   summary       the run's one-page summary
+  sweep         the audit across seeds (`make sweep`): per model and claim, mean, sd, 95% interval, verdict
 
 May import: `mcl.method`, `mcl.caffe`, `mcl.data`, `mcl.run` and `mcl.fileio`; not `mcl.port` or
 `mcl.engine`. pycaffe only through `mcl.caffe` and inside functions; matplotlib inside the plotting functions.

@@ -7,6 +7,8 @@
   worker      the stage's child process: one training loop for both engines (step, snapshot, restore)
   caffe_engine, torch_engine  the two engines behind the worker's interface (pycaffe's SGDSolver; mcl.engine's Solver)
   assemble    Algorithm 1's last step: AM from the heads, checked in Caffe, recorded
+  launch      one recipe through a cluster launcher (LAUNCH_TRAIN, LAUNCH: srun): cancelled when make is
+              interrupted, named with its run folder, stage and log when it fails (docs/CLUSTER.md)
   verify      `make verify`: every artifact against its recorded checksum; inputs checked before a stage
 
 May import: `mcl.method`, `mcl.caffe`, `mcl.data`, `mcl.engine`, `mcl.torchnet` and `mcl.fileio`; not

@@ -52,6 +52,7 @@ test: | $(SETUP_STAMP)
 help: | $(SETUP_STAMP)
 	@$(PY) -m mcl.method.stages
 	@echo; echo "targets: data stage1 weights-bm stage2 stage3 weights-wm heads assemble evaluate audit demo verify port"
+	@echo "         sweep (docs/CLUSTER.md), peers setup-peers bench-port (docs/PORT.md)"
 
 AUDIT_TARGETS := pre_bm perturbation single_head simplified_am weighting_simplified_am occlusion equal_budget
 SOURCE ?= hdf5
@@ -334,6 +335,23 @@ bench-port: | $(SETUP_STAMP)
 	$(PY) tools/bench_port.py $(if $(wildcard $(M)/am.caffemodel),--run $(RUN)) $(BENCH_PORT_OPTS)
 
 .PHONY: port bench-port
+
+# ---- peers: dlib's 68-point shape predictor on the same faces (optional; docs/PORT.md) ---------
+# dlib-bin from PyPI runs it; Debian's libdlib-data ships the model (300-W's terms: no commercial use).
+DLIB_DAT := /usr/share/dlib/shape_predictor_68_face_landmarks.dat
+PEERS_OPTS ?=
+setup-peers: | $(SETUP_STAMP)
+	$(PY) -c "import dlib" 2>/dev/null || $(PY) -m pip install dlib-bin
+	@test -f $(DLIB_DAT) || { if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
+	  $$SUDO apt-get install -y libdlib-data || { $$SUDO apt-get update && $$SUDO apt-get install -y libdlib-data; }; }
+	@test -f $(DLIB_DAT) || { echo "setup-peers: $(DLIB_DAT) missing after apt-get install libdlib-data" >&2; exit 2; }
+
+# dlib on the run's test split (the split's boxes, and dlib's own detector): RUN/peers/, which the
+# audit's report then includes; score it with tools/evaluate.py --predictions.
+peers: setup-peers
+	$(PY) tools/peers.py --run $(RUN) $(PEERS_OPTS)
+
+.PHONY: setup-peers peers
 
 # ---- the committed reference nets, diagrams, benchmarks -----------------------
 nets: | $(SETUP_STAMP)

@@ -2,7 +2,9 @@
 """Forward speed of the ported model beside Caffe (`make bench-port`): single-core batch-1
 latency for Caffe, OpenCV dnn, PyTorch and ONNX Runtime (fp32, fp32 folded, int8) in one
 run, batch-64 throughput on 2 threads, the fp32 floor from the net's FLOP count and the
-core's measured fp32 peak, and int8's accuracy cost on test faces.
+core's measured fp32 peak, and int8's accuracy cost on test faces; beside them dlib's 68-point ERT per face (where
+`make setup-peers` installed it), our whole per-face cost (crop + forward + points back),
+and the face detectors' cost per picture size.
 
 Model: --prototxt/--caffemodel, else RUN/models/am.caffemodel, else the 68-point AM
 net with random blobs (timings do not depend on training; int8's accuracy cost is
@@ -19,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mcl.fileio import atomic_write  # noqa: E402
-from mcl.port.bench import ENGINES, benchmark, markdown  # noqa: E402
+from mcl.fileio import atomic_write
+from mcl.port.bench import ENGINES, benchmark, markdown
 
 
 def main(argv=None) -> int:

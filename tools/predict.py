@@ -2,12 +2,19 @@
 """Predict landmarks with a ported ONNX model (no Caffe): the evaluation's crop and
 normalisation, points mapped back to the picture, drawn, written as JSON and .pts.
 
-  tools/predict.py face.jpg --box 120 80 260 230 --model runs/synth-68/port/am.onnx --out pred/
-  tools/predict.py --list faces.txt --model am.onnx --out pred/      # lines: image x1 y1 x2 y2
+  tools/predict.py face.jpg --model runs/demo/port/am.onnx --out pred/          # faces found by a detector
+  tools/predict.py face.jpg --box 120 80 260 230 --model am.onnx --out pred/   # the face in this box
+  tools/predict.py --list faces.txt --model am.onnx --out pred/      # lines: image [x1 y1 x2 y2]
+  tools/predict.py --video clip.mp4 --model am.onnx --out pred/      # or --video 0: the first camera
 
-Boxes are [x1 y1 x2 y2] in 0-based pixels (the toolkit's convention); the JSON holds
-0-based points, the .pts file 1-based points (as 300-W writes them). Layout, output
-and crop scale come from the model's card (<model>.json) unless given.
+Boxes are [x1 y1 x2 y2] in 0-based pixels; the JSON holds 0-based points (`faces`: box,
+landmarks, detector), the .pts file 1-based points (as 300-W writes them). Without --box a
+detector finds the faces (--detector: opencv, OpenCV's Haar cascade, the default, always
+installed; dlib, dlib's HOG detector, with `make setup-peers`) and its box is mapped onto the
+box convention of the dataset the model was trained on (--box-convention; docs/PORT.md).
+A video is tracked: detection on the first frame and whenever the track is lost, else the
+box from the landmarks of the frame before. Layout, output and crop scale come from the
+model's card (<model>.json) unless given.
 """
 
 from __future__ import annotations
@@ -18,37 +25,48 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mcl.port.predict import PredictError, Predictor, read_gray, read_list, write_outputs  # noqa: E402
+from mcl.port.detect import CONVENTIONS, DEFAULT_DETECTOR, DETECTORS
+from mcl.port.predict import PredictError, predict_pictures
+from mcl.port.video import run_video
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("image", nargs="?", help="picture of one face (with --box)")
+    p.add_argument("image", nargs="?", help="picture (its faces found by the detector, or the one in --box)")
     p.add_argument("--box", nargs=4, type=float, metavar=("X1", "Y1", "X2", "Y2"), help="face box, 0-based pixels")
-    p.add_argument("--list", help="file of lines 'image x1 y1 x2 y2' (images relative to the file)")
+    p.add_argument("--list", help="file of lines 'image [x1 y1 x2 y2]' (images relative to the file)")
+    p.add_argument("--video", help="video file, or a camera index (0, 1, ...)")
     p.add_argument("--model", required=True, help="ONNX model written by tools/port.py")
     p.add_argument("--out", required=True, help="folder for <image>.json, <image>.pts, <image>_landmarks.png")
+    p.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR,
+                   help=f"face detector where no box is given (default {DEFAULT_DETECTOR}; none: --box needed)")
+    p.add_argument("--box-convention", choices=CONVENTIONS, help="box convention the detector's box is mapped "
+                   "onto (default: that of the model's training set, else 300w)")
+    p.add_argument("--upsample", type=int, default=1, help="dlib detector: pyramid levels up (default 1)")
+    p.add_argument("--max-faces", type=int, default=1, help="video: faces tracked at once (default 1)")
+    p.add_argument("--max-frames", type=int, help="video: stop after this many frames (a camera: default 300)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--crop-scale", type=float, help="test-crop scale (default: the model card's, else 1.25)")
     p.add_argument("--test-crop", choices=("ours", "authors"), help="test-crop protocol (default: the model card's, "
                    "else ours)")
     p.add_argument("--layout", choices=("5", "29", "68"), help="landmark layout (default: the model card's)")
     p.add_argument("--output", help="model output to read (default: the first, e.g. shape_pred)")
     args = p.parse_args(argv)
-    if bool(args.image) == bool(args.list):
-        p.error("give an IMAGE with --box, or --list")
-    if args.image and args.box is None:
-        p.error("IMAGE needs --box X1 Y1 X2 Y2")
+    if sum(map(bool, (args.image, args.list, args.video))) != 1:
+        p.error("give one IMAGE, --list or --video")
+    if args.box is not None and not args.image:
+        p.error("--box goes with an IMAGE")
 
     try:
-        predictor = Predictor.from_onnx(args.model, args.crop_scale, args.layout, args.output,
-                                        test_crop=args.test_crop)
-        faces = read_list(args.list) if args.list else [(args.image, args.box)]
-        stems = [Path(img).stem for img, _ in faces]
-        done = []
-        for i, (image, box) in enumerate(faces):
-            points = predictor.predict(read_gray(image), box)
-            stem = stems[i] if stems.count(stems[i]) == 1 else f"{stems[i]}_{i:04d}"
-            done.append(write_outputs(args.out, image, points, box, predictor, stem))
+        common = {"model": args.model, "crop_scale": args.crop_scale, "layout": args.layout, "output": args.output,
+                  "test_crop": args.test_crop, "detector": args.detector, "convention": args.box_convention,
+                  "upsample": args.upsample}
+        if args.video:
+            frames = args.max_frames or (300 if args.video.isdigit() else None)
+            done = [run_video(source=args.video, out=args.out, max_faces=args.max_faces, max_frames=frames,
+                              progress=not args.quiet, **common)]
+        else:
+            done = predict_pictures(args.image, args.box, args.list, args.out, **common)
     except PredictError as exc:
         print(f"predict: error: {exc}", file=sys.stderr)
         return 2

@@ -171,6 +171,13 @@ def write(run: Path, out_dir: Path, speed_repeats: int = 50) -> list[Path]:
         lines += ["", f"**Is the BM > WM > AM ordering meaningful here?** {ablations['equal_budget']['ordering']} "
                       "(equal-budget control below)."]
     lines.append("")
+    peers_path = run / "peers" / "peers.json"
+    if peers_path.exists():  # tools/peers.py: another method on the same test faces
+        doc["peers"] = json.loads(peers_path.read_text())
+        lines += ["## Peers on the same faces", "", (f"{doc['peers']['peer']}, on the run's "
+                  f"{doc['peers']['faces']} test faces (`{peers_path.relative_to(run)}`, tools/peers.py): in the "
+                  "split's boxes, and in its own detector's."), ""]
+        lines += HEAD + [_row(k, v) for k, v in doc["peers"]["results"].items()] + [""]
     for name in audit.ABLATIONS:
         if name in ablations:
             lines += _ablation_md(name, ablations[name], layout)

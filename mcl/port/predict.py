@@ -1,5 +1,5 @@
 """Landmarks from a ported ONNX model, without Caffe: the evaluation's crop, its normalisation,
-its mapping back to the picture.
+its mapping back to the picture; the faces found by a detector (mcl.port.detect) when no box is given.
 
 The crop is `mcl.data.augment.crop_face` (the val/test crop the data preparation writes),
 the pixels `mcl.data.writers.network_input` ((p - 128) * 0.0078125), and the mapping back
@@ -22,6 +22,7 @@ from mcl.data.writers import network_input
 from mcl.evaluation.evaluate import to_image
 from mcl.fileio import atomic_write, durable_replace
 from mcl.method.layouts import Layout, get_layout
+from mcl.port.detect import CONVENTIONS, DetectError, Detector, convention_of, map_box
 
 DEFAULT_CROP_SCALE = 1.25  # data_prep's default for 300-W and the synthetic set
 
@@ -39,6 +40,7 @@ class Predictor:
     crop_scale: float
     model_path: str
     test_crop: str = DEFAULT_TEST_CROP  # the evaluation's test-crop protocol: ours | authors
+    dataset: str | None = None  # what the model was trained on (its box convention), when known
 
     @classmethod
     def from_onnx(cls, path, crop_scale: float | None = None, layout: str | None = None,
@@ -56,7 +58,7 @@ class Predictor:
         so.inter_op_num_threads = 1
         try:
             sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises several kinds for a bad file
             raise PredictError(f"{path}: not an ONNX model ONNX Runtime can load ({exc})") from None
         outputs = [o.name for o in sess.get_outputs()]
         output = output or outputs[0]
@@ -76,7 +78,8 @@ class Predictor:
         protocol = test_crop or card.get("test_crop", DEFAULT_TEST_CROP)
         if protocol not in TEST_CROPS:
             raise PredictError(f"test-crop protocol {protocol!r}: choose one of {', '.join(TEST_CROPS)}")
-        return cls(sess, sess.get_inputs()[0].name, output, lay, float(scale), str(path), protocol)
+        return cls(sess, sess.get_inputs()[0].name, output, lay, float(scale), str(path), protocol,
+                   card.get("dataset") or _run_dataset(path))
 
     def crop(self, image: np.ndarray, box) -> tuple[np.ndarray, np.ndarray]:
         """(network input (1, 1, 50, 50), crop_to_image (1, 2, 3)) of one face, as the evaluation crops it."""
@@ -96,6 +99,51 @@ class Predictor:
         return to_image(pred, crop_to_image)[0]
 
 
+def _run_dataset(model: Path) -> str | None:
+    """The dataset of the run a model was ported from, for `make port`'s RUN/port/<model>.onnx."""
+    manifest = model.resolve().parents[1] / "data" / "manifest.json"
+    try:
+        return json.loads(manifest.read_text())["source"]["dataset"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def face_record(points: np.ndarray, box, detector: str, detector_box=None) -> dict:
+    """One face as the JSON holds it (keys read by scripts outside the project: box, landmarks, detector)."""
+    return {"box": [float(v) for v in box], "landmarks": [[float(x), float(y)] for x, y in points],
+            "detector": detector, "detector_box": None if detector_box is None else [float(v) for v in detector_box]}
+
+
+def find_faces(predictor: Predictor, gray: np.ndarray, detector: Detector, convention: str | None = None,
+               where: str = "picture") -> list[dict]:
+    """Every face the detector finds, largest first: its box mapped onto the model's box convention
+    (default: that of the dataset the model was trained on), and the landmarks in that box."""
+    convention = convention or convention_of(predictor.dataset)
+    if convention not in CONVENTIONS:
+        raise PredictError(f"box convention {convention!r}: choose one of {', '.join(CONVENTIONS)}")
+    faces = []
+    for det in detector.detect(gray):
+        box = map_box(det, detector.name, convention)
+        faces.append(face_record(predictor.predict(gray, box), box, detector.name, det))
+    return faces
+
+
+def detect_faces(predictor: Predictor, image, detector: Detector, convention: str | None = None) -> list[dict]:
+    """find_faces on a picture file; no face found is an error naming the file."""
+    faces = find_faces(predictor, read_gray(image), detector, convention)
+    if not faces:
+        raise PredictError(f"{image}: no face found by the {detector.name} detector (give --box, or try another "
+                           "--detector)")
+    return faces
+
+
+def make_detector(name: str, upsample: int = 1) -> Detector:
+    try:
+        return Detector.create(name, upsample)
+    except DetectError as exc:
+        raise PredictError(str(exc)) from None
+
+
 def read_gray(path) -> np.ndarray:
     """The picture's gray pixels exactly as the data preparation reads them."""
     try:
@@ -104,8 +152,9 @@ def read_gray(path) -> np.ndarray:
         raise PredictError(str(exc)) from None
 
 
-def read_list(path) -> list[tuple[str, list[float]]]:
-    """Lines `image x1 y1 x2 y2` (0-based pixels; image relative to the list's folder)."""
+def read_list(path) -> list[tuple[str, list[float] | None]]:
+    """Lines `image x1 y1 x2 y2` (0-based pixels; image relative to the list's folder), or `image`
+    alone (its faces found by the detector)."""
     out = []
     base = Path(path).parent
     for i, line in enumerate(Path(path).read_text().splitlines(), 1):
@@ -113,44 +162,92 @@ def read_list(path) -> list[tuple[str, list[float]]]:
         if not parts or parts[0].startswith("#"):
             continue
         try:
-            if len(parts) != 5:
+            if len(parts) not in (1, 5):
                 raise ValueError
-            box = [float(v) for v in parts[1:]]
+            box = [float(v) for v in parts[1:]] or None
         except ValueError:
-            raise PredictError(f"{path}:{i}: expected 'image x1 y1 x2 y2', found {line!r}") from None
+            raise PredictError(f"{path}:{i}: expected 'image x1 y1 x2 y2' or 'image', found {line!r}") from None
         image = Path(parts[0])
         out.append((str(image if image.is_absolute() else base / image), box))
     return out
 
 
-def draw(path, points: np.ndarray, box) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+def annotate(image: np.ndarray, faces: list[dict]) -> np.ndarray:
+    """The faces' boxes (orange) and landmarks (green) drawn on a BGR picture, in place."""
     h, w = image.shape[:2]
     r = max(1, round(max(h, w) / 250))
 
     def at(p):  # 4 bits of sub-pixel precision
-        return int(round(p[0] * 16)), int(round(p[1] * 16))
+        return round(float(p[0]) * 16), round(float(p[1]) * 16)
 
-    x1, y1, x2, y2 = box
-    cv2.rectangle(image, at((x1, y1)), at((x2, y2)), (0, 200, 255), r, cv2.LINE_AA, 4)
-    for p in points:
-        cv2.circle(image, at(p), r * 16, (60, 255, 60), -1, cv2.LINE_AA, 4)
+    for face in faces:
+        x1, y1, x2, y2 = face["box"]
+        cv2.rectangle(image, at((x1, y1)), at((x2, y2)), (0, 200, 255), r, cv2.LINE_AA, 4)
+        for p in face["landmarks"]:
+            cv2.circle(image, at(p), r * 16, (60, 255, 60), -1, cv2.LINE_AA, 4)
     return image
 
 
-def write_outputs(out, image_path, points: np.ndarray, box, predictor: Predictor, stem: str | None = None) -> list[Path]:
-    """<stem>.json (0-based points), <stem>.pts (1-based, as 300-W writes them), <stem>_landmarks.png."""
+def draw(path, faces: list[dict]) -> np.ndarray:
+    return annotate(cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION), faces)
+
+
+def picture_record(image_path, faces: list[dict], predictor: Predictor, convention: str | None) -> dict:
+    """A picture's JSON: the model and crop, then `faces` (each: box, landmarks, detector). `box` and
+    `points` repeat the first face, as the one-face files of earlier versions held them."""
+    return {"image": str(image_path), "model": predictor.model_path, "layout": predictor.layout.name,
+            "crop_scale": predictor.crop_scale, "test_crop": predictor.test_crop, "points_base": 0,
+            "box_convention": convention, "faces": faces, "box": faces[0]["box"], "points": faces[0]["landmarks"]}
+
+
+def write_outputs(out, image_path, faces: list[dict], predictor: Predictor, stem: str | None = None,
+                  convention: str | None = None) -> list[Path]:
+    """<stem>.json (0-based points), <stem>.pts (1-based, as 300-W writes them; the first face, then
+    <stem>_1.pts ... for the others), <stem>_landmarks.png (every face)."""
     out = Path(out)
     stem = stem or Path(image_path).stem
-    record = {"image": str(image_path), "box": [float(v) for v in box], "model": predictor.model_path,
-              "layout": predictor.layout.name, "crop_scale": predictor.crop_scale, "test_crop": predictor.test_crop,
-              "points_base": 0, "points": [[float(x), float(y)] for x, y in points]}
-    paths = [out / f"{stem}.json", out / f"{stem}.pts", out / f"{stem}_landmarks.png"]
-    atomic_write(paths[0], json.dumps(record, indent=1) + "\n")
+    png = cv2.imencode(".png", draw(image_path, faces))[1].tobytes()  # before anything is written
+    paths = [out / f"{stem}.json"]
+    atomic_write(paths[0], json.dumps(picture_record(image_path, faces, predictor, convention), indent=1) + "\n")
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{stem}.pts.tmp"
-    write_pts(str(tmp), points + 1.0)
-    durable_replace(tmp, paths[1])
-    ok, png = cv2.imencode(".png", draw(image_path, points, box))
-    atomic_write(paths[2], png.tobytes())
+    for k, face in enumerate(faces):
+        name = f"{stem}.pts" if k == 0 else f"{stem}_{k}.pts"
+        tmp = out / f".{name}.tmp"
+        write_pts(str(tmp), np.asarray(face["landmarks"]) + 1.0)
+        durable_replace(tmp, out / name)
+        paths.append(out / name)
+    paths.append(out / f"{stem}_landmarks.png")
+    atomic_write(paths[-1], png)
     return paths
+
+
+def load(model, crop_scale=None, layout=None, output=None, test_crop=None, detector: str = "none",
+         upsample: int = 1) -> tuple[Predictor, Detector | None]:
+    """The model, on one thread, and the detector (None for `none`)."""
+    predictor = Predictor.from_onnx(model, crop_scale, layout, output, test_crop=test_crop)
+    return predictor, (None if detector == "none" else make_detector(detector, upsample))
+
+
+def predict_pictures(image, box, listing, out, model, crop_scale=None, layout=None, output=None, test_crop=None,
+                     detector: str = "none", convention: str | None = None, upsample: int = 1) -> list[list[Path]]:
+    """tools/predict.py on pictures: every picture's faces (its box, or the detector's), all computed before
+    anything is written, so that a bad picture or a picture without a face leaves nothing behind."""
+    if convention is not None and convention not in CONVENTIONS:
+        raise PredictError(f"box convention {convention!r}: choose one of {', '.join(CONVENTIONS)}")
+    predictor, det = load(model, crop_scale, layout, output, test_crop, detector, upsample)
+    items = read_list(listing) if listing else [(image, box)]
+    used = convention or convention_of(predictor.dataset)
+    results = []
+    for path, face_box in items:
+        if face_box is not None:
+            results.append([face_record(predictor.predict(read_gray(path), face_box), face_box, "none")])
+        elif det is None:
+            raise PredictError(f"{path}: no --box given and --detector none: give a box, or a detector")
+        else:
+            results.append(detect_faces(predictor, path, det, used))
+    stems = [Path(p).stem for p, _ in items]
+    done = []
+    for i, ((path, face_box), faces) in enumerate(zip(items, results)):
+        stem = stems[i] if stems.count(stems[i]) == 1 else f"{stems[i]}_{i:04d}"
+        done.append(write_outputs(out, path, faces, predictor, stem, None if face_box is not None else used))
+    return done

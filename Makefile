@@ -52,7 +52,7 @@ test: | $(SETUP_STAMP)
 help: | $(SETUP_STAMP)
 	@$(PY) -m mcl.method.stages
 	@echo; echo "targets: data stage1 weights-bm stage2 stage3 weights-wm heads assemble evaluate audit demo verify port"
-	@echo "         sweep (docs/CLUSTER.md), peers setup-peers bench-port (docs/PORT.md)"
+	@echo "         sweep (docs/CLUSTER.md), audit-model (docs/METHOD_PYTORCH.md), peers setup-peers bench-port (docs/PORT.md)"
 
 AUDIT_TARGETS := pre_bm perturbation single_head simplified_am weighting_simplified_am occlusion equal_budget
 SOURCE ?= hdf5
@@ -81,7 +81,7 @@ train_settings := warmup=$(WARMUP) engine=$(ENGINE) device=$(DEVICE)
 bn_settings := bn_stats=$(BN_STATS) bn_batches=$(BN_BATCHES)
 SETTINGS_GROUPS := data nets train bn
 PIPELINE_GOALS := data stage1 weights-bm stage2 stage3 weights-wm heads assemble evaluate demo \
-  audit $(AUDIT_TARGETS) audit-models
+  audit $(AUDIT_TARGETS) audit-models audit-model
 # They are refreshed while this Makefile is read, when a pipeline target is asked for, and never
 # in a dry run or a question (`make -n` and `make -q` write nothing: a missing file is then only
 # announced by the rule below).
@@ -311,6 +311,18 @@ endif
 .PHONY: sweep
 sweep: $(SWEEP)/sweep.json
 	@echo "sweep done: $(SWEEP)/sweep.md (report), $(SWEEP)/sweep.json, $(SWEEP)/sweep_*.png"
+
+# ---- the method on a second architecture (docs/METHOD_PYTORCH.md) ----------------
+# Algorithm 1 in PyTorch (mcl/method/pytorch.py) on the run's data, scored like the audit and beside the
+# run's own BM / WM / AM where they are made; AM exported to ONNX. Schedule and scale: the run's unless given.
+MODEL ?= mobilenet_v2_0.5
+AUDIT_MODEL_OPTS ?=
+.PHONY: audit-model
+audit-model: $(DATA) | $(SETUP_STAMP)
+	$(TRAIN) tools/audit_model.py --run $(RUN) --model $(MODEL) --device $(DEVICE) --seed $(SEED) \
+	  $(if $(filter command line environment,$(origin SCALE)),--scale $(SCALE)) \
+	  $(if $(filter command line environment,$(origin SCHEDULE)),--schedule $(SCHEDULE)) \
+	  $(if $(BATCH),--batch $(BATCH)) $(AUDIT_MODEL_OPTS)
 
 # ---- porting the model out of Caffe (docs/PORT.md) ------------------------------
 # Defaults: the run's AM. `make port` never trains: without the model it says so.

@@ -7,8 +7,9 @@
   curves        learning curves of a stage
   audit         the seven ablations and the equal-budget control (SPEC 8); audit_report: their report
   summary       the run's one-page summary
+  audit_model   Algorithm 1 in PyTorch (mcl.method.pytorch) on a second architecture, with the audit's report
   sweep         the audit across seeds (`make sweep`): per model and claim, mean, sd, 95% interval, verdict
 
-May import: `mcl.method`, `mcl.caffe`, `mcl.data`, `mcl.run` and `mcl.fileio`; not `mcl.port` or
-`mcl.engine`. pycaffe only through `mcl.caffe` and inside functions; matplotlib inside the plotting functions.
+May import: `mcl.method`, `mcl.caffe`, `mcl.data`, `mcl.torchnet` (the second architecture's backbones), `mcl.run`
+and `mcl.fileio`; not `mcl.port` or `mcl.engine`. pycaffe only through `mcl.caffe` and inside functions; matplotlib inside the plotting functions.
 """

@@ -3,7 +3,11 @@
 Holds the landmark layouts and their clusters (`layouts`, SPEC 1), Algorithm 1 as one
 table of stages with their solvers (`stages`, SPEC 5), the loss weights of Eq. 5, 8 and 9
 (`loss_weights`), the assembly of the heads into one layer on arrays, Eq. 2-3
-(`assembly`), and the paper's own numbers, each cited by section (`paper`).
+(`assembly`), and the paper's own numbers, each cited by section (`paper`). `pytorch` is the
+method for any PyTorch landmark regressor whose last layer is a linear D -> 2n (Section IV-E):
+Eq. 4 as a loss module, the heads and their assembly as modules, Algorithm 1 as one function,
+on the same Eq. 5/8/9 and Eq. 2-3 code as the Caffe pipeline.
 
-May import: NumPy and the standard library only; nothing else of `mcl`.
+May import: NumPy and the standard library only, and torch in `pytorch.py` alone (no other module
+here imports it); nothing else of `mcl`.
 """

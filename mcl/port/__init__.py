@@ -6,6 +6,7 @@ Modules (import them by name; this package imports nothing by itself):
   engines  the reference engines (Caffe, OpenCV dnn) and PyTorch / ONNX Runtime on the check input
   formats  the exports (ONNX, npz, state_dict, prototxt) and the way back to a caffemodel
   convert  port(): every export checked against the reference, the model cards, write; re-exports the above
+  torch_export  a PyTorch model trained by mcl.method.pytorch (the second architecture's AM) to ONNX, with its card
   predict  landmarks from an ONNX model with the evaluation's crop, no Caffe; the faces a detector finds
   detect   face detectors (OpenCV's Haar cascade, dlib's HOG) and their boxes mapped onto each dataset's boxes
   video    a video or a camera frame by frame, faces tracked from the previous frame's landmarks

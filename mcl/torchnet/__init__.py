@@ -5,6 +5,8 @@ BatchNorm, Pooling, the Eq. 4 losses ...), net.py the net (`CaffeNet`, `from_net
 Caffe's blobs in and out). May import torch, `mcl.caffe.proto` / `mcl.caffe.caffemodel` (the
 protobuf-only Caffe file layer) and `mcl.method`; never pycaffe, so it runs where no Caffe is
 built. The training engine's fused forward is not here: it is `mcl.engine.fused`.
+backbones.py holds the method's second architecture, MobileNetV2 after torchvision's definition
+adapted to our 50 x 50 gray crops (import it by name; it is not re-exported here).
 """
 
 from mcl.torchnet.layers import LAYERS, BatchNorm, InnerProduct, Layer

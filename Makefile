@@ -70,14 +70,19 @@ FROZEN_BN_HEADS ?= global
 # Caffe's numerics, mcl/engine), on DEVICE cpu or cuda (torch only).
 ENGINE ?= caffe
 DEVICE ?= cpu
+# Torch engine on cuda (docs/GPU.md): TF32 off (full float32, the default) or on; deterministic
+# algorithms on (the default: two runs, and a resumed run, give the same bits) or off (cuDNN autotunes).
+TF32 ?= off
+DETERMINISTIC ?= on
 # Make's record of the settings, one file per group under RUN/.settings/: a group's file changes
 # only when its settings do, so a changed setting re-runs exactly what depends on it.
 # nets: what the generated nets and solvers depend on (RUN/run.json holds them as data);
-# train: what every stage is trained with, not the nets (the engine, its device, the warm-up);
+# train: what every stage is trained with, not the nets (the engine, the warm-up); DEVICE, TF32 and
+# DETERMINISTIC are not in it: a finished stage is kept, recorded as it was trained (docs/GPU.md);
 # bn: the statistics step of every stage.
 data_settings := dataset=$(DATASET) data_root=$(DATA_ROOT) layout=$(LAYOUT) seed=$(SEED) opts=$(DATA_OPTS)
 nets_settings := layout=$(LAYOUT) scale=$(SCALE) schedule=$(SCHEDULE) seed=$(SEED) source=$(SOURCE) batch=$(BATCH) frozen_bn=$(FROZEN_BN_STAGE2),$(FROZEN_BN_HEADS)
-train_settings := warmup=$(WARMUP) engine=$(ENGINE) device=$(DEVICE)
+train_settings := warmup=$(WARMUP) engine=$(ENGINE)
 bn_settings := bn_stats=$(BN_STATS) bn_batches=$(BN_BATCHES)
 SETTINGS_GROUPS := data nets train bn
 PIPELINE_GOALS := data stage1 weights-bm stage2 stage3 weights-wm heads assemble evaluate demo \
@@ -161,7 +166,8 @@ $(NETS): $(RUN)/.settings/nets | $(SETUP_STAMP)
 # Every stage ends with the BatchNorm statistics step (mcl/caffe/bnstats.py): Caffe's model
 # is kept as models/<name>.raw.caffemodel beside the stage's product.
 # A changed BN_STATS re-runs only that step where Caffe's model is still current.
-STAGE_OPTS := --bn-stats $(BN_STATS) --bn-batches $(BN_BATCHES) --engine $(ENGINE) --device $(DEVICE)
+STAGE_OPTS := --bn-stats $(BN_STATS) --bn-batches $(BN_BATCHES) --engine $(ENGINE) --device $(DEVICE) \
+  --tf32 $(TF32) --deterministic $(DETERMINISTIC)
 # What every stage's recipe depends on beside its inputs: its training and statistics settings.
 BN := $(RUN)/.settings/train $(RUN)/.settings/bn
 M := $(RUN)/models

@@ -400,6 +400,20 @@ CASES = [
     bad("run_stage-train_h5-changed", stage1(), ["{run}/data/train_000.h5", "differs"],  # the data manifest's checksum
         flip("{run}/data/train_000.h5")),
     bad("run_stage-out-unwritable", stage1("{blocked}/models/bm"), ["{blocked}"]),
+    # the torch engine's device options (docs/GPU.md): named before training, or by the worker
+    bad("run_stage-device-unknown", replace(stage1(), argv=stage1().argv + ("--engine", "torch", "--device", "gpu")),
+        ["--device 'gpu'", "cpu, cuda or cuda:N"]),
+    bad("run_stage-device-caffe_gpu", replace(stage1(), argv=stage1().argv + ("--device", "cuda")),
+        ["--device cuda", "--engine torch"]),
+    bad("run_stage-device-past_last", replace(stage1(), argv=stage1().argv + ("--engine", "torch", "--device",
+                                                                             "cuda:99", "--bn-stats", "running")),
+        ["--device cuda:99", "visible"]),
+    bad("run_stage-tf32-on_cpu", replace(stage1(), argv=stage1().argv + ("--engine", "torch", "--tf32", "on")),
+        ["--tf32 on", "--device cpu"]),
+    bad("run_stage-tf32-not_a_switch", replace(stage1(), argv=stage1().argv + ("--tf32", "maybe")),
+        ["--tf32", "maybe"]),
+    bad("run_stage-deterministic-not_a_switch", replace(stage1(), argv=stage1().argv + ("--deterministic", "1")),
+        ["--deterministic", "'1'"]),
     # tools/compute_weights.py
     bad("compute_weights-model-missing", cw("{tmp}/nope.caffemodel"), ["{tmp}/nope.caffemodel"]),
     bad("compute_weights-model-empty", cw("{tmp}/e.caffemodel"), ["{tmp}/e.caffemodel"], empty("{tmp}/e.caffemodel")),

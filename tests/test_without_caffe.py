@@ -79,3 +79,42 @@ def test_torch_engine_verify_port_and_predictor_run_without_caffe(blocked):
     points = np.asarray(doc["points"], dtype=float)
     assert doc["layout"] == "5" and points.shape == (5, 2) and np.all(np.isfinite(points))
     assert (folder / "pred" / "face.pts").read_text().count("\n") >= 5
+
+
+def test_every_torch_stage_type_trains_without_caffe(blocked):
+    """Stage 1 and pre-BM from the engine's own seeded fillers (recorded as such), stage 2 (its fixed
+    layers' cache), stage 3 and the joint heads from the model before them, all with BN_STATS=running.
+    With `recomputed` (the default) the statistics step needs Caffe: a named error after training that
+    keeps the engine's model, which the same command with `running` then finishes without training again."""
+    env, folder = blocked
+    r = folder / "stages"
+    run(env, ROOT / "data_prep/prepare.py", "--dataset", "synth", "--layout", "5", "--n-train", "16", "--n-test", "4",
+        "--copies", "2", "--synth-size", "100", "--seed", "2", "--quiet", "--out", r / "data")
+    run(env, ROOT / "tools/make_nets.py", "--run", r, "--layout", "5", "--scale", "0.00005", "--batch", "4")
+
+    def stage(name, *more, check=True):
+        return run(env, ROOT / "tools/run_stage.py", "--run", r, "--stage", name, "--engine", "torch", *more,
+                   check=check)
+
+    proc = stage("stage1", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "--bn-stats recomputed" in proc.stderr and "runs in Caffe" in proc.stderr and "--bn-stats running" in \
+        proc.stderr, proc.stderr[-3000:]
+    assert (r / "models/bm.raw.caffemodel").exists() and not (r / "models/bm.caffemodel").exists()
+    proc = stage("stage1", "--bn-stats", "running")
+    assert "training skipped" in proc.stdout, proc.stdout
+    m = r / "models"
+    stage("stage2", "--init", m / "bm.caffemodel", "--bn-stats", "running")
+    assert "Fixed layers" in (r / "logs/stage2.log").read_text()  # stage 2's cache ran, on the engine alone
+    stage("stage3", "--init", m / "stage2.caffemodel", "--bn-stats", "running")
+    stage("heads", "--init", m / "wm.caffemodel", "--bn-stats", "running")
+    stage("pre_bm", "--bn-stats", "running")
+    doc = json.loads((r / "manifest.json").read_text())["artifacts"]
+    for product in ("bm", "stage2", "wm", "heads", "pre_bm"):
+        e = doc[f"models/{product}.caffemodel"]
+        assert (e["engine"], e["device"], e["bn_stats"]) == ("torch", "cpu", "running"), product
+        assert (m / f"{product}.caffemodel").stat().st_size > 0
+    # Iteration 0 of the stages that start from fillers: the engine's own, drawn with the solver's seed.
+    assert doc["models/bm.caffemodel"]["fillers"] == doc["models/pre_bm.caffemodel"]["fillers"] == "torch"
+    assert "fillers" not in doc["models/stage2.caffemodel"]  # it starts from BM's weights
+    assert "initial weights from torch's fillers" in (r / "logs/stage1.log").read_text()

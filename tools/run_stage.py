@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mcl.caffe import bnstats  # noqa: E402
 from mcl.method.stages import STAGES, table  # noqa: E402
 from mcl.run.lock import writer  # noqa: E402
-from mcl.run.stage import ENGINES, StageError, train  # noqa: E402
+from mcl.run.stage import ENGINES, SWITCHES, StageError, train  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -47,6 +47,11 @@ def main(argv=None) -> int:
                     help="caffe (the reference, default) or torch: the same net and solver in PyTorch with "
                          "Caffe's numerics (mcl/engine)")
     ap.add_argument("--device", default="cpu", help="torch engine: cpu (default), cuda or cuda:N")
+    ap.add_argument("--tf32", choices=SWITCHES, default="off",
+                    help="torch engine on cuda: TF32 matmuls and convolutions (default off: full float32)")
+    ap.add_argument("--deterministic", choices=SWITCHES, default="on",
+                    help="torch engine on cuda: deterministic algorithms, so that runs and resumed runs give "
+                         "the same bits (default on; off lets cuDNN pick its fastest kernels)")
     args = ap.parse_args(argv)
     try:
         with writer(Path(args.run)):
@@ -54,7 +59,7 @@ def main(argv=None) -> int:
                   weights=Path(args.loss_weights).resolve() if args.loss_weights else None,
                   out=Path(args.out) if args.out else None, name=args.name, separate=args.separate,
                   warmup=args.warmup, bn_stats=args.bn_stats, bn_batches=args.bn_batches, engine=args.engine,
-                  device=args.device)
+                  device=args.device, tf32=args.tf32 == "on", deterministic=args.deterministic == "on")
     except (StageError, ValueError, OSError) as exc:  # bnstats.StatsError and ModelError are ValueErrors
         print(f"error: {exc}", file=sys.stderr)
         return 2

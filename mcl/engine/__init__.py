@@ -9,6 +9,7 @@ Its equality with Caffe is tested stage by stage (tests/test_engine.py).
   sgd.py      Caffe's SGD update and "step" learning-rate policy
   feeds.py    the HDF5Data / LMDB Data layers, in Caffe's order
   fillers.py  iteration-0 weights (Caffe's own where pycaffe is there)
+  device.py   the device: checked (named errors), set up (deterministic, TF32 off by default), described
   fused.py    FusedNet: BatchNorm-Scale-ReLU chains as one kernel, each Eq. 4 group as one reduction
   fixed.py    the fixed leading layers (the fixed prefix) computed once per training row
   solver.py   Solver: the counterpart of pycaffe's SGDSolver (step, snapshot, restore)
@@ -20,3 +21,7 @@ the size of 300-W's training split) and `mcl.caffe.runfiles`. torch at module to
 the stage's child process (mcl.run.torch_engine) and the benchmark import this package's modules.
 """
 
+
+# cuBLAS's reproducible workspace (CUDA's reproducibility notes), here so that the worker can set
+# CUBLAS_WORKSPACE_CONFIG before torch loads (importing this package imports nothing).
+CUBLAS_WORKSPACE = ":4096:8"

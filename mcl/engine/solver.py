@@ -34,27 +34,18 @@ from mcl.caffe import caffemodel
 from mcl.caffe.proto import caffe_pb2
 from mcl.engine import feeds as feeding
 from mcl.engine import fixed as fixed_cache
+from mcl.engine.device import configure_device
 from mcl.engine.fillers import caffe_initial_blobs
 from mcl.engine.fused import FusedNet
 from mcl.engine.sgd import Blob, CaffeSGD, Settings
 from mcl.fileio import atomic_write
 
 
-def configure_device(device: torch.device, tf32: bool = False) -> None:
-    """Full float32 unless asked otherwise, and reproducible kernels (exact resuming)."""
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-        torch.set_float32_matmul_precision("high" if tf32 else "highest")
-
-
 class Solver:
     """SGD over one train net, iteration by iteration, as Caffe's SGDSolver::Step(1)."""
 
     def __init__(self, run, solver_path, device: str = "cpu", tf32: bool = False, fillers: str = "auto",
-                 fast: bool = True):
+                 fast: bool = True, deterministic: bool = True):
         self.run = Path(run).resolve()
         self.solver_path = Path(solver_path)
         if not self.solver_path.is_absolute():
@@ -64,7 +55,7 @@ class Solver:
         net_path = self.run / self.settings.train_net
         self.net_param = text_format.Parse(net_path.read_text(), caffe_pb2.NetParameter())
         self.device = torch.device(device)
-        configure_device(self.device, tf32)
+        configure_device(self.device, tf32, deterministic)  # before the first CUDA operation
         self.feeds = feeding.feeds(self.run, self.net_param, self.device)
         shapes = {top: tuple(t.shape) for top, t in feeding.batch(self.feeds, 0).items()}
         # torchnet draws the fillers' distributions from torch's generator: the weights when pycaffe is missing.

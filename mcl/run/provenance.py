@@ -94,14 +94,33 @@ def data_protocol(run: Path) -> dict:
             "source": "data/manifest.json"}
 
 
-def engine_record(engine: str, device: str) -> dict:
-    """What the run manifest records of the engine that trained a stage."""
+# What a manifest entry records of the engine and the device that trained a stage (engine_record):
+# the torch engine's facts come from the training process itself (mcl.engine.device.device_facts);
+# on cuda the GPU's name, compute capability, CUDA, cuDNN and driver versions (None where unknown).
+ENGINE_KEYS = ("engine", "device", "torch_version", "deterministic", "tf32", "fillers", "gpu_index", "gpu_name",
+               "gpu_capability", "cuda_version", "cudnn_version", "gpu_driver")
+
+
+def engine_record(engine: str, device: str, facts: dict | None = None) -> dict:
+    """What the run manifest records of the engine that trained a stage; `facts`: the torch worker's report."""
     if engine == "caffe":
         return {"engine": "caffe", "device": "cpu"}
+    out = {"engine": "torch", "device": device}
     try:
-        return {"engine": "torch", "device": device, "torch_version": version("torch")}
+        out["torch_version"] = version("torch")  # the worker's own report below wins where there is one
     except PackageNotFoundError:
-        return {"engine": "torch", "device": device}
+        pass
+    out.update({k: v for k, v in (facts or {}).items() if k in ENGINE_KEYS and k != "engine"})
+    return out
+
+
+def recorded_engine(entry: dict) -> dict:
+    """The engine record of a manifest entry, as the stage that trained it wrote it."""
+    out = {k: entry[k] for k in ENGINE_KEYS if k in entry}
+    out.setdefault("engine", DEFAULT_ENGINE)
+    if out["engine"] == DEFAULT_ENGINE:
+        out.setdefault("device", "cpu")
+    return out
 
 
 def layout_of(run: Path) -> Layout:

@@ -16,6 +16,7 @@ product from the engine's raw model, and the manifest records what made it.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -34,11 +35,13 @@ from mcl.caffe.runfiles import derive, run_layout
 from mcl.fileio import atomic_write
 from mcl.method.stages import STAGES
 from mcl.run import manifest
-from mcl.run.provenance import engine_record
+from mcl.run.provenance import engine_record, recorded_engine
 from mcl.run.verify import check_stage_inputs
 
 SNAPSHOT_RE = re.compile(r"_iter_(\d+)\.solverstate$")
 ENGINES = ("caffe", "torch")
+DEVICE_RE = re.compile(r"cpu|cuda(:\d+)?")  # the worker checks what the machine has (mcl.engine.device)
+SWITCHES = ("on", "off")  # --tf32, --deterministic
 ROOT = Path(__file__).resolve().parents[2]
 DISK_FULL_BYTES = 1 << 20  # less free than this after a failed stage: the disk filled up
 
@@ -58,7 +61,9 @@ class StageSpec:
     init: Path | None  # caffemodel to start from (by layer name), None for random init
     out: Path  # final caffemodel
     engine: str = "caffe"  # caffe (pycaffe, the reference) or torch (mcl.engine, Caffe's numerics in PyTorch)
-    device: str = "cpu"  # torch engine only: cpu or cuda
+    device: str = "cpu"  # torch engine only: cpu, cuda or cuda:N
+    tf32: bool = False  # torch engine on cuda: TF32 matmuls and convolutions (opt-in; off: full float32)
+    deterministic: bool = True  # torch engine on cuda: deterministic algorithms (the default; off: opt-out)
 
     @property
     def solver_path(self) -> Path:
@@ -96,7 +101,8 @@ def run_stage(spec: StageSpec, progress: bool = True, stop_after: int | None = N
     spec.log_path.parent.mkdir(parents=True, exist_ok=True)
     spec.snapshot_prefix.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "mcl.run.worker", "--engine", spec.engine, "--run", str(spec.run),
-           "--name", spec.name, "--out", str(spec.out), "--device", spec.device]
+           "--name", spec.name, "--out", str(spec.out), "--device", spec.device,
+           "--tf32", "on" if spec.tf32 else "off", "--deterministic", "on" if spec.deterministic else "off"]
     if spec.init is not None:
         cmd += ["--init", str(Path(spec.init).resolve())]
     if stop_after is not None:
@@ -118,6 +124,8 @@ def run_stage(spec: StageSpec, progress: bool = True, stop_after: int | None = N
                     continue
                 if ev["event"] == "error":
                     summary["error"] = ev["message"]
+                elif ev["event"] == "engine":  # the device the stage trains on, as the worker sees it
+                    summary["engine"] = {k: v for k, v in ev.items() if k != "event"}
                 elif ev["event"] == "resumed":
                     summary["resumed_from"] = ev["iter"]
                     print(f"[{spec.name}] resuming from iteration {ev['iter']} ({ev['from']})", flush=True)
@@ -177,19 +185,33 @@ def fingerprint(paths: list[Path]) -> str:
 def prepare_snapshots(spec: StageSpec, inputs: list[Path]) -> None:
     """Snapshots made from other inputs (another init model, other weights) are discarded."""
     fp = fingerprint(inputs) + ("" if spec.engine == "caffe" else f" engine={spec.engine} device={spec.device}")
+    fp += " tf32=on" if spec.tf32 else ""  # TF32 rounds otherwise: a stage is not resumed across it
     stamp = spec.snapshot_prefix.parent / f"{spec.name}.inputs"
     if stamp.exists() and stamp.read_text() != fp:
         for _, state in snapshots(spec):
             state.unlink(missing_ok=True)
             state.with_suffix(".caffemodel").unlink(missing_ok=True)
+        fillers_stamp(spec).unlink(missing_ok=True)
         print(f"[{spec.name}] inputs changed since the last snapshots: starting afresh")
     atomic_write(stamp, fp)
 
 
+def fillers_stamp(spec: StageSpec) -> Path:
+    """Where the torch engine notes whose fillers drew the iteration-0 weights of a stage it started
+    (its snapshots do not say), so that the process that resumes and finishes it can record them."""
+    return spec.snapshot_prefix.parent / f"{spec.name}.fillers"
+
+
 def train_one(run: Path, name: str, init: Path | None, out: Path, weights: Path | None, stage: str,
               bn_stats: str = bnstats.DEFAULT, bn_batches: int = bnstats.DEFAULT_BATCHES,
-              engine: str = "caffe", device: str = "cpu", warmup: Path | None = None) -> dict:
-    """Train the net `name` (a stage or a named copy of one) into `out`, then its statistics step."""
+              engine: str = "caffe", device: str = "cpu", warmup: Path | None = None, tf32: bool = False,
+              deterministic: bool = True) -> dict:
+    """Train the net `name` (a stage or a named copy of one) into `out`, then its statistics step.
+
+    A finished stage is kept when its inputs are unchanged and the engine is the same, whatever the
+    device: its manifest entries keep what the training process recorded (device, GPU, TF32,
+    determinism), which a later run with another DEVICE, TF32 or DETERMINISTIC does not rewrite.
+    """
     net_path = run / "nets" / f"{name}_train.prototxt"
     solver_path = run / "solvers" / f"{name}_solver.prototxt"
     for p in (net_path, solver_path):
@@ -201,8 +223,7 @@ def train_one(run: Path, name: str, init: Path | None, out: Path, weights: Path 
         print(f"loss weights of {net_path.name} set from {weights}")
     # The engine's model goes to <out>.raw.caffemodel; the statistics step makes <out> from it.
     raw = bnstats.raw_path(out)
-    spec = StageSpec(run, name, init, raw, engine, device)
-    trained_by = engine_record(engine, device)
+    spec = StageSpec(run, name, init, raw, engine, device, tf32, deterministic)
     inputs = [solver_path, net_path] + ([init] if init else []) + ([warmup, warmup.with_suffix(".caffemodel")]
                                                                     if warmup else [])
     settings = manifest.solver_settings(solver_path)
@@ -212,7 +233,12 @@ def train_one(run: Path, name: str, init: Path | None, out: Path, weights: Path 
             (manifest.entry(run, raw) or {}).get("engine", "caffe") == engine:  # only the statistics step again
         e = manifest.entry(run, raw)
         summary, wall = {"resumed_from": e.get("resumed_from_iter", 0), "last": {"loss": e.get("final_loss")}}, 0.0
-        print(f"[{name}] Caffe's model {raw.name} is current for these inputs: training skipped")
+        trained_by = recorded_engine(e)  # what trained it, not what is asked now
+        asked = engine_record(engine, device) | ({"tf32": tf32} if engine == "torch" else {})
+        other = {k: v for k, v in asked.items() if k in ("device", "tf32") and trained_by.get(k, v) != v}
+        print(f"[{name}] the engine's model {raw.name} is current for these inputs: training skipped"
+              + (f" (kept as trained, with {', '.join(f'{k} {trained_by[k]}' for k in other)}; delete it to "
+                 "train it again)" if other else ""))
     else:
         prepare_snapshots(spec, inputs)
         if warmup is not None and not snapshots(spec):
@@ -220,6 +246,7 @@ def train_one(run: Path, name: str, init: Path | None, out: Path, weights: Path 
         t0 = time.time()
         summary = run_stage(spec)
         wall = time.time() - t0
+        trained_by = engine_record(engine, device, summary.get("engine"))
         manifest.record(run, raw, stage, settings, raw_inputs, wall, resumed_from_iter=summary["resumed_from"],
                         final_loss=(summary["last"] or {}).get("loss"), log=str(spec.log_path.relative_to(run)),
                         bn_stats="running", **trained_by, **({"warmup": str(warmup.relative_to(run))} if warmup else {}))
@@ -228,7 +255,10 @@ def train_one(run: Path, name: str, init: Path | None, out: Path, weights: Path 
         print(f"[{name}] WARNING: training diverged: the loss is {last['loss']} at the end of the stage "
               f"(see {spec.log_path}); its model's predictions will not be finite", file=sys.stderr)
     t1 = time.time()
-    stats = bnstats.finish_stage(run, net_path, raw, out, bn_stats, bn_batches)
+    try:
+        stats = bnstats.finish_stage(run, net_path, raw, out, bn_stats, bn_batches)
+    except ImportError as exc:  # pycaffe there but broken (the check in `train` caught a missing one)
+        raise StageError(no_caffe_for_stats(name, raw, exc)) from None
     entry = manifest.record(run, out, stage, settings, raw_inputs + [raw],
                             wall + time.time() - t1, resumed_from_iter=summary["resumed_from"],
                             final_loss=last.get("loss"), log=str(spec.log_path.relative_to(run)), **stats,
@@ -237,6 +267,32 @@ def train_one(run: Path, name: str, init: Path | None, out: Path, weights: Path 
            else "Caffe's running BatchNorm statistics kept")
     print(f"[{name}] done in {wall:.1f} s, {how} ({time.time() - t1:.1f} s) -> {out}")
     return entry
+
+
+def no_caffe_for_stats(name: str, raw: Path | None, exc: BaseException | None = None) -> str:
+    """The error of `--bn-stats recomputed` where pycaffe does not import."""
+    why = f" ({exc})" if exc is not None else ""
+    kept = (f"; the engine's model {raw} is kept, and the same command with --bn-stats running (BN_STATS=running) "
+            "finishes the stage from it without training again") if raw is not None else ""
+    return (f"{name}: --bn-stats recomputed: the BatchNorm statistics step runs in Caffe, and pycaffe does not "
+            f"import here{why}: build Caffe (`make setup`), or keep the engine's running statistics with "
+            f"--bn-stats running{kept}")
+
+
+def check_engine_options(engine: str = "caffe", device: str = "cpu", tf32: bool = False, deterministic: bool = True,
+                         bn_stats: str = bnstats.DEFAULT, **_) -> None:
+    """The engine options that cannot work together, named before anything is trained."""
+    if engine not in ENGINES:
+        raise StageError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    if not DEVICE_RE.fullmatch(str(device)):
+        raise StageError(f"--device {device!r}: not a device (cpu, cuda or cuda:N)")
+    if engine == "caffe" and device != "cpu":
+        raise StageError(f"the Caffe engine here is a CPU build: use --engine torch for --device {device}")
+    if tf32 and (engine != "torch" or device == "cpu"):
+        raise StageError(f"--tf32 on: TF32 exists only on a CUDA device in the torch engine "
+                         f"(here --engine {engine} --device {device})")
+    if engine == "torch" and bn_stats == "recomputed" and importlib.util.find_spec("caffe") is None:
+        raise StageError(no_caffe_for_stats("the stage", None))
 
 
 def seed_from_warmup(spec: StageSpec, state: Path) -> None:
@@ -249,6 +305,7 @@ def seed_from_warmup(spec: StageSpec, state: Path) -> None:
     atomic_write(model, state.with_suffix(".caffemodel").read_bytes())
     solver_state.learned_net = str(model.relative_to(spec.run))
     atomic_write(model.with_suffix(".solverstate"), solver_state.SerializeToString())
+    fillers_stamp(spec).unlink(missing_ok=True)  # its iteration-0 weights are the warm-up's
     print(f"[{spec.name}] starting from the warm-up's solverstate at iteration {it} ({state.name})")
 
 
@@ -279,8 +336,7 @@ def train(run: Path, stage: str, init: Path | None = None, weights: Path | None 
     run = Path(run).resolve()
     if stage not in STAGES:
         raise StageError(f"unknown stage {stage!r}: choose one of {', '.join(STAGES)}")
-    if opts.get("engine", "caffe") == "caffe" and opts.get("device", "cpu") != "cpu":
-        raise StageError(f"the Caffe engine here is a CPU build: use --engine torch for --device {opts['device']}")
+    check_engine_options(**opts)
     if init is not None and not init.exists():
         raise StageError(f"{init}: the model this stage starts from is missing")
     check_stage_inputs(run, run / "nets" / f"{stage}_train.prototxt", [p for p in (init, weights) if p], out)

@@ -1,7 +1,10 @@
 """The torch engine of the stage runner: `Solver` behind the interface of `mcl.run.worker`.
 
 It logs Caffe-style lines on stderr ("Iteration N, loss = ..."), writes the same
-snapshot files and resumes with no data replay: batch k is a function of k.
+snapshot files and resumes with no data replay: batch k is a function of k. The device
+is checked first (a named error for a PyTorch without CUDA or a GPU index past the last);
+`facts` is what the manifest records of it, and whose fillers drew the iteration-0
+weights of a stage started from them (kept beside the snapshots for the run that resumes).
 """
 
 from __future__ import annotations
@@ -13,24 +16,32 @@ from pathlib import Path
 import torch
 
 from mcl.caffe.caffemodel import ModelError
+from mcl.engine.device import DeviceError, check_device, device_facts
 from mcl.engine.solver import Solver
-from mcl.run.stage import SnapshotError, StageError, StageSpec
+from mcl.fileio import atomic_write
+from mcl.run.stage import SnapshotError, StageError, StageSpec, fillers_stamp
 
 
 class TorchStage:
     def __init__(self, spec: StageSpec):
         self.spec, self.device = spec, spec.device
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise StageError(f"{spec.name}: --device {self.device}, but this PyTorch ({torch.__version__}) "
-                             "sees no CUDA device")
-        self.log(f"torch {torch.__version__}, device {self.device}, {torch.get_num_threads()} threads")
+        try:
+            check_device(self.device)
+        except DeviceError as exc:
+            raise StageError(f"{spec.name}: {exc}") from None
+        self.facts: dict = {}
+        self.resumed = False
+        self.log(f"torch {torch.__version__}, device {self.device}, {torch.get_num_threads()} threads, "
+                 f"tf32 {'on' if spec.tf32 else 'off'}, deterministic {'on' if spec.deterministic else 'off'}")
         self.reset()
         self.log(f"Solving {self.solver.net_param.name} ({spec.solver_path.name}), initial weights from "
                  f"{self.solver.init_source}'s fillers (seed {self.settings.random_seed})")
 
     def reset(self) -> None:
-        self.solver = Solver(self.spec.run, self.spec.solver_path, device=self.device)
+        self.solver = Solver(self.spec.run, self.spec.solver_path, device=self.device, tf32=self.spec.tf32,
+                             deterministic=self.spec.deterministic)
         self.settings = self.solver.settings
+        self.resumed = False
 
     @property
     def iter(self) -> int:
@@ -44,6 +55,7 @@ class TorchStage:
             self.solver.restore(state)
         except (ModelError, OSError, ValueError, RuntimeError) as exc:  # cut short by a kill
             raise SnapshotError(str(exc)) from None
+        self.resumed = True
 
     def replay(self, start: int) -> None:
         pass  # batch k is a function of k
@@ -53,6 +65,13 @@ class TorchStage:
         self.log(f"Copying weights from {init}")
 
     def prepare(self) -> None:
+        self.facts = device_facts(self.solver.device, self.spec.tf32, self.spec.deterministic)
+        if self.spec.init is None:  # iteration 0 came from the fillers: whose, from the run that started it
+            stamp = fillers_stamp(self.spec)
+            if not self.resumed:
+                atomic_write(stamp, self.solver.init_source)
+            if stamp.exists():
+                self.facts["fillers"] = stamp.read_text().strip()
         fixed = self.solver.fixed_prefix
         if fixed is not None:
             t1 = time.time()

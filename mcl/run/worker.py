@@ -9,12 +9,14 @@ An engine is a small object (`mcl.run.caffe_engine.CaffeStage`, `mcl.run.torch_e
   replay(start)             move the data layers past the batches `start` iterations consumed
   start_from(init)          copy weights by layer name; raises ModelError where they do not fit
   prepare()                 work before the first step (the torch engine's fixed-trunk pass)
+  facts                     (torch engine, after prepare) what the manifest records of the device:
+                            reported to the stage runner as {"event": "engine", ...}
   step()                    one SGD iteration, with the solver's periodic snapshot
   loss                      Eq. 4's total of the last iteration
   snapshot() / save(path)   a snapshot now / the final caffemodel
 
 The loop speaks to `mcl.run.stage.run_stage` as JSON lines on stdout ({"event": "iter", ...},
-"resumed", "init", "error", "interrupted", "done"); the engine's log goes to stderr. Exit
+"resumed", "init", "engine", "error", "interrupted", "done"); the engine's log goes to stderr. Exit
 codes: 0 done, 3 cannot start, 130 interrupted with a snapshot written, 137 for --stop-after.
 """
 
@@ -29,8 +31,9 @@ import time
 from pathlib import Path
 
 from mcl.caffe.caffemodel import ModelError
+from mcl.engine import CUBLAS_WORKSPACE
 from mcl.fileio import DiskFullError, disk_full, durable_replace
-from mcl.run.stage import ENGINES, SnapshotError, StageError, StageSpec, snapshots
+from mcl.run.stage import ENGINES, SWITCHES, SnapshotError, StageError, StageSpec, snapshots
 
 
 def emit(**event) -> None:
@@ -72,6 +75,9 @@ def work(engine, spec: StageSpec, stop_after: int | None = None) -> int:
             return 3
         emit(event="init", **{"from": str(spec.init)})
     engine.prepare()  # before the handlers: a signal here ends the process at once
+    facts = getattr(engine, "facts", None)  # the Caffe engine's record needs nothing from here
+    if facts:
+        emit(event="engine", **facts)
 
     interrupted = False
 
@@ -150,10 +156,15 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--init")
     ap.add_argument("--device", default="cpu", help="torch engine: cpu, cuda or cuda:N")
+    ap.add_argument("--tf32", choices=SWITCHES, default="off", help="torch engine on cuda: TF32 (default off)")
+    ap.add_argument("--deterministic", choices=SWITCHES, default="on",
+                    help="torch engine on cuda: deterministic algorithms (default on)")
     ap.add_argument("--stop-after", type=int, help="exit abruptly after this iteration (tests of resuming)")
     a = ap.parse_args(argv)
     spec = StageSpec(Path(a.run).resolve(), a.name, Path(a.init) if a.init else None, Path(a.out).resolve(),
-                     engine=a.engine, device=a.device)
+                     engine=a.engine, device=a.device, tf32=a.tf32 == "on", deterministic=a.deterministic == "on")
+    if spec.device.startswith("cuda") and spec.deterministic:  # read when cuBLAS starts: before torch loads
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     stop_with_parent()
     os.chdir(spec.run)
     try:

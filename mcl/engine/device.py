@@ -1,0 +1,106 @@
+"""The training device: named, checked, set up for exact and repeatable float32, and described.
+
+`check_device` turns `--device` into a torch.device or a named error (a PyTorch without
+CUDA, an index past the last visible GPU). `configure_device` sets what a stage's
+numbers depend on: on cuda, full float32 (TF32 off unless asked for) and deterministic
+algorithms (cuDNN's deterministic kernels, no autotuning, torch's deterministic
+algorithms everywhere else, cuBLAS with a fixed workspace), so that two runs of a stage
+give the same bits and a resumed run equals an uninterrupted one; `deterministic=False`
+is the opt-out (cuDNN autotunes; results may differ run to run). On the CPU these
+settings change nothing the engine computes: its CPU kernels are deterministic as they are
+(tests/test_engine.py resumes bit-identically), so they are set for cuda only, leaving the
+process's CPU state alone. `device_facts` is what the manifest records of the device
+that trained a stage.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+import torch
+
+from mcl.engine import CUBLAS_WORKSPACE
+
+DEVICE_RE = re.compile(r"cpu|cuda(?::(\d+))?")
+
+
+class DeviceError(ValueError):
+    """A device this machine or this PyTorch cannot train on."""
+
+
+def _visible() -> str:
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return "CUDA_VISIBLE_DEVICES unset" if value is None else f"CUDA_VISIBLE_DEVICES={value!r}"
+
+
+def check_device(name: str) -> torch.device:
+    """`cpu`, `cuda` or `cuda:N` as a torch.device, or DeviceError naming the device and what is visible."""
+    m = DEVICE_RE.fullmatch(str(name))
+    if m is None:
+        raise DeviceError(f"--device {name!r}: not a device (cpu, cuda or cuda:N)")
+    if name == "cpu":
+        return torch.device("cpu")
+    build = f"PyTorch {torch.__version__}, " + ("a CPU-only build" if torch.version.cuda is None
+                                                 else f"built for CUDA {torch.version.cuda}")
+    if not torch.cuda.is_available():
+        raise DeviceError(f"--device {name}: 0 CUDA devices are visible ({build}; {_visible()}): "
+                          "install a CUDA build of PyTorch on a machine with a GPU, or use --device cpu")
+    count = torch.cuda.device_count()
+    index = int(m.group(1)) if m.group(1) is not None else 0
+    if index >= count:
+        raise DeviceError(f"--device {name}: only {count} CUDA device{'s' if count != 1 else ''} "
+                          f"visible (cuda:0 .. cuda:{count - 1}; {build}; {_visible()})")
+    return torch.device(name)
+
+
+def configure_device(device: torch.device, tf32: bool = False, deterministic: bool = True) -> None:
+    """On cuda: full float32 unless `tf32`, and deterministic algorithms unless told otherwise (see above).
+
+    CUBLAS_WORKSPACE_CONFIG is read when cuBLAS starts, so it is set here before the
+    engine's first CUDA operation (the worker sets it before torch loads); a value
+    already in the environment is kept.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.use_deterministic_algorithms(deterministic)
+
+
+def driver_version() -> str | None:
+    """The NVIDIA driver's version from nvidia-smi, None where it is not there or does not answer."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        out = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"], check=False,
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = out.stdout.split()
+    return lines[0] if out.returncode == 0 and lines else None
+
+
+def device_facts(device: torch.device, tf32: bool = False, deterministic: bool = True) -> dict:
+    """What the manifest records of the device a stage trained on (None where a fact is unknown)."""
+    device = torch.device(device)
+    facts = {"device": str(device), "torch_version": torch.__version__,
+             "deterministic": bool(deterministic) if device.type == "cuda" else True,
+             "tf32": bool(tf32) if device.type == "cuda" else False}
+    if device.type != "cuda":
+        return facts
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(index)
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    facts.update(gpu_index=index, gpu_name=props.name, gpu_capability=f"{props.major}.{props.minor}",
+                 cuda_version=torch.version.cuda, cudnn_version=cudnn, gpu_driver=driver_version())
+    return facts

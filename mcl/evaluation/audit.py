@@ -296,6 +296,17 @@ def ordering_verdict(pairs: dict) -> str:
             f"noise only {', '.join(clear) if clear else 'nothing'}; {control_text}")
 
 
+def scored_models(numbers: dict, prefix: str = "") -> dict[str, dict]:
+    """Every scored model inside an ablation's numbers, by a readable name ("WM / with_occlusion")."""
+    out = {}
+    for k, v in numbers.items():
+        if isinstance(v, dict) and "inter_ocular" in v:
+            out[prefix + k] = v
+        elif isinstance(v, dict):
+            out.update(scored_models(v, f"{prefix}{k} / "))
+    return out
+
+
 def _not_finite(numbers: dict, prefix: str = "") -> list[str]:
     """Models among `numbers` whose mean error is not finite (a training run that diverged)."""
     out = []

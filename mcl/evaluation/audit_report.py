@@ -44,17 +44,6 @@ HEAD = ["| model | BatchNorm statistics | mean error (%) | failure >10% (%) | fa
         "|---|---|---|---|---|---|---|"]
 
 
-def _flat_models(numbers: dict, prefix: str = "") -> dict[str, dict]:
-    """Every scored model inside an ablation's numbers, by a readable name."""
-    out = {}
-    for k, v in numbers.items():
-        if isinstance(v, dict) and "inter_ocular" in v:
-            out[prefix + k] = v
-        elif isinstance(v, dict):
-            out.update(_flat_models(v, f"{prefix}{k} / "))
-    return out
-
-
 def _paper_lines(entry: dict) -> list[str]:
     lines = []
     if not entry["numbers_comparable"]:
@@ -93,7 +82,7 @@ def _ablation_md(name: str, doc: dict, layout) -> list[str]:
                              + f" | {_pct(v[key]['inter_ocular']['mean_error'])} |")
         lines.append("")
     else:
-        lines += HEAD + [_row(k, v) for k, v in _flat_models(doc["numbers"]).items()] + [""]
+        lines += HEAD + [_row(k, v) for k, v in audit.scored_models(doc["numbers"]).items()] + [""]
         if name == "perturbation":
             lines += [f"Largest relative change of the mean error against WM: "
                       f"{100 * doc['largest_relative_change']:.1f}%.", ""]
@@ -207,7 +196,7 @@ def _plots(run: Path, out_dir: Path, doc: dict, layout) -> list[Path]:
     for name, ab in doc["ablations"].items():
         if name in ("occlusion", "single_head"):
             continue
-        for k, v in _flat_models(ab["numbers"]).items():
+        for k, v in audit.scored_models(ab["numbers"]).items():
             curves.setdefault(k, v)
     out = []
     ced = out_dir / "audit_ced.png"

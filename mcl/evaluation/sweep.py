@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from mcl.evaluation.audit import PERTURBATION_TOLERANCE
+from mcl.evaluation.audit import PERTURBATION_TOLERANCE, scored_models
 from mcl.evaluation.report import save_figure
 from mcl.fileio import atomic_write
 from mcl.method import paper
@@ -85,16 +85,6 @@ def model_metrics(result: dict) -> dict[str, float]:
     return out
 
 
-def _scored(numbers: dict, prefix: str = "") -> dict[str, dict]:
-    out = {}
-    for k, v in numbers.items():
-        if isinstance(v, dict) and "inter_ocular" in v:
-            out[prefix + k] = v
-        elif isinstance(v, dict):
-            out.update(_scored(v, f"{prefix}{k} / "))
-    return out
-
-
 # Models an ablation re-scores that are the audit's main models under another name are not repeated.
 SAME_AS_MAIN = ("BM", "WM", "AM")
 
@@ -103,7 +93,7 @@ def run_models(audit_doc: dict) -> dict[str, dict[str, float]]:
     """Every model of one run's audit: name -> metric -> value."""
     out = {name: model_metrics(r) for name, r in audit_doc["models"].items()}
     for ablation, res in audit_doc.get("ablations", {}).items():
-        for name, r in _scored(res["numbers"]).items():
+        for name, r in scored_models(res["numbers"]).items():
             if name in SAME_AS_MAIN:
                 continue
             out[f"{ablation}: {name}"] = model_metrics(r)

@@ -381,7 +381,17 @@ diagrams: | $(SETUP_STAMP)
 bench-nets: | $(SETUP_STAMP)
 	$(PY) tools/bench_nets.py
 
-# Caffe and the torch engine side by side: ms/iteration of stage 1 and the joint heads (68 points, batch 64).
+# gpu-check: the torch engine on GPU_DEVICE checked against the CPU step by step, timed, the paper's
+# schedule projected (docs/GPU.md). The machine's own python3: no .venv, no Caffe. GPU_DEVICE=cpu: the dry run.
+GPU_PY ?= python3
+GPU_DEVICE ?= cuda
+GPU_CHECK_STEPS ?= 20
+.PHONY: gpu-check
+gpu-check:
+	$(GPU_PY) tools/gpu_check.py --device $(GPU_DEVICE) --steps $(GPU_CHECK_STEPS) --json gpu-check.json
+
+# Caffe and the torch engine side by side: ms/iteration of stage 1 and the joint heads (68 points, batch 64);
+# on a GPU (DEVICE=cuda) the torch engine alone, throughput and latency, and the paper's schedule projected.
 .PHONY: bench-engine
 bench-engine: | $(SETUP_STAMP)
 	$(PY) tools/bench_engine.py --device $(DEVICE)

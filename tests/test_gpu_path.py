@@ -247,3 +247,42 @@ def test_recomputed_statistics_without_pycaffe_are_refused_before_training(monke
     with pytest.raises(StageError, match="--bn-stats recomputed: the BatchNorm statistics step runs in Caffe"):
         stage_mod.check_engine_options(engine="torch", device="cuda", bn_stats="recomputed")
     stage_mod.check_engine_options(engine="torch", device="cuda", bn_stats="running")  # needs no Caffe
+
+
+# ---- parallel jobs: DEVICE=cuda takes a GPU of its own (docs/GPU.md, "Parallel jobs") ----------------
+
+def test_a_job_a_scheduler_gave_one_gpu_takes_cuda_0(tmp_path):
+    env = {"CUDA_VISIBLE_DEVICES": "3"}  # the scheduler's choice: the job sees one GPU, as cuda:0
+    assert dev.pick_gpu(env, count=1, lock_dir=tmp_path) == ("cuda:0", None)
+    assert dev.pick_gpu({}, count=1, lock_dir=tmp_path) == ("cuda:0", None)
+    assert list(tmp_path.iterdir()) == []  # nothing to share: no lock taken
+
+
+def test_jobs_spread_over_the_visible_gpus_one_each_while_one_is_free(tmp_path):
+    held = [dev.pick_gpu({}, count=4, lock_dir=tmp_path) for _ in range(4)]
+    assert [d for d, _ in held] == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+    # A fifth job with all four held shares one, round robin by its slot.
+    assert dev.pick_gpu({}, count=4, lock_dir=tmp_path, slot=5) == ("cuda:1", None)
+    held[2][1].close()  # the job on cuda:2 ends: the kernel lets its lock go
+    device, lock = dev.pick_gpu({}, count=4, lock_dir=tmp_path)
+    assert device == "cuda:2" and lock is not None
+    for _, h in held[:2] + held[3:] + [(device, lock)]:
+        h.close()
+
+
+def test_the_locks_name_the_gpus_outside_the_process(tmp_path):
+    """With CUDA_VISIBLE_DEVICES=2,3 the process's cuda:0 is GPU 2: a job holding GPU 2 (seen as its
+    own cuda:0 under CUDA_VISIBLE_DEVICES=2) leaves cuda:1 (GPU 3) to the next."""
+    _, other = dev.pick_gpu({"CUDA_VISIBLE_DEVICES": "2,3"}, count=2, lock_dir=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu-2.lock"]
+    device, mine = dev.pick_gpu({"CUDA_VISIBLE_DEVICES": "3,2"}, count=2, lock_dir=tmp_path)
+    assert device == "cuda:0" and (tmp_path / "gpu-3.lock").exists()  # GPU 3 is this process's cuda:0
+    other.close()
+    mine.close()
+
+
+def test_without_locks_jobs_go_round_robin_by_slot(monkeypatch, tmp_path):
+    assert [dev.pick_gpu({}, count=2, slot=s)[0] for s in range(4)] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)  # the count PyTorch sees, by default
+    assert dev.visible_gpus({}) == ["0", "1", "2"] and dev.visible_gpus({"CUDA_VISIBLE_DEVICES": "5,7"}) == ["5", "7"]
+    assert dev.gpu_lock_dir({"MCL_GPU_LOCKS": str(tmp_path)}) == tmp_path

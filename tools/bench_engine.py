@@ -8,7 +8,9 @@ threads, the two taking turns of a few iterations each, never at once. Figures a
 medians over the timed iterations. Also printed: the projected time of the paper's
 whole schedule (SPEC 5, Algorithm 1's stages as mcl/method/stages.py sets them), with
 the torch engine's one pass of the fixed layers over 300-W's training split counted.
-Target: the torch engine at least 2.5x faster than Caffe on the CPU.
+Target: the torch engine at least 2.5x faster than Caffe on the CPU. With --device cuda
+(or cuda:N) the torch engine is timed alone, with no Caffe process: throughput (a block
+with one synchronisation) and latency, and the projected paper schedule.
 The harness and how it times: mcl/engine/bench.py.
 """
 
@@ -29,7 +31,7 @@ def main(argv=None) -> int:
     ap.add_argument("--layout", default="68", help="layout (default 68)")
     ap.add_argument("--batch", type=int, default=BATCH_SIZE, help=f"batch size (default {BATCH_SIZE}, the paper's)")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads of each engine (default 2)")
-    ap.add_argument("--device", default="cpu", help="torch engine's device: cpu (default) or cuda")
+    ap.add_argument("--device", default="cpu", help="torch engine's device: cpu (default; beside Caffe) or cuda, cuda:N (alone)")
     ap.add_argument("--warmup", type=int, default=2,
                     help="untimed iterations at the start of each engine's turn (default 2)")
     ap.add_argument("--iters", type=int, default=12, help="timed iterations per engine and stage (default 12)")

@@ -1,6 +1,6 @@
-"""The engine benchmark (tools/bench_engine.py, `make bench-engine`): Caffe and the torch
-engine timed side by side, ms per training iteration, and the paper's whole schedule
-projected from the figures.
+"""The engine benchmark (tools/bench_engine.py, `make bench-engine`): on the CPU, Caffe and the
+torch engine timed side by side, ms per training iteration; on a GPU, the torch engine alone;
+and the paper's whole schedule projected from the figures.
 
 Stage 1 (all layers trainable), stage 2 (the first six convolutions fixed) and the joint
 heads stage, generated for a scratch run as `make nets` writes them, train on the same
@@ -11,6 +11,13 @@ shared machine, and never run at once: one engine's idle threads must not take c
 from the other (OpenBLAS's threads spin for about 0.1 s after each call, so each turn
 starts after a pause, and with untimed iterations). Figures are medians over the timed
 iterations.
+
+On a GPU (`--device cuda`, `cuda:N`) there is nothing to put beside it (the Caffe here is a CPU
+build): no Caffe child is started and pycaffe is not imported (`plan`). The torch child then
+times two things: throughput, a block of iterations with one synchronisation at its end (the
+GPU runs ahead of the Python loop, as in training), and latency, each iteration synchronised
+on its own (the median); the projection is made from the throughput (mcl.engine.schedule), and
+no CPU target is printed.
 
 The projection counts every stage of Algorithm 1 (mcl.method.stages, at the paper's
 schedule) at the rate of the benchmarked stage that trains like it: stage 3 trains every
@@ -34,27 +41,22 @@ from mcl.caffe.runfiles import run_files
 from mcl.data.augment import AugmentSettings
 from mcl.data.pipeline import PrepareSettings
 from mcl.data.writers import write_random_train
+from mcl.engine.schedule import BENCHED, LABELS, paper_schedule, project
 from mcl.fileio import atomic_write
 from mcl.method import paper
 from mcl.method.layouts import get_layout
-from mcl.method.stages import BATCH_SIZE, STAGES, stage_iterations
+from mcl.method.stages import BATCH_SIZE, STAGES
 
-BENCHED = ("stage1", "stage2", "heads")
-LABELS = {"stage1": "stage 1 (all layers)", "stage2": "stage 2 (6 convs fixed)", "heads": "heads (joint)"}
-# Algorithm 1's trained steps (pre_bm, warmup and equal_budget are the ablation, an option, a control),
-# each counted at the rate of the benchmarked stage that trains like it.
-PAPER_STAGES = ("stage1", "stage2", "stage3", "heads")
-RATE_OF = {"stage3": "stage1"}  # stage 3 trains every layer, as stage 1 does
 TARGET = 2.5  # the torch engine's speed-up over Caffe at stage 1, on the CPU
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def paper_schedule() -> dict[str, dict[str, int]]:
-    """Benchmarked stage -> {stage of Algorithm 1: its iterations at the paper's schedule} counted at its rate."""
-    out: dict[str, dict[str, int]] = {b: {} for b in BENCHED}
-    for name in PAPER_STAGES:
-        out[RATE_OF.get(name, name)][name] = stage_iterations(STAGES[name], 1.0)
-    return out
+def plan(device: str) -> dict:
+    """What runs for a device: on the CPU both engines side by side, the CPU target checked; on any
+    other device the torch engine alone (no Caffe child), timed for throughput and latency."""
+    if device == "cpu":
+        return {"engines": ("caffe", "torch"), "measures": ("latency",), "target": TARGET}
+    return {"engines": ("torch",), "measures": ("throughput", "latency"), "target": None}
 
 
 def write_run(run: Path, layout_name: str, batch: int, rows: int) -> None:
@@ -66,7 +68,8 @@ def write_run(run: Path, layout_name: str, batch: int, rows: int) -> None:
 
 
 def child(spec: dict) -> int:
-    """One engine, stepped by the parent: a line `step` in, the iteration's ms out."""
+    """One engine, stepped by the parent: a line `step` (or `block N`: N iterations, one synchronisation)
+    in, the wall-clock and CPU ms out."""
     run, stage, threads = Path(spec["run"]), spec["stage"], spec["threads"]
     os.chdir(run)
     solver_path = run / "solvers" / f"{stage}_solver.prototxt"
@@ -77,6 +80,9 @@ def child(spec: dict) -> int:
 
         def step():
             solver.step(1)
+
+        def sync():
+            pass
     else:
         # Deferred: torch (which mcl.engine.solver imports) loads in the torch child only, never
         # in the parent or beside Caffe.
@@ -95,13 +101,15 @@ def child(spec: dict) -> int:
 
         def step():
             solver.step()
-            sync()
     print("ready", flush=True)
     for line in sys.stdin:
-        if line.strip() != "step":
+        words = line.split()
+        if not words or words[0] not in ("step", "block"):
             break
         t0, c0 = time.perf_counter(), time.process_time()
-        step()
+        for _ in range(int(words[1]) if words[0] == "block" else 1):
+            step()
+        sync()
         print(f"{(time.perf_counter() - t0) * 1000.0:.3f} {(time.process_time() - c0) * 1000.0:.3f}", flush=True)
     return 0
 
@@ -163,7 +171,7 @@ def training_rows() -> int:
     validation share, times the augmented copies of each (mcl.data defaults)."""
     faces = paper.value("split.ibug.train")
     val = PrepareSettings(dataset="ibug", out="").val_fraction
-    return int(round(faces * (1 - val))) * AugmentSettings().copies
+    return round(faces * (1 - val)) * AugmentSettings().copies
 
 
 def hours(ms: float, iterations: int) -> float:
@@ -177,7 +185,10 @@ def _k(iterations: int) -> str:
 def compare_engines(layout: str = "68", batch: int = BATCH_SIZE, threads: int = 2, device: str = "cpu", warmup: int = 2,
                     iters: int = 12, block: int = 4, settle: float = 0.5, json_path: str | None = None) -> dict:
     """Time both engines at every benchmarked stage, print the table, the projection of the
-    paper's schedule and the verdict; return the figures (also written to `json_path`)."""
+    paper's schedule and the verdict; return the figures (also written to `json_path`). On a
+    device other than the CPU: the torch engine alone (`torch_alone`)."""
+    if "caffe" not in plan(device)["engines"]:
+        return torch_alone(layout, batch, threads, device, warmup, iters, json_path)
     load0 = os.getloadavg()[0]
     res = {}
     with tempfile.TemporaryDirectory(prefix="mcl-bench-engine-") as tmp:
@@ -223,6 +234,69 @@ def compare_engines(layout: str = "68", batch: int = BATCH_SIZE, threads: int = 
           f"{'met' if speed >= TARGET else 'NOT met'}")
     out = dict(res, layout=layout, batch=batch, threads=threads, device=device, projected_hours=total,
                training_rows_300w=rows, stage1_speedup=speed, load_average=[load0, load1])
+    if json_path:
+        Path(json_path).write_text(json.dumps(out, indent=2))
+    return out
+
+
+
+def ask(p: subprocess.Popen, command: str) -> float:
+    """One command to a child (`step`, `block N`); the wall-clock ms it took."""
+    p.stdin.write(command + "\n")
+    p.stdin.flush()
+    return float(p.stdout.readline().split()[0])
+
+
+def torch_alone(layout: str = "68", batch: int = BATCH_SIZE, threads: int = 2, device: str = "cuda", warmup: int = 2,
+                iters: int = 12, json_path: str | None = None) -> dict:
+    """The torch engine alone on `device` (a GPU: no Caffe child): per stage, after `warmup` untimed
+    iterations, a block of `iters` with one synchronisation (throughput, ms per iteration) and `iters`
+    synchronised one by one (latency, their median); then the projected paper schedule."""
+    res = {}
+    with tempfile.TemporaryDirectory(prefix="mcl-bench-engine-") as tmp:
+        run = Path(tmp)
+        write_run(run, layout, batch, rows=4 * batch)
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        for stage in BENCHED:
+            spec = {"engine": "torch", "run": str(run), "stage": stage, "device": device, "threads": threads}
+            p = subprocess.Popen([sys.executable, "-m", "mcl.engine.bench", "--child", json.dumps(spec)], cwd=ROOT,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+            try:
+                fixed = None
+                line = p.stdout.readline().strip()
+                if line.startswith("fixed "):
+                    fixed = float(line.split()[1])
+                    line = p.stdout.readline().strip()
+                if line != "ready":
+                    raise RuntimeError(f"the torch process on {device} failed to start (exit {p.wait()})")
+                for _ in range(warmup):
+                    ask(p, "step")
+                throughput = ask(p, f"block {iters}") / iters
+                latency = [ask(p, "step") for _ in range(iters)]
+            finally:
+                try:
+                    p.stdin.close()
+                except OSError:
+                    pass
+                p.wait()
+            res[stage] = {"torch": throughput, "latency": statistics.median(latency), "all": {"latency": latency},
+                          "fixed_ms_per_row": fixed}
+            print(f"  {stage:<7} torch ({device}) {throughput:8.2f} ms/iter (throughput), "
+                  f"{res[stage]['latency']:8.2f} ms latency", flush=True)
+    rows = training_rows()
+    projection = project({s: res[s]["torch"] for s in BENCHED}, {s: res[s]["fixed_ms_per_row"] for s in BENCHED}, rows)
+    print(f"\nMCL torch engine on {device} alone (no Caffe beside it): layout {layout}, batch {batch}; throughput: a "
+          f"block of {iters} iterations with one synchronisation; latency: the median of {iters} synchronised one by "
+          f"one; after {warmup} untimed")
+    print(f"{'stage':<24}{'ms/iter':>10}{'latency ms':>12}{'fixed pass ms/row':>19}")
+    for stage in BENCHED:
+        r = res[stage]
+        fixed = f"{r['fixed_ms_per_row']:.4f}" if r["fixed_ms_per_row"] is not None else "-"
+        print(f"{LABELS[stage]:<24}{r['torch']:>10.2f}{r['latency']:>12.2f}{fixed:>19}")
+    print(projection["line"])
+    out = dict(res, layout=layout, batch=batch, threads=threads, device=device, engines=["torch"],
+               projected_hours={"torch": projection["total_hours"]}, projection=projection, training_rows_300w=rows)
     if json_path:
         Path(json_path).write_text(json.dumps(out, indent=2))
     return out

@@ -10,15 +10,21 @@ is the opt-out (cuDNN autotunes; results may differ run to run). On the CPU thes
 settings change nothing the engine computes: its CPU kernels are deterministic as they are
 (tests/test_engine.py resumes bit-identically), so they are set for cuda only, leaving the
 process's CPU state alone. `device_facts` is what the manifest records of the device
-that trained a stage.
+that trained a stage. `pick_gpu` is the GPU a job takes under `--device cuda` (docs/GPU.md,
+"Parallel jobs"): the one device a scheduler left visible to it, else the first visible GPU no
+other job holds (an flock per GPU, which the kernel lets go when the job ends, however it
+ends), else round robin by the job's slot.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 
 import torch
 
@@ -54,6 +60,50 @@ def check_device(name: str) -> torch.device:
         raise DeviceError(f"--device {name}: only {count} CUDA device{'s' if count != 1 else ''} "
                           f"visible (cuda:0 .. cuda:{count - 1}; {build}; {_visible()})")
     return torch.device(name)
+
+
+def visible_gpus(env=None, count: int | None = None) -> list[str]:
+    """The visible GPUs by their ids outside this process (CUDA_VISIBLE_DEVICES's entries, else 0..count-1)."""
+    env = os.environ if env is None else env
+    count = torch.cuda.device_count() if count is None else count
+    listed = [v.strip() for v in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    return (listed or [str(i) for i in range(count)])[:count]
+
+
+def gpu_lock_dir(env=None) -> Path:
+    """Where the per-GPU locks live: MCL_GPU_LOCKS, else one folder per user in the temp folder
+    (GPUs are the machine's, so the locks are too: jobs of every run folder share them)."""
+    env = os.environ if env is None else env
+    return Path(env.get("MCL_GPU_LOCKS") or Path(tempfile.gettempdir()) / f"mcl-gpus-{os.getuid()}")
+
+
+def pick_gpu(env=None, count: int | None = None, lock_dir: Path | None = None, slot: int | None = None):
+    """(device, lock) for a job asked to train on `cuda`: `lock` is an open file that holds the GPU's
+    flock for as long as it stays open (the job's life), None where no lock was taken.
+
+    - a scheduler set CUDA_VISIBLE_DEVICES to one device for this job: cuda:0 (all it sees);
+    - several visible: the first whose lock no running job holds (`lock_dir`);
+    - every one held (more jobs than GPUs), or no `lock_dir`: round robin by `slot` (default:
+      the process id), sharing a GPU with a running job.
+    """
+    env = os.environ if env is None else env
+    gpus = visible_gpus(env, count)
+    if len(gpus) <= 1:
+        return "cuda:0", None
+    if lock_dir is not None:
+        Path(lock_dir).mkdir(parents=True, exist_ok=True)
+        for index, gpu in enumerate(gpus):
+            handle = open(Path(lock_dir) / f"gpu-{gpu}.lock", "a+")  # noqa: SIM115  (held open: the lock)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.close()
+                continue
+            handle.truncate(0)
+            handle.write(f"pid {os.getpid()}\n")
+            handle.flush()
+            return f"cuda:{index}", handle
+    return f"cuda:{(os.getpid() if slot is None else slot) % len(gpus)}", None
 
 
 def configure_device(device: torch.device, tf32: bool = False, deterministic: bool = True) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from mcl.caffe.caffemodel import ModelError
-from mcl.engine.device import DeviceError, check_device, device_facts
+from mcl.engine.device import DeviceError, check_device, device_facts, gpu_lock_dir, pick_gpu
 from mcl.engine.solver import Solver
 from mcl.fileio import atomic_write
 from mcl.run.stage import SnapshotError, StageError, StageSpec, fillers_stamp
@@ -24,9 +24,11 @@ from mcl.run.stage import SnapshotError, StageError, StageSpec, fillers_stamp
 
 class TorchStage:
     def __init__(self, spec: StageSpec):
-        self.spec, self.device = spec, spec.device
+        self.spec, self.device, self.gpu_lock = spec, spec.device, None
         try:
             check_device(self.device)
+            if self.device == "cuda":  # one GPU per job where there are several (docs/GPU.md, "Parallel jobs")
+                self.device, self.gpu_lock = pick_gpu(lock_dir=gpu_lock_dir())
         except DeviceError as exc:
             raise StageError(f"{spec.name}: {exc}") from None
         self.facts: dict = {}
@@ -66,6 +68,7 @@ class TorchStage:
 
     def prepare(self) -> None:
         self.facts = device_facts(self.solver.device, self.spec.tf32, self.spec.deterministic)
+        self.facts["device"] = self.spec.device  # as asked (`cuda`); gpu_index says which one it took
         if self.spec.init is None:  # iteration 0 came from the fillers: whose, from the run that started it
             stamp = fillers_stamp(self.spec)
             if not self.resumed:

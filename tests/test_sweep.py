@@ -98,6 +98,25 @@ def test_a_diverged_seed_is_named_and_left_out(table, tmp_path):
     assert "Diverged seeds" in md and f"seed 3 ({bad}): WM" in md
 
 
+def test_the_same_difference_on_every_seed_is_decided_by_the_sign_test(tmp_path):
+    """A failure rate that moves by the same step on every seed gives a zero-width t interval: with
+    two seeds the sign test's p is 0.5, so nothing holds; six seeds that all agree give p = 2 / 64."""
+    def runs(n):
+        out = []
+        for s in range(n):
+            folder = _write_audit(tmp_path / f"n{n}" / f"s{s}", s, 0.10, 0.09, 0.08)
+            doc = json.loads((folder / "audit" / "audit.json").read_text())
+            doc["models"]["BM"]["inter_ocular"]["failure_rate"]["0.10"] = 0.20
+            doc["models"]["AM"]["inter_ocular"]["failure_rate"]["0.10"] = 0.19
+            (folder / "audit" / "audit.json").write_text(json.dumps(doc))
+            out.append(folder)
+        return out
+    two = sweep.gather(runs(2))["claims"]["am_failure_vs_bm"]
+    assert two["ci95"] == pytest.approx([-0.01, -0.01]) and two["verdict"] == "not beyond seed noise"
+    six = sweep.gather(runs(6))["claims"]["am_failure_vs_bm"]
+    assert six["sign_test_p"] == pytest.approx(0.03125) and six["verdict"] == "holds beyond seed noise"
+
+
 def test_one_seed_gives_no_interval_and_no_verdict(table):
     doc = sweep.gather(table[:1])
     assert doc["claims"]["wm_vs_bm"]["ci95"] is None

@@ -10,7 +10,8 @@ gathers, per dataset:
   verdict: "holds beyond seed noise" only when the whole interval is below zero (the paired t
   test across seeds), "reversed beyond seed noise" when it is above, else "not beyond seed
   noise". Beside it the number of seeds that agree and the two-sided sign test's p value,
-  which with 5 seeds or fewer can never reach 0.05 (so the t interval decides).
+  which with 5 seeds or fewer can never reach 0.05 (so the t interval decides), except where
+  every seed gave the same difference: the interval is then a point and the sign test decides.
 A seed whose model has errors that are not finite (a diverged training) is named and left out
 of every statistic that model enters: it is never counted as evidence either way.
 """
@@ -66,10 +67,18 @@ def sign_test(differences: list[float]) -> float:
     return float(min(1.0, 2 * stats.binom.cdf(min(below, len(d) - below), len(d), 0.5)))
 
 
-def verdict(ci95) -> str:
+def verdict(ci95, differences: list[float] | None = None) -> str:
+    """The claim's verdict from the t interval of its per-seed differences.
+
+    Where every seed gave the same difference (a discrete metric such as a failure rate moving by
+    one face on each seed) the interval collapses to a point and the t test says nothing: the
+    sign test decides alone (p < 0.05, so at least six seeds that all agree)."""
     if ci95 is None:
         return TOO_FEW
     low, high = ci95
+    if differences is not None and low == high:
+        if sign_test(differences) >= 0.05:
+            return UNDECIDED
     return HOLDS if high < 0 else REVERSED if low > 0 else UNDECIDED
 
 
@@ -267,7 +276,7 @@ def summarise(per_seed: dict, clusters: list[str], n_points: int | None) -> tupl
         finding = FINDINGS.get(c.paper_finding) if c.paper_finding else None
         claims[c.key] = {"claim": c.text, "lower": c.lower, "higher": c.higher, "metric": c.metric, "kind": c.kind,
                          "per_seed": {str(k): v for k, v in diffs.items()}, "mean": st["mean"], "sd": st["sd"],
-                         "ci95": st["ci95"], "n": st["n"], "verdict": verdict(st["ci95"]),
+                         "ci95": st["ci95"], "n": st["n"], "verdict": verdict(st["ci95"], list(diffs.values())),
                          "seeds_agreeing": agreeing, "sign_test_p": sign_test(list(diffs.values())),
                          "diverged_seeds": left_out,
                          "paper": ({"finding": finding.claim, "where": finding.where, "dataset": finding.dataset}

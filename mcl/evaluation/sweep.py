@@ -399,8 +399,11 @@ def plots(doc: dict, out: Path) -> list[Path]:
             if c["ci95"]:
                 b.plot([100 * c["ci95"][0], 100 * c["ci95"][1]], [j, j], color="C3" if c["verdict"] == HOLDS else "C0")
         b.axvline(0, color="k", lw=0.8)
+        # The claims' differences span hundredths of a point (fine-tuning) to points (occlusion): a
+        # symmetric log scale, linear within 0.01 points, shows both.
+        b.set_xscale("symlog", linthresh=0.01)
         b.set_yticks(range(len(keys)), [doc["claims"][k]["claim"] for k in keys], fontsize=7)
-        b.set_xlabel("lower - higher (points); left of 0: the claim held")
+        b.set_xlabel("lower - higher (points, symmetric log); < 0: the claim held; red: beyond seed noise")
         b.set_title("claims: per-seed differences and 95% intervals")
         fig.tight_layout()
         path = out / f"sweep_{name}.png"

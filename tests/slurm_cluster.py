@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
+STOP_WAIT_S = 30.0  # how long a daemon has to end on SIGTERM before it is killed
 BINARIES = ["/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/sbin/munged", "/usr/bin/srun"]
 
 
@@ -170,14 +171,19 @@ class Cluster:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 continue
-            for _ in range(100):
+            # slurmctld saves its state on SIGTERM, which can take seconds on a busy machine
+            deadline = time.monotonic() + STOP_WAIT_S
+            while time.monotonic() < deadline:
                 try:
                     os.kill(pid, 0)
                 except ProcessLookupError:
                     break
                 time.sleep(0.05)
             else:
-                os.kill(pid, signal.SIGKILL)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:  # it ended between the last look and the kill
+                    pass
 
     def __enter__(self):
         return self.start()

@@ -141,7 +141,7 @@ def port(prototxt, caffemodel, name: str | None = None, formats=("npz", "pt", "o
                   "pixels": "grayscale, one channel, rows then columns",
                   "normalisation": "(p - 128) * 0.0078125, p the 8-bit gray value (Caffe transform_param "
                                    "mean_value 128, scale 0.0078125)",
-                  "crop": _crop_text(crop_scale, test_crop)},
+                  "crop": crop_text(crop_scale, test_crop)},
         "outputs": [{"name": o, "shape": list(shapes[o]),
                      "order": "x1 y1 x2 y2 ... in crop pixels (0-based pixel centres), landmark j at 2j, 2j+1"}
                     for o in outputs],
@@ -187,7 +187,7 @@ def port(prototxt, caffemodel, name: str | None = None, formats=("npz", "pt", "o
     return PortResult(files, cards, diffs, ref_name)
 
 
-def _crop_text(crop_scale, test_crop) -> str:
+def crop_text(crop_scale, test_crop) -> str:
     if test_crop == "authors":
         return ("test-crop protocol `authors`: a square of side 1.1 x the larger side of the face box, centred on "
                 "the box, scale 49/side, gray 128 outside the picture (mcl.data.augment.crop_face); map outputs "

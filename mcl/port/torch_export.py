@@ -24,7 +24,7 @@ import torch
 from mcl.evaluation import audit_model
 from mcl.fileio import atomic_write
 from mcl.method.layouts import INPUT_SIZE, Layout
-from mcl.port.convert import RELATIVE, TOLERANCE
+from mcl.port.convert import RELATIVE, TOLERANCE, crop_text
 from mcl.port.engines import CHECK_BATCH, CHECK_SEED, onnx_forward
 from mcl.port.formats import OPSET
 from mcl.port.reading import PortError, sha256
@@ -49,15 +49,6 @@ def onnx_of(module: torch.nn.Module, opset: int = OPSET) -> bytes:
                           output_names=[OUTPUT_NAME], opset_version=opset, dynamo=False,
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
     return buf.getvalue()
-
-
-def crop_text(crop_scale, test_crop) -> str:
-    side = f"{crop_scale:g}" if crop_scale is not None else "crop_scale"
-    if test_crop == "authors":
-        return ("test-crop protocol `authors`: a square of side 1.1 x the larger side of the face box, centred on the "
-                "box (mcl.data.augment.crop_face); map outputs back with its crop_to_image")
-    return (f"test-crop protocol `ours`: a square of side {side} x the larger side of the face box, centred on the "
-            "box, warped to 50 x 50 (mcl.data.augment.crop_face); map outputs back with its crop_to_image")
 
 
 def export_onnx(module: torch.nn.Module, layout: Layout, out, name: str, architecture: dict, source: dict,

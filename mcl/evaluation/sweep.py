@@ -76,9 +76,8 @@ def verdict(ci95, differences: list[float] | None = None) -> str:
     if ci95 is None:
         return TOO_FEW
     low, high = ci95
-    if differences is not None and low == high:
-        if sign_test(differences) >= 0.05:
-            return UNDECIDED
+    if differences is not None and low == high and sign_test(differences) >= 0.05:
+        return UNDECIDED
     return HOLDS if high < 0 else REVERSED if low > 0 else UNDECIDED
 
 
@@ -119,7 +118,6 @@ class Claim:
     higher: str
     metric: str = "mean_error"
     paper_finding: str | None = None  # mcl/method/paper.py FINDINGS key
-    ablation: str | None = None  # the audit part that must have run (None: the main models)
     # "difference": lower - higher. "within": |lower / higher - 1| - PERTURBATION_TOLERANCE (Section IV-C-2's
     # robustness: negative when the perturbed model stays within the tolerance of the unperturbed one).
     kind: str = "difference"
@@ -139,36 +137,33 @@ def claims_of(models: dict, layout_clusters: list[str], n_points: int | None) ->
          Claim("am_vs_bm", "AM < BM", "AM", "BM"),
          Claim("am_failure_vs_bm", "AM's failure rate (0.10) < BM's", "AM", "BM", "failure_rate@0.10",
                "bm_wm_am.am_failure"),
-         Claim("wm_vs_equal_budget", "WM < BM trained as long (equal budget)", "WM", eb, ablation="equal_budget"),
-         Claim("am_vs_equal_budget", "AM < BM trained as long (equal budget)", "AM", eb, ablation="equal_budget"),
-         Claim("am_vs_simplified_am", "AM < Simplified AM", "AM", sam, paper_finding="simplified_am.am_better",
-               ablation="simplified_am"),
+         Claim("wm_vs_equal_budget", "WM < BM trained as long (equal budget)", "WM", eb),
+         Claim("am_vs_equal_budget", "AM < BM trained as long (equal budget)", "AM", eb),
+         Claim("am_vs_simplified_am", "AM < Simplified AM", "AM", sam, paper_finding="simplified_am.am_better"),
          Claim("am_vs_weighting_simplified_am", "AM < Weighting Simplified AM", "AM",
-               wsam, ablation="weighting_simplified_am"),
+               wsam),
          Claim("weighting_simplified_am_vs_simplified_am", "Weighting Simplified AM < Simplified AM", wsam,
-               "weighting_simplified_am: Simplified AM", paper_finding="weighting_simplified_am.cofw",
-               ablation="weighting_simplified_am")]
+               "weighting_simplified_am: Simplified AM", paper_finding="weighting_simplified_am.cofw")]
     for cl in layout_clusters:
         c.append(Claim(f"single_head.{cl}", f"head {cl} < WM on cluster {cl}", f"single_head: heads / {cl}",
-                       "WM", f"cluster:{cl}", f"single_head.{cl}" if f"single_head.{cl}" in FINDINGS else None,
-                       "single_head"))
+                       "WM", f"cluster:{cl}", f"single_head.{cl}" if f"single_head.{cl}" in FINDINGS else None))
     for m in ("WM", "AM"):
         c.append(Claim(f"occlusion.{m.lower()}_worse", f"occlusion raises {m}'s left-eye error (occluded faces)",
                        f"occlusion: {m} / occluded_faces_without", f"occlusion: {m} / occluded_faces_with",
-                       "cluster:left_eye", "occlusion.worse", "occlusion"))
+                       "cluster:left_eye", "occlusion.worse"))
     c.append(Claim("occlusion.am_vs_wm", "AM < WM on the left eye with occlusion", "occlusion: AM / with_occlusion",
-                   "occlusion: WM / with_occlusion", "cluster:left_eye", "occlusion.am_vs_wm", "occlusion"))
+                   "occlusion: WM / with_occlusion", "cluster:left_eye", "occlusion.am_vs_wm"))
     if n_points is not None:
         five = n_points == 5
         c.append(Claim("pre_bm", "pre-BM < BM (5 points)" if five else "BM < pre-BM",
                        "pre_bm: pre-BM" if five else "BM", "BM" if five else "pre_bm: pre-BM",
-                       paper_finding="pre_bm.aflw" if five else "pre_bm.ibug", ablation="pre_bm"))
+                       paper_finding="pre_bm.aflw" if five else "pre_bm.ibug"))
     deltas = sorted(k.split("delta ")[1] for k in models if k.startswith("perturbation: delta "))
     for d in deltas:
         c.append(Claim(f"perturbation.{d}", f"WM with weights perturbed by {d} within "
                        f"{100 * PERTURBATION_TOLERANCE:g}% of WM's mean error", f"perturbation: delta {d}", "WM",
-                       paper_finding="perturbation.robust", ablation="perturbation", kind="within"))
-    return [x for x in c if x.lower in models and x.higher in models]
+                       paper_finding="perturbation.robust", kind="within"))
+    return [x for x in c if x.lower in models and x.higher in models]  # the parts of the audit that ran
 
 
 # ---- the sweep ----------------------------------------------------------------------------

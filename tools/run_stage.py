@@ -52,6 +52,10 @@ def main(argv=None) -> int:
     ap.add_argument("--deterministic", choices=SWITCHES, default="on",
                     help="torch engine on cuda: deterministic algorithms, so that runs and resumed runs give "
                          "the same bits (default on; off lets cuDNN pick its fastest kernels)")
+    ap.add_argument("--keep-snapshots", action="store_true",
+                    help="keep the model of every periodic snapshot (a tenth of the stage apart) in "
+                         "snapshots/NAME_curve/, for the learning curve (tools/curve.py); by default a finished "
+                         "stage keeps only its last snapshot")
     args = ap.parse_args(argv)
     try:
         with writer(Path(args.run)):
@@ -59,7 +63,8 @@ def main(argv=None) -> int:
                   weights=Path(args.loss_weights).resolve() if args.loss_weights else None,
                   out=Path(args.out) if args.out else None, name=args.name, separate=args.separate,
                   warmup=args.warmup, bn_stats=args.bn_stats, bn_batches=args.bn_batches, engine=args.engine,
-                  device=args.device, tf32=args.tf32 == "on", deterministic=args.deterministic == "on")
+                  device=args.device, tf32=args.tf32 == "on", deterministic=args.deterministic == "on",
+                  keep_snapshots=args.keep_snapshots)
     except (StageError, ValueError, OSError) as exc:  # bnstats.StatsError and ModelError are ValueErrors
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -39,6 +39,7 @@ class Sample:
     occluded: np.ndarray | None = None  # (n,) uint8, 1 = occluded; None where unknown
     image_path: str | None = None  # where `load_image` reads the pixels
     image: np.ndarray | None = None  # grayscale uint8 (h, w) when held in memory (COFW)
+    reduce_width: int | None = None  # the picture is read reduced to this width (mcl.data.extra.reduce_nearest)
 
 
 @dataclass
@@ -80,9 +81,7 @@ def load_image(sample: Sample) -> np.ndarray:
     path = sample.image_path
     if path is None or not os.path.isfile(path):
         raise DataError(f"{path}: missing image file")
-    image = cv2.imread(path, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
-    if image is None or image.size == 0:
-        raise DataError(f"{path}: unreadable image (not a picture OpenCV can decode)")
+    image = decode_picture(path)
     if image.dtype == np.uint16:
         image = (image >> 8).astype(np.uint8)
     elif image.dtype != np.uint8:
@@ -92,7 +91,57 @@ def load_image(sample: Sample) -> np.ndarray:
         if code is None:
             raise DataError(f"{path}: unsupported picture with {image.shape[2]} channels")
         image = cv2.cvtColor(image, code)
+    if sample.reduce_width:
+        image = nearest_reduction(image, sample.reduce_width)
     return image
+
+
+# A JPEG ends with its end-of-image marker, a PNG with its IEND chunk. OpenCV decodes a file cut
+# short without an error (the missing rows come out gray, with a warning on stderr only), so a
+# truncated picture would be cropped and scored as if whole: it is named here instead.
+JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
+PNG_START, PNG_END = b"\x89PNG", b"IEND"
+TAIL = 64  # bytes searched for the end marker (encoders may pad after it)
+
+
+def truncation(raw: bytes) -> str | None:
+    """Why a picture's bytes are cut short, or None where its format's end marker is there."""
+    tail = raw[-TAIL:]
+    if raw.startswith(JPEG_START) and JPEG_END not in tail:
+        return "truncated JPEG: no end-of-image marker (the file is cut short)"
+    if raw.startswith(PNG_START) and PNG_END not in tail:
+        return "truncated PNG: no IEND chunk (the file is cut short)"
+    return None
+
+
+def decode_picture(path: str, flags: int = cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION) -> np.ndarray:
+    """The picture at `path` decoded whole, or a DataError naming the file: missing, empty,
+    cut short, or not a picture OpenCV can decode."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read image file ({exc.strerror})") from None
+    if not raw:
+        raise DataError(f"{path}: empty image file")
+    why = truncation(raw)
+    if why:
+        raise DataError(f"{path}: broken picture: {why}")
+    image = cv2.imdecode(np.frombuffer(raw, np.uint8), flags)
+    if image is None or image.size == 0:
+        raise DataError(f"{path}: unreadable image (not a picture OpenCV can decode)")
+    return image
+
+
+def nearest_reduction(image: np.ndarray, width: int) -> np.ndarray:
+    """`image` reduced to `width` columns by corner-aligned nearest-neighbour sampling, the same factor
+    in both axes: pixel i shows pixel floor(i * W / width), as the shared 80 x 80 AFLW and LFW
+    pictures were made (OpenCV INTER_NEAREST; data README, "Transforms")."""
+    h, w = image.shape[:2]
+    step = w / width
+    rows = np.floor(np.arange(int(h / step)) * step).astype(int)
+    cols = np.floor(np.arange(width) * step).astype(int)
+    return np.ascontiguousarray(image[rows][:, cols])
 
 
 def check_in_image(sample: Sample, image: np.ndarray, tolerance: float = OUTSIDE_TOLERANCE) -> None:
@@ -397,6 +446,7 @@ def read_cofw(root: str, split: str, layout: str | Layout = "29", skip_bad: bool
 # ---- MTFL / AFLW -----------------------------------------------------------------
 
 MTFL_FILES = {"train": "training.txt", "test": "testing.txt"}
+MTFL_FIELDS = (11, 15)  # path + x1..x5 y1..y5 (+ gender smile glasses pose)
 # [interp] MTFL gives no boxes. Box rule: a square centred on the tight box of the five
 # points, side = MTFL_BOX_SCALE x the larger side of that tight box. The five points
 # span eye-to-mouth (about 0.4 of a face's height) and eye-to-eye (about 0.45 of its
@@ -429,8 +479,11 @@ def read_mtfl(root: str, split: str, layout: str | Layout = "5", skip_bad: bool 
         rel = fields[0].replace("\\", "/")
         where = f"{path}:{lineno}"
         try:
-            if len(fields) < 11:
-                raise DataError(f"{where}: expected an image path and 10 coordinates, found {len(fields)} fields")
+            # MTFL's lines: path, 10 coordinates, 4 attributes; net_rest's: path and 10 coordinates.
+            # Any other count is a line with a number missing or extra, which would shift every field.
+            if len(fields) not in MTFL_FIELDS:
+                raise DataError(f"{where}: expected an image path and 10 coordinates (MTFL adds 4 attributes), "
+                                f"found {len(fields)} fields")
             try:
                 vals = np.array([float(v) for v in fields[1:11]])
             except ValueError:

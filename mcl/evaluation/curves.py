@@ -5,9 +5,12 @@ stage's product would be at that length."""
 from __future__ import annotations
 
 import os
+import re
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from google.protobuf import text_format
 
 from mcl.caffe import bnstats
@@ -87,5 +90,103 @@ def plot(doc: dict, path: Path) -> None:
                  f"batch {doc['batch_size']}")
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    save_figure(fig, Path(path))
+
+
+# ---- the curve of a stage already trained (KEEP_SNAPSHOTS=on): its kept snapshots scored -----------
+
+LOSS_RE = re.compile(r"Iteration (\d+), loss = (\S+)")
+
+
+def training_loss(log_path: Path) -> list[tuple[int, float]]:
+    """(iteration, Eq. 4 loss of that iteration's batch) from a stage's log, the last run's lines winning
+    where a resumed stage logged an iteration twice."""
+    seen: dict[int, float] = {}
+    if Path(log_path).exists():
+        for m in LOSS_RE.finditer(Path(log_path).read_text(errors="replace")):
+            try:
+                seen[int(m.group(1))] = float(m.group(2))
+            except ValueError:
+                continue
+    return sorted(seen.items())
+
+
+def smooth(points: list[tuple[int, float]], window: int) -> list[tuple[int, float]]:
+    """Mean of each run of `window` logged losses (a batch's loss is noisy), at the run's last iteration."""
+    out = []
+    for k in range(0, len(points) - window + 1, window):
+        chunk = points[k:k + window]
+        out.append((chunk[-1][0], float(np.mean([v for _, v in chunk]))))
+    return out
+
+
+def snapshot_curve(run: Path, name: str, split: str = "val", bn_batches: int = 20, log=print) -> dict:
+    """The learning curve of a trained stage `name`: every model kept in snapshots/<name>_curve/
+    (tools/run_stage.py --keep-snapshots) scored on `split` with its BatchNorm statistics recomputed
+    over `bn_batches` training batches, as the stage's product would have them at that length.
+    Scored on the validation split (settings are chosen there, never on a test set)."""
+    from mcl.run.stage import curve_dir
+
+    run = Path(run).resolve()
+    folder = curve_dir(run, name)
+    models = sorted(((int(m.group(1)), p) for p in folder.glob("*.caffemodel")
+                     if (m := re.search(r"_iter_(\d+)\.caffemodel$", p.name))), key=lambda t: t[0])
+    if not models:
+        raise ValueError(f"{folder}: no kept snapshots (train the stage with --keep-snapshots, "
+                         "KEEP_SNAPSHOTS=on)")
+    sp = text_format.Parse((run / "solvers" / f"{name}_solver.prototxt").read_text(), caffe_pb2.SolverParameter())
+    layout = run_layout(run)
+    data = load_split(run, split)
+    deploy = run / "nets" / "deploy.prototxt"
+    train_net = run / sp.train_net
+    points = []
+    with tempfile.TemporaryDirectory(prefix="mcl-curve-") as tmp:
+        for it, model in models:
+            fixed = Path(tmp) / "fixed.caffemodel"
+            bnstats.recompute(run, train_net, model, fixed, bn_batches)
+            r = evaluate_model(load_net(deploy, fixed), data, layout)["inter_ocular"]
+            points.append({"iter": it, "lr": _rate(sp, it), "mean_error": r["mean_error"],
+                           "failure_rate": r["failure_rate"]["0.10"]})
+            log(f"[{name}] iter {it}: {split} mean error {100 * r['mean_error']:.2f}%")
+    loss = training_loss(run / "logs" / f"{name}.log")
+    return {"run": str(run), "stage": name, "split": split, "faces": int(len(data["data"])),
+            "max_iter": sp.max_iter, "stepsize": sp.stepsize, "base_lr": sp.base_lr, "gamma": sp.gamma,
+            "batch_size": _batch(train_net), "bn_batches": bn_batches, "points": points,
+            "training_loss": smooth(loss, max(1, len(loss) // 50))}
+
+
+def _rate(sp, it: int) -> float:
+    if sp.lr_policy == "step":
+        return sp.base_lr * sp.gamma ** (it // sp.stepsize)
+    return sp.base_lr
+
+
+def plot_snapshot_curves(docs: dict[str, dict], path: Path, title: str = "learning curves") -> None:
+    """Validation error of each curve (left) and its training loss (right), one colour per curve,
+    the learning-rate steps marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=120)
+    for k, (label, doc) in enumerate(docs.items()):
+        colour = f"C{k}"
+        it = [p["iter"] for p in doc["points"]]
+        ax.plot(it, [100 * p["mean_error"] for p in doc["points"]], "-o", ms=3, color=colour, label=label)
+        if doc.get("training_loss"):
+            li, lv = zip(*doc["training_loss"])
+            bx.plot(li, lv, "-", lw=1, color=colour, label=label)
+        if doc.get("stepsize"):
+            for s in range(doc["stepsize"], doc["max_iter"], doc["stepsize"]):
+                for a in (ax, bx):
+                    a.axvline(s, color=colour, lw=0.6, ls=":")
+    ax.set(xlabel="iteration", ylabel=f"{next(iter(docs.values()))['split']} mean error (% of d)",
+           title=title)
+    bx.set(xlabel="iteration", ylabel="training loss (Eq. 4, batch mean)", yscale="log",
+           title="training loss (dotted: learning-rate steps)")
+    for a in (ax, bx):
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     save_figure(fig, Path(path))

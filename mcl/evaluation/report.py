@@ -184,7 +184,8 @@ def plot_ced(curves: dict, path: Path, title: str, limit: float | None = None,
     ax.axvline(10, color="grey", lw=0.8, ls="--")
     ax.set(xlabel=xlabel, ylabel="faces (%)", title=title, xlim=(0, 100 * limit), ylim=(0, 100))
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize="small" if len(curves) > 4 else "medium")
+    # Lower right: the curves have reached their top there, so the legend hides none of their rise.
+    ax.legend(loc="lower right", fontsize="small" if len(curves) > 4 else "medium")
     fig.tight_layout(rect=(0, 0.035 * len(notes) / (1 + 0.033 * len(notes)), 1, 1))
     for i, note in enumerate(notes):
         fig.text(0.01, 0.005 + i * 0.03 / (1 + 0.033 * len(notes)), note, fontsize=6, color="dimgray")

@@ -64,6 +64,7 @@ class StageSpec:
     device: str = "cpu"  # torch engine only: cpu, cuda or cuda:N
     tf32: bool = False  # torch engine on cuda: TF32 matmuls and convolutions (opt-in; off: full float32)
     deterministic: bool = True  # torch engine on cuda: deterministic algorithms (the default; off: opt-out)
+    keep_snapshots: bool = False  # keep every periodic snapshot's model in curve_dir (the learning curve)
 
     @property
     def solver_path(self) -> Path:
@@ -76,6 +77,15 @@ class StageSpec:
     @property
     def snapshot_prefix(self) -> Path:
         return self.run / "snapshots" / self.name
+
+    @property
+    def curve_dir(self) -> Path:
+        """Where KEEP_SNAPSHOTS=on keeps the model of every periodic snapshot (tools/curve.py scores them)."""
+        return curve_dir(self.run, self.name)
+
+
+def curve_dir(run: Path, name: str) -> Path:
+    return Path(run) / "snapshots" / f"{name}_curve"
 
 
 def snapshots(spec: StageSpec) -> list[tuple[int, Path]]:
@@ -160,6 +170,13 @@ def run_stage(spec: StageSpec, progress: bool = True, stop_after: int | None = N
                              f"({free / 2 ** 20:.1f} MiB free); free some space and "
                              f"run it again: it resumes from the last snapshot (see {spec.log_path})")
         raise StageError(f"{spec.name}: {what} failed (exit {rc}); see {spec.log_path}")
+    if spec.keep_snapshots:  # the models along the way, for the learning curve; solverstates are not kept
+        spec.curve_dir.mkdir(exist_ok=True)
+        for _, state in snapshots(spec):
+            model = state.with_suffix(".caffemodel")
+            kept = spec.curve_dir / model.name
+            if not kept.exists():
+                os.link(model, kept)
     for _, state in snapshots(spec)[1:]:  # a finished stage keeps only its last snapshot
         state.unlink(missing_ok=True)
         state.with_suffix(".caffemodel").unlink(missing_ok=True)
@@ -205,7 +222,7 @@ def fillers_stamp(spec: StageSpec) -> Path:
 def train_one(run: Path, name: str, init: Path | None, out: Path, weights: Path | None, stage: str,
               bn_stats: str = bnstats.DEFAULT, bn_batches: int = bnstats.DEFAULT_BATCHES,
               engine: str = "caffe", device: str = "cpu", warmup: Path | None = None, tf32: bool = False,
-              deterministic: bool = True) -> dict:
+              deterministic: bool = True, keep_snapshots: bool = False) -> dict:
     """Train the net `name` (a stage or a named copy of one) into `out`, then its statistics step.
 
     A finished stage is kept when its inputs are unchanged and the engine is the same, whatever the
@@ -223,7 +240,7 @@ def train_one(run: Path, name: str, init: Path | None, out: Path, weights: Path 
         print(f"loss weights of {net_path.name} set from {weights}")
     # The engine's model goes to <out>.raw.caffemodel; the statistics step makes <out> from it.
     raw = bnstats.raw_path(out)
-    spec = StageSpec(run, name, init, raw, engine, device, tf32, deterministic)
+    spec = StageSpec(run, name, init, raw, engine, device, tf32, deterministic, keep_snapshots)
     inputs = [solver_path, net_path] + ([init] if init else []) + ([warmup, warmup.with_suffix(".caffemodel")]
                                                                     if warmup else [])
     settings = manifest.solver_settings(solver_path)

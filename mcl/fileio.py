@@ -5,6 +5,8 @@ under a temporary name in the same folder and fsynced, the file is renamed over 
 final name, and then the folder is fsynced, so after a crash the final name holds
 either the old file or the whole new one. A full disk (ENOSPC) is a named error
 (`DiskFullError`: the path and the free space) and leaves nothing under a final name.
+A file written here gets the mode a plain `open()` would give it (0666 less the umask),
+not the 0600 of its temporary name.
 """
 
 from __future__ import annotations
@@ -31,6 +33,37 @@ class DiskFullError(OSError):
 
     def __str__(self) -> str:
         return self.message
+
+
+def _proc_umask() -> int | None:
+    """The process's umask as Linux reports it (/proc/self/status, kernels since 4.7), None elsewhere."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _umask_at_import() -> int:
+    """Elsewhere the umask can only be read by setting it and setting it back, which another thread
+    creating a file at that moment would see: done once, on import, not at every write."""
+    mask = _proc_umask()
+    if mask is None:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+_UMASK_AT_IMPORT = _umask_at_import()
+
+
+def file_mode() -> int:
+    """The mode `open()` would give a new file now: 0666 less the umask."""
+    mask = _proc_umask()
+    return 0o666 & ~(_UMASK_AT_IMPORT if mask is None else mask)
 
 
 def disk_full(exc: BaseException) -> bool:
@@ -78,6 +111,14 @@ def durable_replace(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
         raise
 
 
+def _set_mode(fd: int) -> None:
+    """mkstemp's 0600 would otherwise become the output's mode, unreadable to the user's group."""
+    try:
+        os.fchmod(fd, file_mode())
+    except PermissionError:  # a filesystem without modes (FAT, some network mounts): written all the same
+        pass
+
+
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
     """Write to a temporary name in the same folder, fsync, rename over `path`, fsync the folder."""
     path = Path(path)
@@ -90,6 +131,7 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
         raise
     try:
         with os.fdopen(fd, "wb") as fh:
+            _set_mode(fh.fileno())
             fh.write(data.encode() if isinstance(data, str) else data)
             fh.flush()
             os.fsync(fh.fileno())

@@ -22,7 +22,7 @@ import pytest
 from conftest import MAKE_TINY, NETS, PREPARE, ROOT, make, tool
 
 from mcl.fileio import atomic_write
-from mcl.run import lock
+from mcl.run import lock, verify
 
 
 def _strace() -> str:
@@ -133,15 +133,91 @@ def test_two_make_on_one_run_the_second_refused_the_first_unharmed(tmp_path):
     while (run / lock.LOCK_FILE).exists() and time.time() < deadline:
         time.sleep(0.1)
     assert not (run / lock.LOCK_FILE).exists()  # released with the make that held it
-    # a torn product (its bytes cut after the rename, as a crash can leave it) is set aside and made again
+    # a torn product (its bytes cut after the rename, as a crash can leave it) is set aside and made again:
+    # by the check make runs first, incremental (BM's digest of the check before kept in RUN/.verify-cache.json),
+    # and by the full one
     bm = run / "models/bm.caffemodel"
     whole = bm.read_bytes()
+    time.sleep(verify.RACY_S)  # older than a timestamp's grain: the digests are kept
+    assert verify.set_aside_torn(run) == []
+    assert str(bm.resolve()) in json.loads((run / verify.CACHE_FILE).read_text())["files"]
+    for full in (False, True):
+        bm.write_bytes(whole[: len(whole) // 3])
+        if full:
+            r = subprocess.run([sys.executable, "-m", "mcl.run.verify", "--set-aside-torn", str(run), "--full"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=300)
+            assert r.returncode == 0 and "bm.caffemodel: not the file its manifest recorded" in r.stderr, r.stderr
+        again = make("stage2", f"RUN={run}", *MAKE_TINY)
+        if not full:
+            assert "bm.caffemodel: not the file its manifest recorded" in again.stderr
+        assert bm.read_bytes() == whole  # made again, to the same bits
+        assert (run / "models/bm.caffemodel.torn").stat().st_size == len(whole) // 3
+        assert "intact" in make("-s", "verify", f"RUN={run}").stdout
+
+
+def hand_made_run(run: Path) -> Path:
+    """A run folder whose manifests record what it holds: a model made from the data manifest, and the
+    data files (bytes of no format: the check reads checksums only)."""
+    from mcl.run.manifest import sha256
+    files = {"train_000.h5": os.urandom(300_000), "train.txt": b"data/train_000.h5\n", "test_000.h5": os.urandom(9_000)}
+    (run / "data").mkdir(parents=True)
+    for name, data in files.items():
+        (run / "data" / name).write_bytes(data)
+    (run / "data" / "manifest.json").write_text(json.dumps({"files": {n: sha256(run / "data" / n) for n in files}}))
+    (run / "models").mkdir()
+    (run / "models" / "bm.caffemodel").write_bytes(os.urandom(50_000))
+    (run / "manifest.json").write_text(json.dumps({"artifacts": {"models/bm.caffemodel": {
+        "stage": "stage1", "sha256": sha256(run / "models" / "bm.caffemodel"),
+        "inputs": {"data/manifest.json": sha256(run / "data" / "manifest.json")}}}}))
+    return run
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["incremental", "full"])
+def test_a_torn_product_is_set_aside_by_either_check(tmp_path, monkeypatch, full):
+    """make's check (incremental: a file whose size, mtime, ctime and inode are those of the check
+    before keeps its digest) sets aside what the full check does: a model cut short, and a data file
+    changed in place with its size kept and its mtime set back (only its ctime tells)."""
+    from mcl.run import manifest
+    run = hand_made_run(tmp_path / "run")
+    bm, h5 = run / "models" / "bm.caffemodel", run / "data" / "train_000.h5"
+    reads = []
+    real_sha256 = manifest.sha256
+    monkeypatch.setattr(manifest, "sha256", lambda p: reads.append(Path(p).name) or real_sha256(p))
+    time.sleep(verify.RACY_S)
+    assert verify.set_aside_torn(run, full) == [] and len(reads) == 4  # the model and the 3 data files
+    reads.clear()
+    assert verify.set_aside_torn(run, full) == []
+    assert len(reads) == (4 if full else 0)  # unchanged files are not read again
+    assert (run / verify.CACHE_FILE).exists() != full  # the full check writes nothing
+
+    whole = bm.read_bytes()
     bm.write_bytes(whole[: len(whole) // 3])
-    again = make("stage2", f"RUN={run}", *MAKE_TINY)
-    assert "bm.caffemodel: not the file its manifest recorded" in again.stderr
-    assert bm.read_bytes() == whole  # made again, to the same bits
-    assert (run / "models/bm.caffemodel.torn").stat().st_size == len(whole) // 3
-    assert "intact" in make("-s", "verify", f"RUN={run}").stdout
+    st = h5.stat()
+    with open(h5, "r+b") as fh:  # one byte changed in place, the mtime set back
+        fh.seek(1000)
+        fh.write(bytes([fh.read(1)[0] ^ 1]))
+    os.utime(h5, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (h5.stat().st_size, h5.stat().st_mtime_ns, h5.stat().st_ino) == (st.st_size, st.st_mtime_ns, st.st_ino)
+    reads.clear()
+    moved = verify.set_aside_torn(run, full)
+    assert sorted(moved) == sorted([(bm, bm.with_name("bm.caffemodel.torn")),
+                                    (run / "data" / "manifest.json", run / "data" / "manifest.json.torn")])
+    assert (run / "models" / "bm.caffemodel.torn").stat().st_size == len(whole) // 3
+    assert sorted(reads) == (["bm.caffemodel", "test_000.h5", "train.txt", "train_000.h5"] if full
+                             else ["bm.caffemodel", "train_000.h5"])
+
+
+def test_an_unreadable_verify_cache_reads_every_file_again(tmp_path, monkeypatch):
+    from mcl.run import manifest
+    run = hand_made_run(tmp_path / "run")
+    time.sleep(verify.RACY_S)
+    verify.set_aside_torn(run)
+    (run / verify.CACHE_FILE).write_text("{not json")
+    reads = []
+    real_sha256 = manifest.sha256
+    monkeypatch.setattr(manifest, "sha256", lambda p: reads.append(p) or real_sha256(p))
+    assert verify.set_aside_torn(run) == [] and len(reads) == 4
+    assert len(json.loads((run / verify.CACHE_FILE).read_text())["files"]) == 4
 
 
 def test_a_make_killed_with_minus_9_leaves_no_stale_lock(tmp_path):

@@ -1,6 +1,8 @@
 """Kill -9 at seeded random moments, during data preparation and during a training stage:
 after each kill the next run finishes, and what it makes equals the uninterrupted run's
-(data byte for byte, weights bit for bit), with nothing left behind.
+(data byte for byte, weights bit for bit), with nothing left behind. Data preparation also on
+real MTFL faces with 2 workers, killed and on a full disk (the real data at MCL_DATA: skipped
+where missing, failed under CI=true).
 
 The moments are drawn over the wall time the uninterrupted run takes, timed in the test
 itself (the shared tiny run of conftest is the reference for the bits). Each kill hits either the whole process group (as
@@ -18,6 +20,8 @@ import time
 
 import pytest
 from conftest import PREPARE, ROOT, descendants, tool, tree, wait_ended
+from test_durability import fill, small_disk  # noqa: F401 - the fixture, shared
+from test_real_data import real_data, small_mtfl  # noqa: F401 - the fixture, shared
 
 from mcl.run.verify import check_run
 
@@ -217,3 +221,54 @@ def test_assembly_killed_reruns_to_identical_bytes(tiny_run, tmp_path):
         if killed == KILLS_PER_STAGE:
             break
     assert killed == KILLS_PER_STAGE
+
+
+# ---- real faces: MTFL data preparation with 2 workers, killed and on a full disk ----------------------
+# ~150 training and 40 test faces of the real MTFL folder (pictures linked, tests/test_real_data.py),
+# prepared by 2 workers: real JPEGs of two sizes, decoded and augmented in the workers.
+
+def mtfl_prepare(mtfl, out) -> list:
+    return [ROOT / "data_prep/prepare.py", "--dataset", "mtfl", "--data-root", mtfl, "--workers", "2",
+            "--copies", "4", "--seed", "5", "--quiet", "--force", "--out", out]
+
+
+def test_killed_mtfl_preparation_reruns_to_identical_bytes(real_data, tmp_path):  # noqa: F811
+    mtfl = small_mtfl(real_data, tmp_path / "mtfl", 150, 40)
+    ref = tmp_path / "ref" / "data"
+    wall = wall_time(mtfl_prepare(mtfl, ref))
+    want = tree(str(ref))
+    killed = 0
+    for k, when, whom in moments(wall, SEED + 300):
+        folder = tmp_path / f"k{k}"
+        cmd = mtfl_prepare(mtfl, folder / "data")
+        killed += start_and_kill(cmd, when, whom)
+        # Nothing that looks finished: the dataset is whole under its name, or not there at all.
+        if (folder / "data").exists():
+            assert tree(str(folder / "data")) == want, f"a partial dataset under data/ after kill {k} ({whom})"
+        tool(*map(str, cmd))
+        got = tree(str(folder / "data"))
+        assert sorted(got) == sorted(want), f"kill {k} at {when:.2f} s ({whom})"
+        assert all(got[f] == want[f] for f in want), [f for f in want if got[f] != want[f]]
+        assert os.listdir(folder) == ["data"], f"left behind: {os.listdir(folder)}"
+        if killed == KILLS:
+            break
+    print(f"MTFL preparation: {killed} kills caught it running in {k + 1} trials")
+    assert killed == KILLS
+
+
+@pytest.mark.parametrize("leave", [300_000, 3_000_000])
+def test_mtfl_preparation_on_a_full_disk_is_named_and_leaves_nothing(real_data, small_disk, tmp_path,  # noqa: F811
+                                                                    leave):
+    """The disk fills while the workers write (`leave` bytes free: within the first split, or
+    later); once space is freed the same command prepares the uninterrupted run's bytes."""
+    mtfl = small_mtfl(real_data, tmp_path / "mtfl", 150, 40)
+    tool(*map(str, mtfl_prepare(mtfl, tmp_path / "ref" / "data")))
+    out = small_disk / "run" / "data"
+    filler = fill(small_disk, leave)
+    r = tool(*map(str, mtfl_prepare(mtfl, out)), check=False)
+    assert r.returncode == 2 and "no space left on device" in r.stderr and "MiB free" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert not out.exists() and os.listdir(small_disk / "run") == []  # no dataset, no partial folder
+    filler.unlink()
+    tool(*map(str, mtfl_prepare(mtfl, out)))
+    assert tree(str(out)) == tree(str(tmp_path / "ref" / "data"))

@@ -14,7 +14,8 @@ installed; dlib, dlib's HOG detector, with `make setup-peers`) and its box is ma
 box convention of the dataset the model was trained on (--box-convention; docs/PORT.md).
 A video is tracked: detection on the first frame and whenever the track is lost, else the
 box from the landmarks of the frame before. Layout, output and crop scale come from the
-model's card (<model>.json) unless given.
+model's card (<model>.json) unless given. A picture that does not decode whole (cut short,
+empty, not a picture) is named as broken: exit status 2, nothing written.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mcl.data.readers import DataError
 from mcl.port.detect import CONVENTIONS, DEFAULT_DETECTOR, DETECTORS
 from mcl.port.predict import PredictError, predict_pictures
 from mcl.port.video import run_video
@@ -67,7 +69,7 @@ def main(argv=None) -> int:
                               progress=not args.quiet, **common)]
         else:
             done = predict_pictures(args.image, args.box, args.list, args.out, **common)
-    except PredictError as exc:
+    except (PredictError, DataError) as exc:  # DataError: a picture or crop the readers refuse, named by them
         print(f"predict: error: {exc}", file=sys.stderr)
         return 2
     for paths in done:

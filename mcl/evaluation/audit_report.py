@@ -18,6 +18,7 @@ from mcl.caffe.runfiles import run_layout
 from mcl.evaluation import audit, report
 from mcl.fileio import atomic_write
 from mcl.method import paper
+from mcl.run import provenance
 
 TITLES = {
     "pre_bm": "pre-BM vs BM (Section IV-C-1: global average pooling vs full connection)",
@@ -188,25 +189,44 @@ def _json_default(o):
     raise TypeError(f"{type(o)} is not JSON")
 
 
-def _plots(run: Path, out_dir: Path, doc: dict, layout) -> list[Path]:
-    """CED of every model of the audit on one plot; best and worst faces of BM, WM, AM."""
-    curves = {}
-    for k, v in doc["models"].items():
-        curves[k] = v
+def ced_curves(run: Path, doc: dict) -> dict[str, dict]:
+    """Every scored model of the audit (its models, then each ablation's), as the CED plot draws them:
+    each with the provenance its run's manifest records, as the evaluation's results carry it."""
+    curves = dict(doc["models"])
     for name, ab in doc["ablations"].items():
         if name in ("occlusion", "single_head"):
             continue
         for k, v in audit.scored_models(ab["numbers"]).items():
             curves.setdefault(k, v)
+    protocol = provenance.data_protocol(run)
+    return {k: with_provenance(run, v, protocol) for k, v in curves.items() if "face_errors" in v}
+
+
+def with_provenance(run: Path, result: dict, protocol: dict) -> dict:
+    """A result of the audit (which records only the model's path and BatchNorm setting) with the
+    schedule scale, seed, engine and statistics its model was trained with (mcl.run.provenance:
+    the manifest, not the defaults, so a model of the torch engine is labelled torch) and the
+    split's test-crop protocol."""
+    out = dict(result)
+    if isinstance(result.get("model"), str):
+        out.update(provenance.trained_with(run, Path(run) / result["model"]))
+    out["test_crop"] = protocol["test_crop"]
+    return out
+
+
+def _plots(run: Path, out_dir: Path, doc: dict, layout) -> list[Path]:
+    """CED of every model of the audit on one plot; best and worst faces of BM, WM, AM. Each labelled
+    with its model's provenance, as the evaluation's plots are."""
     out = []
     ced = out_dir / "audit_ced.png"
-    report.plot_ced({k: v for k, v in curves.items() if "face_errors" in v}, ced,
-                    f"CED, every model of the audit (layout {layout.name})")
+    curves = ced_curves(run, doc)
+    report.plot_ced(curves, ced, f"CED, every model of the audit (layout {layout.name})")
     out.append(ced)
     for name in ("BM", "WM", "AM"):
         if name in doc["models"]:
             p = out_dir / f"audit_overlays_{name}.png"
             r = doc["models"][name]
-            report.plot_overlays(run, run / r["model"], run / r["deploy"], p, name)
+            label = f"{name} ({report.provenance_label(curves[name])})" if name in curves else name
+            report.plot_overlays(run, run / r["model"], run / r["deploy"], p, label)
             out.append(p)
     return out

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from mcl.data.augment import DEFAULT_TEST_CROP, TEST_CROPS, crop_face
-from mcl.data.readers import DataError, Sample, check_box, load_image, write_pts
+from mcl.data.readers import DataError, Sample, check_box, decode_picture, load_image, write_pts
 from mcl.data.writers import network_input
 from mcl.evaluation.evaluate import to_image
 from mcl.fileio import atomic_write, durable_replace
@@ -145,7 +145,9 @@ def make_detector(name: str, upsample: int = 1) -> Detector:
 
 
 def read_gray(path) -> np.ndarray:
-    """The picture's gray pixels exactly as the data preparation reads them."""
+    """The picture's gray pixels exactly as the data preparation reads them; a picture that does not
+    decode whole (cut short, empty, not a picture) is a PredictError naming it as broken, before any
+    detector looks for a face in its gray rows (mcl.data.readers.decode_picture)."""
     try:
         return load_image(Sample(str(path), "", np.zeros((0, 2)), np.zeros(4), image_path=str(path)))
     except DataError as exc:
@@ -189,7 +191,13 @@ def annotate(image: np.ndarray, faces: list[dict]) -> np.ndarray:
 
 
 def draw(path, faces: list[dict]) -> np.ndarray:
-    return annotate(cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION), faces)
+    """The faces drawn on the picture in colour, decoded as strictly as its gray pixels were (a file
+    cut short is named as broken, not drawn with gray rows)."""
+    try:
+        image = decode_picture(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    except DataError as exc:
+        raise PredictError(str(exc)) from None
+    return annotate(image, faces)
 
 
 def picture_record(image_path, faces: list[dict], predictor: Predictor, convention: str | None) -> dict:

@@ -10,6 +10,11 @@ that the run itself produced must still be the file the manifest recorded.
 `set_aside_torn` is what `make` does first (`python -m mcl.run.verify --set-aside-torn RUN`):
 a product whose bytes are not the ones its manifest recorded (a file torn by a crash
 after its rename) is renamed to `<name>.torn`, so that make makes it again.
+
+Because make runs that check before every plan, it is incremental: a file whose (size, mtime,
+ctime, inode, device) are those of its last check keeps the sha256 found then, recorded beside
+the run in `<run>/.verify-cache.json`; only new or changed files are read again. `--full` (and
+`make verify`, tools/verify.py, `check_run`) reads every file.
 """
 
 from __future__ import annotations
@@ -18,18 +23,21 @@ import argparse
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mcl.caffe.caffemodel import ModelError, check_fits, load
-from mcl.caffe.netgen import net_layout_name, parse_net
-from mcl.caffe.proto import caffe_pb2
-from mcl.data.readers import DataError
-from mcl.data.writers import check_hdf5_list, check_lmdb
-from mcl.run.manifest import sha256
+from mcl.fileio import atomic_write
+
+# The readers of models and data (numpy, OpenCV, h5py, protobuf: half a second to import) are
+# imported by the functions that need them: `--set-aside-torn` runs before every make and needs none.
 
 RUN_MANIFEST = "manifest.json"
 DATA_MANIFEST = "data/manifest.json"
+CACHE_FILE = ".verify-cache.json"
+# A file changed within this many seconds of its check may change again without a new mtime or
+# ctime (timestamps are coarser than a write), so its digest is not kept.
+RACY_S = 2.0
 
 
 class VerifyError(ValueError):
@@ -64,17 +72,82 @@ class Report:
 
 
 class _Hasher:
-    """sha256 of each file once (a file is often the input of several artifacts)."""
+    """sha256 of each file once (a file is often the input of several artifacts). Given `known`
+    (the digests of the last check, by path: the file's signature and its sha256), a file whose
+    signature is unchanged is not read again; `seen` collects what the next check may reuse."""
 
-    def __init__(self):
+    def __init__(self, known: dict | None = None):
         self.cache: dict[Path, str | None] = {}
+        self.known = known
+        self.seen: dict[str, dict] = {}
 
     def __call__(self, path: Path) -> str | None:
-
         path = path.resolve()
         if path not in self.cache:
-            self.cache[path] = sha256(path) if path.is_file() else None
+            self.cache[path] = self._digest(path)
         return self.cache[path]
+
+    def _digest(self, path: Path) -> str | None:
+        if not path.is_file():
+            return None
+        if self.known is None:
+            return self._hash(path)
+        before = _signature(path)
+        entry = self.known.get(str(path))
+        if entry is not None and entry.get("signature") == before:
+            self.seen[str(path)] = entry
+            return entry["sha256"]
+        digest = self._hash(path)
+        # Kept only for bytes on disk (fsynced): a power cut cannot leave a torn file behind this record.
+        if _signature(path) == before and not _racy(before) and _fsync(path):
+            self.seen[str(path)] = {"signature": before, "sha256": digest}
+        return digest
+
+    def _hash(self, path: Path) -> str:
+        from mcl.run.manifest import sha256
+        return sha256(path)
+
+
+def _signature(path: Path) -> list[int]:
+    """What changes whenever a file's bytes do: a write moves mtime and ctime (ctime even where mtime is
+    set back by hand), a rename over it brings another inode."""
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def _racy(signature: list[int]) -> bool:
+    return time.time_ns() - max(signature[1], signature[2]) < RACY_S * 1e9
+
+
+def _fsync(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        return False
+    return True
+
+
+def _read_cache(run: Path) -> dict:
+    """The digests of the last check; an unreadable record is no record (every file is read again)."""
+    try:
+        doc = json.loads((run / CACHE_FILE).read_text())
+        files = doc["files"] if doc.get("version") == 1 else {}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return {}
+    return {k: v for k, v in files.items() if isinstance(v, dict) and isinstance(v.get("sha256"), str)}
+
+
+def _write_cache(run: Path, seen: dict) -> None:
+    """The digests of this check, for the next one. A record that cannot be written (a full disk, a run
+    folder read-only to this user) costs only time: the next check reads every file again."""
+    try:
+        atomic_write(run / CACHE_FILE, json.dumps({"version": 1, "files": seen}, sort_keys=True) + "\n")
+    except OSError:
+        pass
 
 
 def _load(path: Path) -> dict:
@@ -201,6 +274,9 @@ def check_creatable(folder) -> None:
 def check_net_data(run: Path, net_path: Path) -> None:
     """The sources of a train net's data layers (HDF5 list files, LMDBs), relative to the
     run folder Caffe runs in, checked as mcl.data.writers describes them."""
+    from mcl.caffe.netgen import net_layout_name, parse_net
+    from mcl.data.readers import DataError
+    from mcl.data.writers import check_hdf5_list, check_lmdb
 
     net = parse_net(net_path.read_text())
     try:
@@ -225,6 +301,8 @@ def snapshot_intact(state_path, net) -> bool:
     (a failed CHECK, no exception): every later resume would die the same way. A cut
     that happens to fall between two fields still parses, so the contents are counted
     against the net (`net`: the pycaffe net the snapshot is for)."""
+    from mcl.caffe.caffemodel import ModelError, check_fits, load
+    from mcl.caffe.proto import caffe_pb2
 
     state_path = Path(state_path)
     state = caffe_pb2.SolverState()
@@ -242,12 +320,13 @@ def snapshot_intact(state_path, net) -> bool:
     return True
 
 
-def set_aside_torn(run) -> list[tuple[Path, Path]]:
+def set_aside_torn(run, full: bool = False) -> list[tuple[Path, Path]]:
     """Rename every artifact of the run manifest whose bytes differ from its record, and the data
     manifest where a data file differs from its record, to `<name>.torn`: the pipeline's rule for
-    it then runs again. Returns (file, where it went)."""
+    it then runs again. Returns (file, where it went). Unless `full`, a file unchanged since the last
+    check (its signature, <run>/.verify-cache.json) is not read again."""
     run = Path(run)
-    hasher = _Hasher()
+    hasher = _Hasher(None if full else _read_cache(run))
     torn = []
     path = run / RUN_MANIFEST
     artifacts = _load(path).get("artifacts", {}) if path.is_file() else {}
@@ -269,6 +348,8 @@ def set_aside_torn(run) -> list[tuple[Path, Path]]:
         aside = p.with_name(p.name + ".torn")
         p.replace(aside)
         moved.append((p, aside))
+    if not full:
+        _write_cache(run, hasher.seen)
     return moved
 
 
@@ -276,9 +357,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Set aside the products of a run that are not what its manifests "
                                              "recorded (run by make before it plans).")
     ap.add_argument("--set-aside-torn", metavar="RUN", required=True)
+    ap.add_argument("--full", action="store_true", help="read every file, not only those changed since the "
+                    "last check (RUN/.verify-cache.json)")
     args = ap.parse_args(argv)
     try:
-        moved = set_aside_torn(args.set_aside_torn)
+        moved = set_aside_torn(args.set_aside_torn, args.full)
     except (VerifyError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -8,7 +8,7 @@ tests/test_corpus.py` counts them.
 
 Tools: data_prep/prepare.py, tools/make_nets.py, run_stage.py, compute_weights.py,
 set_loss_weights.py, assemble.py, evaluate.py, port.py, bn_stats.py, audit.py (perturb),
-predict.py, verify.py. Faults: a missing
+predict.py, verify.py, data_prep/extra_test.py, paper_report.py. Faults: a missing
 file, an empty file, a truncated caffemodel, a file that is no NetParameter, a model of
 another layout, a weights file for another net, HDF5 with a dataset missing or of the
 wrong shape, NaN or infinite landmarks, a .pts with the wrong count, a degenerate or
@@ -510,6 +510,17 @@ CASES = [
     bad("predict-model-missing", predict("{tmp}/nope.onnx"), ["{tmp}/nope.onnx"]),
     bad("predict-model-empty", predict("{tmp}/am.onnx"), ["{tmp}/am.onnx"], empty("{tmp}/am.onnx")),
     bad("predict-model-not_onnx", predict(BM), [BM]),
+    # data_prep/extra_test.py
+    bad("extra_test-run-no_data",
+        Case(("data_prep/extra_test.py", "--run", "{tmp}/norun", "rest={tmp}/rest", "--quiet"),
+             ("{tmp}/norun/data/rest.manifest.json",)), ["{tmp}/norun/data/manifest.json"]),
+    bad("extra_test-folder-missing",
+        Case(("data_prep/extra_test.py", "--run", "{run}", "rest={tmp}/nowhere", "--quiet"),
+             ("{run}/data/rest.manifest.json", "{run}/data/rest.txt")), ["{tmp}/nowhere"]),
+    # tools/paper_report.py
+    bad("paper_report-models-missing",
+        Case(("tools/paper_report.py", "--run", "{run}", "--out", "{tmp}/paper"), ("{tmp}/paper/report.json",)),
+        ["{run}/models/wm.caffemodel"]),
     # tools/verify.py
     bad("verify-manifest-empty", VERIFY, ["{run}/manifest.json"], write("{run}/manifest.json", "")),
     bad("verify-data_manifest-empty", VERIFY, ["{run}/data/manifest.json"], write("{run}/data/manifest.json", "")),

@@ -23,6 +23,13 @@ ENGINE ?= torch
 RUN ?= runs/demo
 AUDIT_PARTS ?= equal_budget occlusion
 endif
+# `make paper DATASET=mtfl DATA_ROOT=...`: the paper's experiment on real faces at the CPU schedule `real`
+# (docs/REAL_DATA.md), in runs/paper-<dataset>, keeping the snapshots for the learning curve.
+ifneq ($(filter paper,$(MAKECMDGOALS)),)
+SCHEDULE ?= real
+KEEP_SNAPSHOTS ?= on
+RUN ?= runs/paper-$(DATASET)
+endif
 SCHEDULE ?= paper
 DATASET ?= synth
 DATA_ROOT ?=
@@ -53,6 +60,7 @@ help: | $(SETUP_STAMP)
 	@$(PY) -m mcl.method.stages
 	@echo; echo "targets: data stage1 weights-bm stage2 stage3 weights-wm heads assemble evaluate audit demo verify port"
 	@echo "         sweep (docs/CLUSTER.md), audit-model (docs/METHOD_PYTORCH.md), peers setup-peers bench-port (docs/PORT.md)"
+	@echo "         paper: the paper's experiment on real faces, beside its table (docs/REAL_DATA.md)"
 
 AUDIT_TARGETS := pre_bm perturbation single_head simplified_am weighting_simplified_am occlusion equal_budget
 SOURCE ?= hdf5
@@ -67,8 +75,12 @@ WARMUP ?= off
 FROZEN_BN_STAGE2 ?= global
 FROZEN_BN_HEADS ?= global
 # Training engine: caffe (the reference) or torch (the same nets and solvers in PyTorch with
-# Caffe's numerics, mcl/engine), on DEVICE cpu or cuda (torch only).
-ENGINE ?= caffe
+# Caffe's numerics, mcl/engine), on DEVICE cpu or cuda (torch only). Real data trains in the torch
+# engine by default (3-4x faster on the CPU, tests/test_engine.py proves it equal); ENGINE=caffe trains in Caffe.
+ENGINE ?= $(if $(filter synth,$(DATASET)),caffe,torch)
+# KEEP_SNAPSHOTS=on keeps every tenth of each stage's model for the learning curve (tools/learning_curve.py
+# --snapshots); it changes no product, so it is no setting of the run.
+KEEP_SNAPSHOTS ?= off
 DEVICE ?= cpu
 # Torch engine on cuda (docs/GPU.md): TF32 off (full float32, the default) or on; deterministic
 # algorithms on (the default: two runs, and a resumed run, give the same bits) or off (cuDNN autotunes).
@@ -86,15 +98,10 @@ train_settings := warmup=$(WARMUP) engine=$(ENGINE)
 bn_settings := bn_stats=$(BN_STATS) bn_batches=$(BN_BATCHES)
 SETTINGS_GROUPS := data nets train bn
 PIPELINE_GOALS := data stage1 weights-bm stage2 stage3 weights-wm heads assemble evaluate demo \
-  audit $(AUDIT_TARGETS) audit-models audit-model
-# They are refreshed while this Makefile is read, when a pipeline target is asked for, and never
-# in a dry run or a question (`make -n` and `make -q` write nothing: a missing file is then only
-# announced by the rule below).
+  audit $(AUDIT_TARGETS) audit-models audit-model paper
+# Each group's record is written by the rule `$(RUN)/.settings/%` below, when its settings differ
+# from the record; a dry run or a question (`make -n`, `make -q`) writes nothing.
 DRY_RUN := $(strip $(foreach f,n q,$(findstring $(f),$(firstword -$(MAKEFLAGS)))))
-define refresh_settings
-$(shell mkdir -p $(RUN)/.settings && printf '%s\n' '$($(1)_settings)' | cmp -s - $(RUN)/.settings/$(1) \
-  || printf '%s\n' '$($(1)_settings)' > $(RUN)/.settings/$(1))
-endef
 ifneq ($(filter $(PIPELINE_GOALS) $(RUN)/%,$(MAKECMDGOALS)),)
 # A run made before RUN/loss_weights/ had its name is refused with the command that renames it.
 ifneq ($(wildcard $(RUN)/weights/*.json),)
@@ -114,7 +121,6 @@ $(error $(lock_message))
 endif
 export MCL_RUN_LOCK := $(abspath $(RUN))
 endif
-$(foreach g,$(SETTINGS_GROUPS),$(call refresh_settings,$(g)))
 # Before make plans: a product whose bytes are not those its manifest recorded (torn by a crash
 # after its rename) is set aside as <name>.torn, so its rule runs again (mcl/run/verify.py).
 ifneq ($(wildcard $(PY)),)
@@ -122,12 +128,13 @@ ifneq ($(wildcard $(RUN)/manifest.json $(RUN)/data/manifest.json),)
 torn_check := $(shell $(PY) -m mcl.run.verify --set-aside-torn $(RUN) >&2)
 endif
 endif
-else
-# A dry run only reads them: a group whose settings changed is shown as remade, with all it reruns.
+endif
+# Compared only, never written while this Makefile is read: a group whose settings changed is remade
+# by the rule below just before the first recipe that needs it (so a failed `make data` leaves no record
+# of settings nothing was made with), and a dry run shows it remade, with all it reruns.
 changed_settings := $(foreach g,$(SETTINGS_GROUPS),$(if $(shell printf '%s\n' '$($(g)_settings)' \
   | cmp -s - $(RUN)/.settings/$(g) 2>/dev/null || echo changed),$(g)))
 $(foreach g,$(changed_settings),$(eval $(RUN)/.settings/$(g): FORCE))
-endif
 endif
 $(RUN)/.settings/%:
 	@mkdir -p $(@D) && printf '%s\n' '$($*_settings)' > $@
@@ -148,7 +155,8 @@ LIGHT = $(call launcher,$(LAUNCH))
 DATA := $(RUN)/data/manifest.json
 $(DATA): $(RUN)/.settings/data | $(SETUP_STAMP)
 	$(LIGHT) data_prep/prepare.py --dataset $(DATASET) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
-	  --layout $(LAYOUT) --seed $(SEED) --workers $(WORKERS) --out $(RUN)/data --force $(DATA_OPTS)
+	  --layout $(LAYOUT) --seed $(SEED) --workers $(WORKERS) --out $(RUN)/data --force $(DATA_OPTS) \
+	  || { s=$$?; rm -f $(RUN)/.settings/data; rmdir $(RUN)/.settings 2>/dev/null; exit $$s; }
 
 data: $(DATA)
 
@@ -167,7 +175,7 @@ $(NETS): $(RUN)/.settings/nets | $(SETUP_STAMP)
 # is kept as models/<name>.raw.caffemodel beside the stage's product.
 # A changed BN_STATS re-runs only that step where Caffe's model is still current.
 STAGE_OPTS := --bn-stats $(BN_STATS) --bn-batches $(BN_BATCHES) --engine $(ENGINE) --device $(DEVICE) \
-  --tf32 $(TF32) --deterministic $(DETERMINISTIC)
+  --tf32 $(TF32) --deterministic $(DETERMINISTIC) $(if $(filter on,$(KEEP_SNAPSHOTS)),--keep-snapshots)
 # What every stage's recipe depends on beside its inputs: its training and statistics settings.
 BN := $(RUN)/.settings/train $(RUN)/.settings/bn
 M := $(RUN)/models
@@ -360,6 +368,7 @@ DLIB_DAT := /usr/share/dlib/shape_predictor_68_face_landmarks.dat
 PEERS_OPTS ?=
 setup-peers: | $(SETUP_STAMP)
 	$(PY) -c "import dlib" 2>/dev/null || $(PY) -m pip install dlib-bin
+	$(PY) -c "import mediapipe" 2>/dev/null || $(PY) -m pip install $$($(PY) -c "from mcl.port.peers import MP_PIP; print(MP_PIP)")
 	@test -f $(DLIB_DAT) || { if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
 	  $$SUDO apt-get install -y libdlib-data || { $$SUDO apt-get update && $$SUDO apt-get install -y libdlib-data; }; }
 	@test -f $(DLIB_DAT) || { echo "setup-peers: $(DLIB_DAT) missing after apt-get install libdlib-data" >&2; exit 2; }
@@ -407,6 +416,45 @@ $(RUN)/summary.json: $(RUN)/eval/test.json $(A)/audit.json $(DEMO_ONNX)
 
 demo: $(RUN)/summary.json
 	@cat $(RUN)/summary.md
+
+# ---- the paper on real faces (docs/REAL_DATA.md) ------------------------------------------
+# make paper DATASET=mtfl DATA_ROOT=shared/data/mtfl: Algorithm 1 and the equal-budget control at SCHEDULE=real
+# (torch engine), the learning curve of stage 1, the models and the peers on the test split and on
+# EXTRA_TESTS, the audit across PAPER_SEEDS at PAPER_SEED_SCHEDULE through `make sweep` (PAPER_SEEDS= skips
+# it), and RUN/paper/report.md beside the paper's table (mcl/method/paper.py).
+# EXTRA_TESTS: NAME=FOLDER[:WIDTH] test sets cropped like the test split (data_prep/extra_test.py); for MTFL
+# by default net_rest beside DATA_ROOT, whole and reduced to 80 px wide as the AFLW pictures were.
+NET_REST ?= $(patsubst %/,%,$(dir $(abspath $(DATA_ROOT))))/net_rest
+EXTRA_TESTS ?= $(if $(filter mtfl,$(DATASET)),$(if $(wildcard $(NET_REST)/testing.txt),net_rest=$(NET_REST) \
+  net_rest_80=$(NET_REST):80))
+EXTRA_NAMES := $(foreach e,$(EXTRA_TESTS),$(firstword $(subst =, ,$(e))))
+PAPER_SEEDS ?= 0 1 2
+PAPER_SEED_SCHEDULE ?= real-short
+PAPER_SWEEP ?= runs/sweep-$(DATASET)
+PEERS ?= dlib,mediapipe
+P := $(RUN)/paper
+$(RUN)/data/%.manifest.json: $(DATA)
+	$(LIGHT) data_prep/extra_test.py --run $(RUN) --workers $(WORKERS) --quiet $(filter $*=%,$(EXTRA_TESTS))
+$(RUN)/peers/peers.json: $(DATA) | setup-peers
+	$(LIGHT) tools/peers.py --run $(RUN) --peers $(PEERS)
+$(RUN)/peers/%/peers.json: $(RUN)/data/%.manifest.json | setup-peers
+	$(LIGHT) tools/peers.py --run $(RUN) --split $* --peers $(PEERS)
+$(RUN)/curves/stage1.json: $(M)/bm.caffemodel
+	$(LIGHT) tools/learning_curve.py --run $(RUN) --stage stage1 --snapshots --bn-batches 10
+# (Defined only for the paper's own make: the sweep's make has its own rule for its sweep.json.)
+ifneq ($(and $(strip $(PAPER_SEEDS)),$(filter paper,$(MAKECMDGOALS))),)
+$(PAPER_SWEEP)/sweep.json: | $(SETUP_STAMP)
+	+$(MAKE) --no-print-directory sweep DATASETS=$(DATASET) SEEDS="$(PAPER_SEEDS)" SCHEDULE=$(PAPER_SEED_SCHEDULE) \
+	  SWEEP=$(PAPER_SWEEP) AUDIT_PARTS=equal_budget KEEP_SNAPSHOTS=on $(if $(DATA_ROOT),DATA_ROOT_$(DATASET)=$(DATA_ROOT))
+endif
+$(P)/report.json: $(M)/bm.caffemodel $(M)/wm.caffemodel $(M)/am.caffemodel $(M)/equal_budget.caffemodel \
+  $(RUN)/peers/peers.json $(foreach n,$(EXTRA_NAMES),$(RUN)/data/$(n).manifest.json $(RUN)/peers/$(n)/peers.json) \
+  $(RUN)/curves/stage1.json $(if $(strip $(PAPER_SEEDS)),$(PAPER_SWEEP)/sweep.json)
+	$(LIGHT) tools/paper_report.py --run $(RUN) --splits test $(EXTRA_NAMES) \
+	  $(if $(strip $(PAPER_SEEDS)),--sweep $(PAPER_SWEEP)/sweep.json) --out $(P)
+.PHONY: paper
+paper: $(P)/report.json
+	@echo "paper done: $(P)/report.md (report), $(P)/report.json, $(P)/*.png"
 
 # Every checksum of RUN/manifest.json and RUN/data/manifest.json, recomputed: names each
 # file that is missing or changed (exit 2), or says the run is intact.

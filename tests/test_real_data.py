@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ROOT, make, tool
+from test_port_detect import dlib_installed  # noqa: F401 - the session fixture, shared
 
 from mcl.data.extra import nearest_offset, prepare_extra, reduce_nearest
 from mcl.data.readers import DataError, Sample, load_image, read_mtfl
@@ -149,3 +150,81 @@ def test_extra_splits_of_net_rest(real_data, tmp_path):
     assert doc["source"]["reduce_width"] == 80 and doc["counts"]["faces"] == 12
     with pytest.raises(DataError, match="extra split name 'test'"):
         prepare_extra(run, "test", str(rest))
+
+
+# ---- the report's verdicts, on predictions files whose differences are known ----------------------
+
+def test_report_verdicts_on_known_differences(tmp_path):
+    """Five predictions files made from the ground truth with known per-face errors; the paired
+    verdicts of paper_report must come out as worked out by hand below."""
+    from conftest import synthetic_batch, write_hdf5
+
+    from mcl.data.splits import load_split
+    from mcl.evaluation.job import run_evaluation
+    from mcl.evaluation.paper_report import CONTROL, paired_claims
+    from mcl.evaluation.predictions import write_predictions
+
+    run = tmp_path / "run"
+    write_hdf5(run, "test", *synthetic_batch(40, 5, 3))
+    (run / "data" / "manifest.json").write_text(json.dumps({"source": {"dataset": "mtfl"}, "settings": {"layout": "5"}}))
+    data = load_split(run, "test")
+    gt, d = data["landmarks_image"].reshape(40, 5, 2), data["iod_image"]
+    alternate = np.where(np.arange(40) % 2 == 0, 0.01, 0.03)  # mean 0.02, spread 0.01 either way
+    errors = {"BM": np.full(40, 0.03), "WM": np.full(40, 0.02), "AM": alternate, CONTROL: np.full(40, 0.015),
+              "dlib (box)": np.full(40, 0.12)}
+    files = []
+    for name, e in errors.items():  # every point moved right by e * d: the face's mean error is exactly e
+        pred = gt + np.stack([e * d, np.zeros(40)], axis=1)[:, None, :]
+        files.append((name, write_predictions(tmp_path / f"{len(files)}.txt", pred)))
+    ev = run_evaluation(run, "test", (), files, speed_repeats=0, log=lambda s: None)
+    claims = {c["claim"]: c for c in paired_claims({n: np.asarray(r["face_errors"])
+                                                    for n, r in ev.doc["results"].items()})}
+    # WM - BM = -0.01 on every face: no spread, beyond any noise
+    assert claims["WM < BM"]["mean_difference"] == pytest.approx(-0.01)
+    assert claims["WM < BM"]["verdict"] == "holds beyond the test faces' noise"
+    # AM - WM = -0.01, +0.01 alternating: mean 0
+    assert claims["AM < WM"]["mean_difference"] == pytest.approx(0.0, abs=1e-12)
+    assert claims["AM < WM"]["verdict"] == "not beyond the test faces' noise"
+    # AM - BM = -0.02, 0 alternating: mean -0.01, sd 0.01013 (n - 1), SE 0.0016 < 0.005
+    assert claims["AM < BM"]["verdict"] == "holds beyond the test faces' noise"
+    assert claims["AM < BM"]["standard_error"] == pytest.approx(0.0016013, rel=1e-3)
+    # AM - control = -0.005, +0.015 alternating: mean +0.005 > 2 SE (0.0032): reversed
+    assert claims[f"AM < {CONTROL}"]["verdict"] == "reversed beyond the test faces' noise"
+    assert claims[f"WM < {CONTROL}"]["verdict"] == "reversed beyond the test faces' noise"
+    # no face above 10%: the failure claim has nothing to tell apart
+    assert claims["AM's failure rate < BM's"]["verdict"] == "not beyond the test faces' noise"
+    assert claims["AM < dlib (box)"]["mean_difference"] == pytest.approx(-0.10)
+    assert claims["WM < BM"]["paper"]["where"].startswith("Sec. IV-C-4")
+
+
+# ---- a tiny `make paper` on real faces, end to end --------------------------------------------------
+
+def test_tiny_paper_on_real_faces(real_data, dlib_installed, tmp_path):  # noqa: F811
+    """`make paper` on 240 MTFL training faces, 120 AFLW and 40 net_rest faces, at a tiny schedule with
+    two seeds: every stage, the control, the extra splits, the peers, the curve, the sweep and the report."""
+    mtfl = small_mtfl(real_data, tmp_path / "mtfl", 240, 120, step=37)  # LFW and web faces both
+    small_net_rest(real_data, tmp_path / "net_rest", 40)
+    run, sweep = tmp_path / "run", tmp_path / "sweep"
+    tiny = [f"DATASET=mtfl", f"DATA_ROOT={mtfl}", f"RUN={run}", "SCHEDULE=paper", "SCALE=0.0002", "BATCH=8",
+            "BN_BATCHES=4", "DATA_OPTS=--copies 2 --quiet", "PAPER_SEEDS=1 2", "PAPER_SEED_SCHEDULE=paper",
+            f"PAPER_SWEEP={sweep}"]
+    make("paper", *tiny)
+    doc = json.loads((run / "paper" / "report.json").read_text())
+    assert list(doc["splits"]) == ["test", "net_rest", "net_rest_80"]
+    test = doc["splits"]["test"]["results"]
+    assert {"BM", "WM", "AM", "BM + equal budget", "dlib (box)", "dlib (detector)"} <= set(test)
+    assert test["AM"]["inter_ocular"]["faces"] == 120 and test["AM"]["engine"] == "torch"
+    assert doc["splits"]["net_rest_80"]["results"]["AM"]["inter_ocular"]["faces"] == 40
+    assert doc["paper"]["figures"][0]["value"] == 5.38 and doc["paper"]["figures"][1]["value"] == 5.60
+    assert {c["key"] for c in doc["splits"]["test"]["claims"]} >= {"wm_vs_bm", "am_vs_wm", "am_vs_equal_budget"}
+    assert doc["sweep"]["seeds"] == [1, 2] and "am_vs_wm" in doc["sweep"]["claims"]
+    assert doc["resolution"]["full"] == "net_rest" and doc["resolution"]["reduced"] == "net_rest_80"
+    assert doc["schedule_stages"]["stage1"]["max_iter"] == 36 and doc["training_wall_s"] > 0
+    assert len(doc["curve"]["points"]) == 12  # stage 1's snapshots, every 3 of 36 iterations
+    assert any(k.endswith("testing.txt") for k in doc["data"])
+    md = (run / "paper" / "report.md").read_text()
+    assert "5.38" in md and "5.60" in md and "lost" in md and "What the 80 x 80 pictures cost" in md
+    for png in ("ced_test.png", "ced_net_rest.png", "curves.png"):
+        assert (run / "paper" / png).stat().st_size > 10_000
+    again = make("paper", *tiny)  # a finished paper does nothing more
+    assert "run_stage.py" not in again.stdout and "paper_report.py" not in again.stdout

@@ -34,11 +34,12 @@ def real_data() -> Path:
 
 
 def small_mtfl(real: Path, dst: Path, n_train: int, n_test: int, step: int = 1) -> Path:
-    """An MTFL folder of n_train / n_test faces of the real one (every step-th line), each picture a
-    link to the real one, so that a test may replace one picture without touching the others."""
+    """An MTFL folder of n_train training faces (every step-th line: training.txt lists LFW first, then
+    the web faces) and the first n_test test faces of the real one, each picture a link to the real
+    one, so that a test may replace one picture without touching the others."""
     dst.mkdir(parents=True)
-    for name, n in (("training.txt", n_train), ("testing.txt", n_test)):
-        lines = (real / "mtfl" / name).read_text().splitlines()[::step][:n]
+    for name, n, every in (("training.txt", n_train, step), ("testing.txt", n_test, 1)):
+        lines = (real / "mtfl" / name).read_text().splitlines()[::every][:n]
         for line in lines:
             rel = line.split()[0]
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)

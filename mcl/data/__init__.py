@@ -9,6 +9,7 @@ Modules:
   writers   HDF5 (+ list files) and LMDB (images + targets), and reading them back
   sheet     contact sheets (faces with their landmarks drawn)
   pipeline  `prepare`: the whole job behind data_prep/prepare.py
+  extra     extra test splits of a run (another folder's test faces, whole or reduced to 80 px)
 
 May import: `mcl.method` (layouts), `mcl.fileio` and `mcl.caffe`'s file layer (the LMDB Datum);
 never pycaffe.

@@ -17,7 +17,6 @@ extra test split (mcl/data/extra.py), then writes RUN/paper/report.md and report
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -30,6 +29,7 @@ from google.protobuf import text_format
 
 from mcl.caffe.proto import caffe_pb2
 from mcl.data.extra import split_source
+from mcl.data.writers import sha256_file
 from mcl.evaluation import curves
 from mcl.evaluation.audit import PAIRED_Z, paired
 from mcl.evaluation.evaluate import FAILURE_THRESHOLDS
@@ -195,21 +195,13 @@ def resolution_cost(evals: dict[str, dict], full: str, reduced: str) -> dict:
 
 # ---- what the run was ------------------------------------------------------------------------
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def annotation_files(root: str) -> dict[str, str]:
     """Checksums of a data folder's annotation lists (the pictures are checksummed in the data's SHA256SUMS)."""
     out = {}
     for name in ("training.txt", "testing.txt", "train_images.txt", "test_images.txt", "boxes.txt"):
         p = Path(root) / name
         if p.exists():
-            out[name] = sha256(p)
+            out[name] = sha256_file(str(p))
     return out
 
 
@@ -424,7 +416,7 @@ def write(run: Path, splits: list[str], out: Path, sweep: Path | None = None, sp
            "splits": evals}
     doc["data"] = {f"{split} split, {Path(split_source(run, split)[1]).name}/{name}": digest for split in splits
                    for name, digest in annotation_files(split_source(run, split)[1]).items()}
-    doc["data"]["training data (RUN/data/manifest.json)"] = sha256(run / "data" / "manifest.json")
+    doc["data"]["training data (RUN/data/manifest.json)"] = sha256_file(str(run / "data" / "manifest.json"))
     red = [s for s in splits if evals[s]["source"].get("reduce_width")]
     for r in red:
         full = next((s for s in splits if s != r and evals[s]["source"]["data_root"] ==

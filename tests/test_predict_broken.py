@@ -56,8 +56,8 @@ def assert_named_broken(r, path, why: str, out) -> None:
     assert not out.exists(), "something was written"
 
 
-@pytest.mark.parametrize("ext, why", [(".jpg", "broken picture: truncated JPEG"),
-                                      (".png", "broken picture: truncated PNG")])
+@pytest.mark.parametrize("ext, why", [(".jpg", "unreadable image: broken picture: truncated JPEG"),
+                                      (".png", "unreadable image: broken picture: truncated PNG")])
 @pytest.mark.parametrize("box", [[], ["--box", 20, 20, 120, 140]], ids=["detector", "box"])
 def test_a_picture_cut_short_is_named_broken(model, tmp_path, ext, why, box):
     path = tmp_path / f"cut{ext}"
@@ -82,7 +82,7 @@ def test_a_broken_picture_in_a_list_stops_it_before_anything_is_written(model, t
     cut.write_bytes(whole[:-200])
     (tmp_path / "faces.txt").write_text("good.png 20 20 120 140\ncut.jpg 20 20 120 140\n")
     r = predict(model, tmp_path / "out", "--list", tmp_path / "faces.txt")
-    assert_named_broken(r, cut, "broken picture: truncated JPEG", tmp_path / "out")
+    assert_named_broken(r, cut, "unreadable image: broken picture: truncated JPEG", tmp_path / "out")
     r = predict(model, tmp_path / "out", good, "--box", 20, 20, 120, 140)  # the whole one alone: written
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.json", "good.pts", "good_landmarks.png"]
@@ -94,5 +94,5 @@ def test_a_real_aflw_picture_cut_short_is_named_not_searched_for_a_face(model, r
     path = tmp_path / "aflw.jpg"
     whole = (mtfl / rel).read_bytes()
     path.write_bytes(whole[: len(whole) // 2])
-    assert_named_broken(predict(model, tmp_path / "out", path), path, "broken picture: truncated JPEG",
+    assert_named_broken(predict(model, tmp_path / "out", path), path, "unreadable image: broken picture: truncated JPEG",
                         tmp_path / "out")

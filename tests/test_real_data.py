@@ -74,7 +74,7 @@ def test_truncated_jpeg_is_named_not_decoded_gray(real_data, tmp_path):
     (mtfl / first[0]).unlink()
     (mtfl / first[0]).write_bytes(whole[: len(whole) // 2])
     face = read_mtfl(str(mtfl), "test").samples[0]
-    with pytest.raises(DataError, match=r"AFLW/.*\.jpg: broken picture: truncated JPEG"):
+    with pytest.raises(DataError, match=r"AFLW/.*\.jpg: unreadable image: broken picture: truncated JPEG"):
         load_image(face)
     (mtfl / first[0]).write_bytes(b"this is not a picture")
     with pytest.raises(DataError, match=r"AFLW/.*\.jpg: unreadable image"):

@@ -126,7 +126,7 @@ def decode_picture(path: str, flags: int = cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGN
         raise DataError(f"{path}: empty image file")
     why = truncation(raw)
     if why:
-        raise DataError(f"{path}: broken picture: {why}")
+        raise DataError(f"{path}: unreadable image: broken picture: {why}")
     image = cv2.imdecode(np.frombuffer(raw, np.uint8), flags)
     if image is None or image.size == 0:
         raise DataError(f"{path}: unreadable image (not a picture OpenCV can decode)")

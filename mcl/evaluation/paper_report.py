@@ -482,11 +482,13 @@ def gap_text(doc: dict) -> dict | None:
             f"the seeds) after {share['short']['stage1_iterations']} stage-1 iterations and {100 * am:.2f}% after "
             f"{s1}, fall by {100 * -share['per_doubling']:.2f} points per doubling of stage 1; extrapolated "
             f"log-linearly to the paper's {share['paper_stage1_iterations']} iterations that is "
-            f"{100 * share['extrapolated_at_paper_schedule']:.2f}% (a guess: curves flatten). On that guess the "
-            "schedule explains "
-            + (f"{100 * share['share_of_gap']:.0f}% of the gap." if share["share_of_gap"] is not None else
-               "none of it (no gap).")
-            + " The seeds' points are a different seed mix from this run's, so this share carries seed noise too.")
+            f"{100 * share['extrapolated_at_paper_schedule']:.2f}% (a guess: curves flatten). "
+            + ("That line passes the paper's figure long before the paper's length, so two points this early cannot "
+               "size the schedule's share: it is large, and the learning curve shows how fast it flattens."
+               if share["extrapolated_at_paper_schedule"] < mcl else
+               f"On that guess the schedule explains {100 * share['share_of_gap']:.0f}% of the gap."
+               if share["share_of_gap"] is not None else "There is no gap.")
+            + " The seeds' points are a different seed mix from this run's, so this carries seed noise too.")
     res = doc.get("resolution")
     if res:
         d = res["models"]["AM"]["mean_difference"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import cv2
 import numpy as np
@@ -169,10 +170,46 @@ def test_missing_image_file(tmp_path):
         read_300w(str(tmp_path), "train", "68")
 
 
-def test_missing_box_file(tmp_path):
+def test_300w_without_box_files_takes_the_tight_box_of_the_points(tmp_path):
+    """A tree without the official bounding_boxes_*.mat: every face's box is the tight box of its 68
+    points (300-W's definition of bb_ground_truth), for layout 68 and for the 5 points derived from them."""
+    truth = write_300w(str(tmp_path), per_subset=3)
+    shutil.rmtree(tmp_path / "Bounding Boxes")
+    for layout in ("68", "5"):
+        res = read_300w(str(tmp_path), "train", layout)
+        assert len(res.samples) == 9 and not res.skipped
+        for s in res.samples:
+            pts1, _gt = truth[s.sample_id]
+            np.testing.assert_allclose(s.box, np.concatenate([pts1.min(0), pts1.max(0)]) - 1, atol=1e-5)
+        assert set(res.source["box_source"]) == {"afw", "helen_trainset", "lfpw_trainset"}
+        assert all("tight box" in v for v in res.source["box_source"].values())
+    # with the box files, the boxes are the files' (the fixture writes bb_ground_truth = the tight box too,
+    # so the official files' boxes and the derived ones agree to the file's precision)
+    truth = write_300w(str(tmp_path / "official"), per_subset=1)
+    res = read_300w(str(tmp_path / "official"), "train", "68")
+    assert all(v.endswith(".mat") for v in res.source["box_source"].values())
+
+
+def test_300w_partial_tree_counts_and_records_its_subsets(tmp_path):
+    write_300w(str(tmp_path), per_subset=2)
+    shutil.rmtree(tmp_path / "Bounding Boxes")
+    shutil.rmtree(tmp_path / "lfpw")
+    shutil.rmtree(tmp_path / "ibug")
+    train = read_300w(str(tmp_path), "train", "68")
+    assert len(train.samples) == 4  # afw 2 + helen train 2
+    assert train.source["subsets"] == ["afw", "helen_trainset"] and train.source["absent"] == ["lfpw_trainset"]
+    common = read_300w(str(tmp_path), "common", "68")
+    assert [s.sample_id.split("/image")[0] for s in common.samples] == ["helen/testset"] * 2
+    assert common.source["absent"] == ["lfpw_testset"]
+    with pytest.raises(DataError, match=r"split 'challenging' has none of its subsets here \(looked for .*ibug\)"):
+        read_300w(str(tmp_path), "challenging", "68")
+
+
+def test_300w_box_file_without_its_pictures_is_named(tmp_path):
     write_300w(str(tmp_path), per_subset=1)
-    os.remove(tmp_path / "Bounding Boxes" / "bounding_boxes_ibug.mat")
-    with pytest.raises(DataError, match=r"bounding_boxes_ibug\.mat: missing box file"):
+    shutil.rmtree(tmp_path / "ibug")
+    with pytest.raises(DataError, match=r"ibug: missing picture folder of subset ibug \(its box file is "
+                                        r".*bounding_boxes_ibug\.mat\)"):
         read_300w(str(tmp_path), "challenging", "68")
 
 

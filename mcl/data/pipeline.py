@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 
@@ -42,6 +43,7 @@ from mcl.data.readers import (
     MTFL_BOX_SCALE,
     OUTSIDE_TOLERANCE,
     W300_SPLITS,
+    W300_TIGHT_BOX,
     DataError,
     Sample,
     load_image,
@@ -181,6 +183,12 @@ def _prepare_into(tmp: str, st: PrepareSettings, list_prefix: str) -> dict:
         root = root_name = os.path.abspath(st.data_root)
     train_res, test_res = read_dataset(st.dataset, root, layout.name, st.test_split, st.skip_bad, st.coords_base)
     skipped = [{"split": "train", **s} for s in train_res.skipped] + [{"split": "test", **s} for s in test_res.skipped]
+    reader = {split: res.source for split, res in (("train", train_res), ("test", test_res)) if res.source}
+    derived = sorted({sub for r in reader.values() for sub, src in r.get("box_source", {}).items()
+                      if src == W300_TIGHT_BOX})
+    if derived:  # said on the terminal, and recorded in the manifest's source.reader
+        print(f"prepare: {root}: no official 300-W box file for {', '.join(derived)}: each face's box is "
+              f"{W300_TIGHT_BOX} (recorded in manifest.json, source.reader)", file=sys.stderr)
     faces = train_res.samples
     if not faces:
         raise DataError(f"{root}: no usable training faces")
@@ -230,7 +238,8 @@ def _prepare_into(tmp: str, st: PrepareSettings, list_prefix: str) -> dict:
     manifest = {
         "tool": {"name": "data_prep/prepare.py", "version": __version__},
         "source": {"dataset": st.dataset, "data_root": root_name,
-                   "occlusion_flags": any(s.occluded is not None for s in faces)},
+                   "occlusion_flags": any(s.occluded is not None for s in faces),
+                   **({"reader": reader} if reader else {})},
         "settings": settings,
         "interpretations": INTERPRETATIONS,
         "counts": {split: {"faces": n_faces[split], "crops": len(crops[split])} for split in crops},

@@ -46,6 +46,9 @@ class Sample:
 class ReadResult:
     samples: list[Sample]
     skipped: list[dict] = field(default_factory=list)  # {"id": ..., "reason": ...}
+    # What the reader found beyond the faces (300-W: the subsets present, where the boxes came from);
+    # the data preparation records it in the manifest.
+    source: dict = field(default_factory=dict)
 
 
 # ---- common checks ---------------------------------------------------------------
@@ -325,41 +328,83 @@ def read_300w_boxes(path: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
     return out
 
 
+W300_PICTURE_EXTS = (".jpg", ".jpeg", ".png")
+W300_TIGHT_BOX = "the tight box of the 68 points (what 300-W's bb_ground_truth is)"
+
+
+def w300_tight_box_entries(folder: str) -> list[tuple[str, None, None]]:
+    """A subset folder's pictures that have a .pts beside them, as entries without boxes: where the
+    official bounding_boxes_<subset>.mat is missing, the box is then the tight box of the 68 points."""
+    names = sorted(n for n in os.listdir(folder) if os.path.splitext(n)[1].lower() in W300_PICTURE_EXTS
+                   and os.path.isfile(os.path.join(folder, os.path.splitext(n)[0] + ".pts")))
+    return [(n, None, None) for n in names]
+
+
 def read_300w(root: str, split: str, layout: str | Layout = "68", skip_bad: bool = False) -> ReadResult:
-    """300-W split `train`, `common`, `challenging` (IBUG) or `full`, boxes = bb_ground_truth."""
+    """300-W split `train`, `common`, `challenging` (IBUG) or `full`, boxes = bb_ground_truth.
+
+    Takes what users have: a subset whose folder is missing is left out (the result's `source`
+    lists the subsets present and absent), and a split none of whose subsets is present is an
+    error naming them. A subset without its official box file takes the tight box of its 68 points
+    as the box, which is how 300-W defines bb_ground_truth; `source["box_source"]` says so per subset.
+    """
     lay = _reader_layout("300-W", layout, split, W300_SPLITS)
     skip = _Skipper(skip_bad)
     samples = []
-    box_files, listed = [], 0
+    listed = 0
+    present, absent, box_source = [], [], {}
     for subset in W300_SPLITS[split]:
-        box_file = find_300w_boxes(root, subset)
-        box_files.append(box_file)
         folder = os.path.join(root, W300_SUBSET_DIRS[subset])
-        entries = read_300w_boxes(box_file)
+        try:
+            box_file = find_300w_boxes(root, subset)
+        except DataError:
+            box_file = None
+        if not os.path.isdir(folder):
+            if box_file is not None:
+                raise DataError(f"{folder}: missing picture folder of subset {subset} (its box file is {box_file})")
+            absent.append(subset)
+            continue
+        present.append(subset)
+        if box_file is not None:
+            entries = read_300w_boxes(box_file)
+            box_source[subset] = os.path.relpath(box_file, root)
+        else:
+            entries = w300_tight_box_entries(folder)
+            box_source[subset] = W300_TIGHT_BOX
+        where = box_file or folder
         listed += len(entries)
         for i, (name, _det, gt) in enumerate(entries):
             sample_id = f"{W300_SUBSET_DIRS[subset]}/{name}"
             image_path = os.path.join(folder, name)
             try:
                 if not os.path.isfile(image_path):
-                    raise DataError(f"{image_path}: missing image file (entry {i + 1} of {box_file})")
+                    raise DataError(f"{image_path}: missing image file (entry {i + 1} of {where})")
                 pts_path = os.path.splitext(image_path)[0] + ".pts"
                 pts = read_pts(pts_path) - 1.0
                 check_points(pts, pts_path)
+                if gt is None:
+                    box = np.concatenate([pts.min(axis=0), pts.max(axis=0)])
+                    box_where = f"{pts_path} (tight box of its points)"
+                else:
+                    box = gt - 1.0
+                    box_where = f"{box_file} (entry {i + 1}, {name})"
                 occ = None
                 occ_path = os.path.splitext(image_path)[0] + ".occ"
                 if os.path.isfile(occ_path):
                     occ = read_occ(occ_path, len(pts))
                 pts, occ = _to_layout(pts, occ, lay, pts_path)
-                box = gt - 1.0
-                check_box(box, f"{box_file} (entry {i + 1}, {name})")
+                check_box(box, box_where)
             except DataError as err:
                 skip.bad(err, sample_id)
                 continue
             samples.append(Sample(sample_id, lay.name, pts, box, occ, image_path=image_path))
+    if not present:
+        looked = ", ".join(os.path.join(root, W300_SUBSET_DIRS[s]) for s in W300_SPLITS[split])
+        raise DataError(f"{root}: 300-W split {split!r} has none of its subsets here (looked for {looked})")
     if not listed:
-        raise DataError(f"{', '.join(box_files)}: no faces listed: split {split!r} is empty")
-    return ReadResult(samples, skip.skipped)
+        raise DataError(f"{root}: no faces listed: split {split!r} is empty (subsets {', '.join(present)})")
+    return ReadResult(samples, skip.skipped, {"split": split, "subsets": present, "absent": absent,
+                                              "box_source": box_source})
 
 
 # ---- COFW ------------------------------------------------------------------------

@@ -2,6 +2,12 @@
 """Predict landmarks with a ported ONNX model (no Caffe): the evaluation's crop and
 normalisation, points mapped back to the picture, drawn, written as JSON and .pts.
 
+Without --model the in-box model is used (models/, mcl/port/inbox.py): the 68-point model trained
+on real 300-W faces, or with --layout 5 the 5-point model trained on MTFL. Their cards
+(models/<name>/MODEL_CARD.md) give their data, its terms (research use only) and their errors.
+
+  tools/predict.py photo.jpg --out pred/                                  # the in-box 68-point model
+  tools/predict.py photo.jpg --layout 5 --out pred/                       # the in-box 5-point model
   tools/predict.py face.jpg --model runs/demo/port/am.onnx --out pred/          # faces found by a detector
   tools/predict.py face.jpg --box 120 80 260 230 --model am.onnx --out pred/   # the face in this box
   tools/predict.py --list faces.txt --model am.onnx --out pred/      # lines: image [x1 y1 x2 y2]
@@ -28,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mcl.data.readers import DataError
 from mcl.port.detect import CONVENTIONS, DEFAULT_DETECTOR, DETECTORS
+from mcl.port.inbox import IN_BOX, InBoxError, default_onnx
 from mcl.port.predict import PredictError, predict_pictures
 from mcl.port.video import run_video
 
@@ -38,7 +45,8 @@ def main(argv=None) -> int:
     p.add_argument("--box", nargs=4, type=float, metavar=("X1", "Y1", "X2", "Y2"), help="face box, 0-based pixels")
     p.add_argument("--list", help="file of lines 'image [x1 y1 x2 y2]' (images relative to the file)")
     p.add_argument("--video", help="video file, or a camera index (0, 1, ...)")
-    p.add_argument("--model", required=True, help="ONNX model written by tools/port.py")
+    p.add_argument("--model", help="ONNX model written by tools/port.py (default: the in-box model of --layout, "
+                   f"{', '.join(f'{k} points: models/{v}' for k, v in IN_BOX.items())}; 68 without --layout)")
     p.add_argument("--out", required=True, help="folder for <image>.json, <image>.pts, <image>_landmarks.png")
     p.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR,
                    help=f"face detector where no box is given (default {DEFAULT_DETECTOR}; none: --box needed)")
@@ -51,7 +59,8 @@ def main(argv=None) -> int:
     p.add_argument("--crop-scale", type=float, help="test-crop scale (default: the model card's, else 1.25)")
     p.add_argument("--test-crop", choices=("ours", "authors"), help="test-crop protocol (default: the model card's, "
                    "else ours)")
-    p.add_argument("--layout", choices=("5", "29", "68"), help="landmark layout (default: the model card's)")
+    p.add_argument("--layout", choices=("5", "29", "68"), help="landmark layout (default: the model card's); "
+                   "without --model it picks the in-box model")
     p.add_argument("--output", help="model output to read (default: the first, e.g. shape_pred)")
     args = p.parse_args(argv)
     if sum(map(bool, (args.image, args.list, args.video))) != 1:
@@ -60,7 +69,8 @@ def main(argv=None) -> int:
         p.error("--box goes with an IMAGE")
 
     try:
-        common = {"model": args.model, "crop_scale": args.crop_scale, "layout": args.layout, "output": args.output,
+        model = args.model or default_onnx(args.layout)
+        common = {"model": model, "crop_scale": args.crop_scale, "layout": args.layout, "output": args.output,
                   "test_crop": args.test_crop, "detector": args.detector, "convention": args.box_convention,
                   "upsample": args.upsample}
         if args.video:
@@ -69,7 +79,7 @@ def main(argv=None) -> int:
                               progress=not args.quiet, **common)]
         else:
             done = predict_pictures(args.image, args.box, args.list, args.out, **common)
-    except (PredictError, DataError) as exc:  # DataError: a picture or crop the readers refuse, named by them
+    except (PredictError, DataError, InBoxError) as exc:  # DataError: a picture or crop the readers refuse, named by them
         print(f"predict: error: {exc}", file=sys.stderr)
         return 2
     for paths in done:

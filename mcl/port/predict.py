@@ -41,6 +41,12 @@ class Predictor:
     model_path: str
     test_crop: str = DEFAULT_TEST_CROP  # the evaluation's test-crop protocol: ours | authors
     dataset: str | None = None  # what the model was trained on (its box convention), when known
+    box_convention: str | None = None  # the card's, where it states one (the in-box models' cards do)
+
+    @property
+    def convention(self) -> str:
+        """The box convention of the model's training faces: its card's, else that of its dataset."""
+        return self.box_convention or convention_of(self.dataset)
 
     @classmethod
     def from_onnx(cls, path, crop_scale: float | None = None, layout: str | None = None,
@@ -79,7 +85,7 @@ class Predictor:
         if protocol not in TEST_CROPS:
             raise PredictError(f"test-crop protocol {protocol!r}: choose one of {', '.join(TEST_CROPS)}")
         return cls(sess, sess.get_inputs()[0].name, output, lay, float(scale), str(path), protocol,
-                   card.get("dataset") or _run_dataset(path))
+                   card.get("dataset") or _run_dataset(path), card.get("box_convention"))
 
     def crop(self, image: np.ndarray, box) -> tuple[np.ndarray, np.ndarray]:
         """(network input (1, 1, 50, 50), crop_to_image (1, 2, 3)) of one face, as the evaluation crops it."""
@@ -118,7 +124,7 @@ def find_faces(predictor: Predictor, gray: np.ndarray, detector: Detector, conve
                where: str = "picture") -> list[dict]:
     """Every face the detector finds, largest first: its box mapped onto the model's box convention
     (default: that of the dataset the model was trained on), and the landmarks in that box."""
-    convention = convention or convention_of(predictor.dataset)
+    convention = convention or predictor.convention
     if convention not in CONVENTIONS:
         raise PredictError(f"box convention {convention!r}: choose one of {', '.join(CONVENTIONS)}")
     faces = []
@@ -244,7 +250,7 @@ def predict_pictures(image, box, listing, out, model, crop_scale=None, layout=No
         raise PredictError(f"box convention {convention!r}: choose one of {', '.join(CONVENTIONS)}")
     predictor, det = load(model, crop_scale, layout, output, test_crop, detector, upsample)
     items = read_list(listing) if listing else [(image, box)]
-    used = convention or convention_of(predictor.dataset)
+    used = convention or predictor.convention
     results = []
     for path, face_box in items:
         if face_box is not None:
@@ -259,3 +265,17 @@ def predict_pictures(image, box, listing, out, model, crop_scale=None, layout=No
         stem = stems[i] if stems.count(stems[i]) == 1 else f"{stems[i]}_{i:04d}"
         done.append(write_outputs(out, path, faces, predictor, stem, None if face_box is not None else used))
     return done
+
+
+SAMPLE_PHOTO = ("scikit-image's astronaut photo (Eileen Collins, NASA; public domain): skimage.data.astronaut(), "
+                "512 x 512 colour")
+
+
+def sample_photo(out) -> Path:
+    """A real photo the project may ship and show (SAMPLE_PHOTO), written as a PNG."""
+    import skimage.data
+    ok, data = cv2.imencode(".png", cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise PredictError(f"{out}: the sample photo could not be encoded")
+    atomic_write(out, data.tobytes())
+    return Path(out)

@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mcl.fileio import atomic_write, durable_replace
-from mcl.port.detect import Detector, convention_of
+from mcl.port.detect import Detector
 from mcl.port.predict import PredictError, Predictor, annotate, face_record, find_faces, load
 
 LOST_SCALE = 1.5  # box side ratio between frames beyond which a track is lost
@@ -157,7 +157,7 @@ def track_video(predictor: Predictor, detector: Detector, source, out, conventio
         fps = len(frames) / seconds if seconds > 0 else float("inf")
         doc = {"video": str(source), "model": predictor.model_path, "layout": predictor.layout.name,
                "crop_scale": predictor.crop_scale, "test_crop": predictor.test_crop, "points_base": 0,
-               "detector": detector.name, "box_convention": convention or convention_of(predictor.dataset), "fps_in": fps_in,
+               "detector": detector.name, "box_convention": convention or predictor.convention, "fps_in": fps_in,
                "fps": fps, "detections": tracker.detections,
                "detector_ms": 1e3 * detector.seconds / max(detector.calls, 1), "frames": frames}
         final_json = out / f"{stem}.json"

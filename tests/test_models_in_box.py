@@ -1,0 +1,129 @@
+"""The models in the box (models/, mcl/port/inbox.py): their ONNX equals their Caffe model, their cards'
+errors are recomputed here from the committed ONNX on every test face, and tools/predict.py uses them
+without --model on a real photo.
+
+The errors are recomputed through the predictor a user runs (the picture read, the face cropped from
+its annotated box, the ONNX forward, the points mapped back), with the normalising distance computed
+here from the annotations: the eye centres for 5 points, the outer eye corners (points 37 and 46) for
+68. The test data are read from MCL_DATA (default ../shared/data beside the checkout); where the folder
+is missing the error tests skip and say why, and under CI=true they fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, tool
+
+from mcl.data.readers import load_image, read_300w, read_mtfl
+from mcl.evaluation.evaluate import to_image
+from mcl.port.engines import caffe_forward, onnx_forward
+from mcl.port.inbox import IN_BOX, default_onnx, load_card, model_dir
+from mcl.port.predict import Predictor
+
+DATA = Path(os.environ.get("MCL_DATA", ROOT.parent / "shared" / "data"))
+
+
+def data_folder(sub: str) -> Path:
+    if not (DATA / sub).is_dir():
+        why = f"real data not found at {DATA / sub} (set MCL_DATA to the folder holding mtfl/ and 300w/)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(why + "; CI must have it")
+        pytest.skip(why)
+    return DATA / sub
+
+
+@pytest.mark.parametrize("layout", sorted(IN_BOX))
+def test_in_box_model_files_and_card(layout):
+    folder = model_dir(layout)
+    name = IN_BOX[layout]
+    card = load_card(layout)
+    assert card["name"] == name and card["layout"] == layout
+    for f in ("deploy.prototxt", f"{name}.caffemodel", f"{name}.onnx", f"{name}.onnx.json", "MODEL_CARD.md"):
+        assert (folder / f).is_file(), f"{folder / f} missing"
+    assert (folder / f"{name}.caffemodel").stat().st_size < 8 * 2**20  # a few MB
+    assert "research" in card["terms"] and "commercial" in card["terms"]
+    assert card["terms"] in (folder / "MODEL_CARD.md").read_text()
+    onnx_card = json.loads((folder / f"{name}.onnx.json").read_text())
+    assert onnx_card["box_convention"] == card["box_convention"]
+
+
+@pytest.mark.parametrize("layout", sorted(IN_BOX))
+def test_in_box_onnx_equals_caffe(layout, caffe):
+    """The committed ONNX against the committed caffemodel in Caffe, on 8 seeded gray patches."""
+    folder, name = model_dir(layout), IN_BOX[layout]
+    x = np.random.default_rng(7).integers(0, 256, (8, 1, 50, 50)).astype(np.float32)
+    x = (x - 128.0) * 0.0078125
+    ref = caffe_forward((folder / "deploy.prototxt").read_text(), (folder / f"{name}.caffemodel").read_bytes(),
+                        x, ["shape_pred"])["shape_pred"]
+    got = onnx_forward((folder / f"{name}.onnx").read_bytes(), x, ["shape_pred"])["shape_pred"]
+    assert ref.shape == (8, 2 * int(layout))
+    np.testing.assert_allclose(got.reshape(ref.shape), ref, atol=1e-4)
+
+
+def mean_error(layout: str, samples, norm_points: tuple[int, int]) -> float:
+    """Mean over faces of the mean point-to-point error / the distance between two annotated points, each
+    face cropped by the predictor a user runs, the forwards batched."""
+    predictor = Predictor.from_onnx(default_onnx(layout))
+    crops = [predictor.crop(load_image(s), s.box) for s in samples]
+    x = np.concatenate([c[0] for c in crops])
+    out = np.concatenate([predictor.session.run([predictor.output], {predictor.input_name: x[i:i + 256]})[0]
+                          for i in range(0, len(x), 256)])
+    pred = to_image(out, np.concatenate([c[1] for c in crops]))
+    errors = []
+    for p, s in zip(pred, samples):
+        gt = s.landmarks
+        d = np.linalg.norm(gt[norm_points[0]] - gt[norm_points[1]])
+        errors.append(np.linalg.norm(p - gt, axis=1).mean() / d)
+    return float(np.mean(errors))
+
+
+def test_in_box_5_point_model_aflw_error_equals_its_card():
+    aflw = read_mtfl(str(data_folder("mtfl")), "test", "5").samples
+    assert len(aflw) == 2995
+    card = load_card("5")["errors"]["test"]["models"]["AM"]
+    assert card["faces"] == 2995
+    assert mean_error("5", aflw, (0, 1)) == pytest.approx(card["mean_error"], abs=1e-5)
+
+
+def test_in_box_68_point_model_helen_error_equals_its_card():
+    helen = read_300w(str(data_folder("300w")), "common", "68").samples
+    assert len(helen) == 330
+    card = load_card("68")["errors"]["test"]["models"]["AM"]
+    assert card["faces"] == 330
+    assert mean_error("68", helen, (36, 45)) == pytest.approx(card["mean_error_outer_corners"], abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def astronaut(tmp_path_factory) -> Path:
+    """scikit-image's astronaut photo (public domain, NASA): one face."""
+    import cv2
+    import skimage.data
+    path = tmp_path_factory.mktemp("photo") / "astronaut.png"
+    cv2.imwrite(str(path), cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR))
+    return path
+
+
+@pytest.mark.parametrize("layout", ["68", "5"])
+def test_predict_without_model_uses_the_in_box_model(astronaut, tmp_path, layout):
+    args = [str(astronaut), "--out", str(tmp_path)] + (["--layout", layout] if layout != "68" else [])
+    tool("tools/predict.py", *args)
+    doc = json.loads((tmp_path / "astronaut.json").read_text())
+    assert Path(doc["model"]).resolve() == default_onnx(layout).resolve()
+    assert len(doc["faces"]) == 1
+    face = doc["faces"][0]
+    pts = np.asarray(face["landmarks"])
+    assert pts.shape == (int(layout), 2)
+    x1, y1, x2, y2 = face["box"]
+    # the astronaut's face lies about x 175-270, y 75-170 in the 512 x 512 photo (looked at)
+    assert 160 < x1 < x2 < 290 and 60 < y1 < y2 < 190
+    assert ((pts[:, 0] >= x1 - 2) & (pts[:, 0] <= x2 + 2) & (pts[:, 1] >= y1 - 2) & (pts[:, 1] <= y2 + 2)).all()
+
+
+def test_predict_without_model_for_a_layout_with_none_in_the_box(astronaut, tmp_path):
+    r = tool("tools/predict.py", str(astronaut), "--layout", "29", "--out", str(tmp_path), check=False)
+    assert r.returncode == 2 and "no in-box model for layout 29" in r.stderr

@@ -8,6 +8,8 @@ Modules (import them by name; this package imports nothing by itself):
   convert  port(): every export checked against the reference, the model cards, write; re-exports the above
   torch_export  a PyTorch model trained by mcl.method.pytorch (the second architecture's AM) to ONNX, with its card
   predict  landmarks from an ONNX model with the evaluation's crop, no Caffe; the faces a detector finds
+  inbox    the models in the box (models/<name>/): the real-trained AMs predict uses without --model,
+           packaged with their model cards from `make paper` runs
   detect   face detectors (OpenCV's Haar cascade, dlib's HOG) and their boxes mapped onto each dataset's boxes
   video    a video or a camera frame by frame, faces tracked from the previous frame's landmarks
   peers    dlib's 68-point shape predictor on a run's test split, as a predictions file

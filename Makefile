@@ -362,6 +362,13 @@ bench-port: | $(SETUP_STAMP)
 
 .PHONY: port bench-port
 
+# ---- face detectors on real test faces (benchmarks/detectors.py; reads ../shared/data or MCL_DATA) ----
+DETBENCH_OUT ?= runs/bench-detect
+DETBENCH_OPTS ?=
+bench-detect: | $(SETUP_STAMP)
+	$(PY) benchmarks/detectors.py --out $(DETBENCH_OUT) $(DETBENCH_OPTS)
+.PHONY: bench-detect
+
 # ---- peers: dlib's 68-point shape predictor on the same faces (optional; docs/PORT.md) ---------
 # dlib-bin from PyPI runs it; Debian's libdlib-data ships the model (300-W's terms: no commercial use).
 DLIB_DAT := /usr/share/dlib/shape_predictor_68_face_landmarks.dat

@@ -142,6 +142,13 @@ step_venv() {
     say "venv: installing requirements.txt"
     "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements.txt \
       || fail venv "pip install -r requirements.txt"
+    # requirements.txt's `#no-deps NAME==VERSION` lines: without their declared dependencies.
+    local nodeps; nodeps="$(sed -n 's/^#no-deps //p' requirements.txt)"
+    if [ -n "$nodeps" ]; then
+      # shellcheck disable=SC2086
+      "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps $nodeps \
+        || fail venv "pip install --no-deps $nodeps"
+    fi
     echo "$want" > "$VENV/.requirements.sha"
   else
     say "venv: requirements up to date"

@@ -15,9 +15,13 @@ on real 300-W faces, or with --layout 5 the 5-point model trained on MTFL. Their
 
 Boxes are [x1 y1 x2 y2] in 0-based pixels; the JSON holds 0-based points (`faces`: box,
 landmarks, detector), the .pts file 1-based points (as 300-W writes them). Without --box a
-detector finds the faces (--detector: opencv, OpenCV's Haar cascade, the default, always
-installed; dlib, dlib's HOG detector, with `make setup-peers`) and its box is mapped onto the
-box convention of the dataset the model was trained on (--box-convention; docs/PORT.md).
+detector finds the faces (--detector: mediapipe, the default: MediaPipe's BlazeFace, its short-
+and full-range models merged, on the picture's colour, installed by `make setup`; mediapipe-short,
+mediapipe-full, either model alone; opencv, OpenCV's Haar cascade; dlib, dlib's HOG detector, with
+`make setup-peers`; dlib-cnn, dlib's CNN detector, seconds a picture, with `pip install
+face_recognition_models==0.3.0`; `make bench-detect` compares them on real test faces) and its
+box is mapped onto the box convention of the dataset the model was trained on (--box-convention;
+docs/PORT.md).
 A video is tracked: detection on the first frame and whenever the track is lost, else the
 box from the landmarks of the frame before. Layout, output and crop scale come from the
 model's card (<model>.json) unless given. A picture that does not decode whole (cut short,
@@ -52,7 +56,8 @@ def main(argv=None) -> int:
                    help=f"face detector where no box is given (default {DEFAULT_DETECTOR}; none: --box needed)")
     p.add_argument("--box-convention", choices=CONVENTIONS, help="box convention the detector's box is mapped "
                    "onto (default: that of the model's training set, else 300w)")
-    p.add_argument("--upsample", type=int, default=1, help="dlib detector: pyramid levels up (default 1)")
+    p.add_argument("--upsample", type=int, default=1, help="dlib and dlib-cnn detectors: pyramid levels up "
+                   "(default 1; dlib-cnn takes about 4 times as long with each)")
     p.add_argument("--max-faces", type=int, default=1, help="video: faces tracked at once (default 1)")
     p.add_argument("--max-frames", type=int, help="video: stop after this many frames (a camera: default 300)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

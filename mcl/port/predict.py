@@ -121,14 +121,15 @@ def face_record(points: np.ndarray, box, detector: str, detector_box=None) -> di
 
 
 def find_faces(predictor: Predictor, gray: np.ndarray, detector: Detector, convention: str | None = None,
-               where: str = "picture") -> list[dict]:
+               where: str = "picture", colour: np.ndarray | None = None) -> list[dict]:
     """Every face the detector finds, largest first: its box mapped onto the model's box convention
-    (default: that of the dataset the model was trained on), and the landmarks in that box."""
+    (default: that of the dataset the model was trained on), and the landmarks in that box. `colour`: the
+    same picture in colour (BGR), which the detector sees where given (MediaPipe finds more faces in it)."""
     convention = convention or predictor.convention
     if convention not in CONVENTIONS:
         raise PredictError(f"box convention {convention!r}: choose one of {', '.join(CONVENTIONS)}")
     faces = []
-    for det in detector.detect(gray):
+    for det in detector.detect(gray if colour is None else colour):
         box = map_box(det, detector.name, convention)
         faces.append(face_record(predictor.predict(gray, box), box, detector.name, det))
     return faces
@@ -136,7 +137,7 @@ def find_faces(predictor: Predictor, gray: np.ndarray, detector: Detector, conve
 
 def detect_faces(predictor: Predictor, image, detector: Detector, convention: str | None = None) -> list[dict]:
     """find_faces on a picture file; no face found is an error naming the file."""
-    faces = find_faces(predictor, read_gray(image), detector, convention)
+    faces = find_faces(predictor, read_gray(image), detector, convention, colour=read_colour(image))
     if not faces:
         raise PredictError(f"{image}: no face found by the {detector.name} detector (give --box, or try another "
                            "--detector)")
@@ -147,6 +148,14 @@ def make_detector(name: str, upsample: int = 1) -> Detector:
     try:
         return Detector.create(name, upsample)
     except DetectError as exc:
+        raise PredictError(str(exc)) from None
+
+
+def read_colour(path) -> np.ndarray:
+    """The picture in 8-bit BGR colour for the detector (read_gray has already named a broken file)."""
+    try:
+        return decode_picture(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    except DataError as exc:
         raise PredictError(str(exc)) from None
 
 

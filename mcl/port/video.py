@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mcl.fileio import atomic_write, durable_replace
-from mcl.port.detect import Detector
+from mcl.port.detect import DEFAULT_DETECTOR, Detector
 from mcl.port.predict import PredictError, Predictor, annotate, face_record, find_faces, load
 
 LOST_SCALE = 1.5  # box side ratio between frames beyond which a track is lost
@@ -73,7 +73,7 @@ class Tracker:
         self.next_id = 0
         self.detections = 0
 
-    def step(self, gray: np.ndarray) -> list[dict]:
+    def step(self, gray: np.ndarray, colour: np.ndarray | None = None) -> list[dict]:
         faces, kept = [], []
         for tr in self.tracks:
             box = next_box(tr["landmarks"], tr["rel"])
@@ -86,7 +86,8 @@ class Tracker:
         self.tracks = kept
         if not self.tracks:
             self.detections += 1
-            for face in find_faces(self.predictor, gray, self.detector, self.convention)[:self.max_faces]:
+            for face in find_faces(self.predictor, gray, self.detector, self.convention,
+                                   colour=colour)[:self.max_faces]:
                 points = np.asarray(face["landmarks"])
                 tr = {"id": self.next_id, "box": np.asarray(face["box"]), "landmarks": points,
                       "rel": relation(face["box"], points)}
@@ -109,12 +110,12 @@ def open_video(source) -> tuple[cv2.VideoCapture, str]:
 
 
 def run_video(source, out, model, crop_scale=None, layout=None, output=None, test_crop=None,
-              detector: str = "opencv", convention: str | None = None, upsample: int = 1, max_faces: int = 1,
+              detector: str = DEFAULT_DETECTOR, convention: str | None = None, upsample: int = 1, max_faces: int = 1,
               max_frames: int | None = None, progress: bool = True, log=print) -> list[Path]:
     """Every frame of `source` through the tracker; the annotated video and the JSON written at the end."""
     predictor, det = load(model, crop_scale, layout, output, test_crop, detector, upsample)
     if det is None:
-        raise PredictError(f"{source}: a video needs a detector (--detector opencv or dlib)")
+        raise PredictError(f"{source}: a video needs a detector (--detector {DEFAULT_DETECTOR}, opencv or dlib)")
     return track_video(predictor, det, source, out, convention, max_faces, max_frames, progress, log)
 
 
@@ -138,7 +139,7 @@ def track_video(predictor: Predictor, detector: Detector, source, out, conventio
                     break
                 t = time.perf_counter()
                 gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
-                faces = tracker.step(gray)
+                faces = tracker.step(gray, frame if frame.ndim == 3 else None)
                 seconds += time.perf_counter() - t
                 frames.append({"frame": len(frames), "faces": faces})
                 if writer is None:

@@ -121,7 +121,10 @@ def test_predict_without_model_uses_the_in_box_model(astronaut, tmp_path, layout
     x1, y1, x2, y2 = face["box"]
     # the astronaut's face lies about x 175-270, y 75-170 in the 512 x 512 photo (looked at)
     assert 160 < x1 < x2 < 290 and 60 < y1 < y2 < 190
-    assert ((pts[:, 0] >= x1 - 2) & (pts[:, 0] <= x2 + 2) & (pts[:, 1] >= y1 - 2) & (pts[:, 1] <= y2 + 2)).all()
+    # inside the box, within 8% of its side: the box is the detector's mapped onto the training faces'
+    # (the tight box of the 68 points, as its median over training faces), so points may reach just past it
+    m = 0.08 * (x2 - x1)
+    assert ((pts[:, 0] >= x1 - m) & (pts[:, 0] <= x2 + m) & (pts[:, 1] >= y1 - m) & (pts[:, 1] <= y2 + m)).all()
 
 
 def test_predict_without_model_for_a_layout_with_none_in_the_box(astronaut, tmp_path):

@@ -143,7 +143,9 @@ def markdown(card: dict, files: dict[str, str]) -> str:
          f"Schedule `{card['training']['schedule']}`, seed {card['training']['seed']}, engine "
          f"`{card['training']['engine']}` (iterations per stage: "
          + ", ".join(f"{k} {v['max_iter']}" for k, v in (card["training"]["stages"] or {}).items()) + ").", "",
-         "## Errors (mean error, % of the inter-ocular distance; failure rate > 10 %)", ""]
+         "## Errors", "",
+         "Mean error in % of the inter-ocular distance (eye centres) and, for 68 points, of the outer-eye-corner "
+         "distance (outer corners); failure rate: the share of faces whose error is above 10 %.", ""]
     for split, ev in card["errors"].items():
         outer = any("mean_error_outer_corners" in v for v in ev["models"].values())
         L += [f"### {ev['title']}", "",

@@ -59,8 +59,9 @@ test: | $(SETUP_STAMP)
 help: | $(SETUP_STAMP)
 	@$(PY) -m mcl.method.stages
 	@echo; echo "targets: data stage1 weights-bm stage2 stage3 weights-wm heads assemble evaluate audit demo verify port"
-	@echo "         sweep (docs/CLUSTER.md), audit-model (docs/METHOD_PYTORCH.md), peers setup-peers bench-port (docs/PORT.md)"
+	@echo "         sweep (docs/CLUSTER.md), audit-model (docs/METHOD_PYTORCH.md), peers setup-peers bench-port bench-detect (docs/PORT.md)"
 	@echo "         paper: the paper's experiment on real faces, beside its table (docs/REAL_DATA.md)"
+	@echo "         models: the in-box models tools/predict.py uses without --model, from the paper runs (models/)"
 
 AUDIT_TARGETS := pre_bm perturbation single_head simplified_am weighting_simplified_am occlusion equal_budget
 SOURCE ?= hdf5
@@ -413,13 +414,20 @@ bench-engine: | $(SETUP_STAMP)
 	$(PY) tools/bench_engine.py --device $(DEVICE)
 
 # The demo: Algorithm 1, the evaluation, the audit's controls, the port of AM to ONNX
-# (checked against Caffe), then one summary table.
+# (checked against Caffe), a real photo aligned by the in-box model, then one summary table.
 # Unlike `make port`, the demo's port of AM is a file the pipeline makes after assembly.
 DEMO_ONNX := $(RUN)/port/am.onnx
 $(DEMO_ONNX): $(M)/am.caffemodel
 	$(LIGHT) tools/port.py export --prototxt $(M)/am_deploy.prototxt --caffemodel $< --out $(RUN)/port --run $(RUN)
-$(RUN)/summary.json: $(RUN)/eval/test.json $(A)/audit.json $(DEMO_ONNX)
-	$(LIGHT) tools/summary.py --run $(RUN) --onnx $(DEMO_ONNX)
+# The demo ends on a real photo (scikit-image's astronaut, public domain) aligned by the in-box
+# 68-point model, trained on real 300-W faces (models/mcl-68-300w; mcl/port/inbox.py).
+DEMO_PHOTO := $(RUN)/photo/astronaut.json
+$(RUN)/photo/astronaut.png: | $(SETUP_STAMP)
+	$(LIGHT) tools/sample_photo.py --out $@
+$(DEMO_PHOTO): $(RUN)/photo/astronaut.png $(wildcard models/mcl-68-300w/mcl-68-300w.onnx)
+	$(LIGHT) tools/predict.py $< --out $(RUN)/photo --quiet
+$(RUN)/summary.json: $(RUN)/eval/test.json $(A)/audit.json $(DEMO_ONNX) $(DEMO_PHOTO)
+	$(LIGHT) tools/summary.py --run $(RUN) --onnx $(DEMO_ONNX) --photo $(DEMO_PHOTO)
 
 demo: $(RUN)/summary.json
 	@cat $(RUN)/summary.md
@@ -462,6 +470,20 @@ $(P)/report.json: $(M)/bm.caffemodel $(M)/wm.caffemodel $(M)/am.caffemodel $(M)/
 .PHONY: paper
 paper: $(P)/report.json
 	@echo "paper done: $(P)/report.md (report), $(P)/report.json, $(P)/*.png"
+
+# ---- the models in the box (mcl/port/inbox.py; models/<name>/MODEL_CARD.md) ----------------------
+# tools/predict.py without --model uses them. `make models` packages them from finished `make paper` runs:
+# the 5-point AM from MTFL (MODELS_RUN5) and the 68-point AM from the 300-W part (MODELS_RUN68), each with
+# its deploy net, caffemodel, ONNX (checked against Caffe) and model card (docs/REAL_DATA.md says how the
+# runs were made).
+MODELS_RUN5 ?= runs/paper-mtfl
+MODELS_RUN68 ?= runs/paper-300w
+models: | $(SETUP_STAMP)
+	$(PY) tools/package_model.py --run $(MODELS_RUN5) --name mcl-5-mtfl --splits test=AFLW net_rest net_rest_80 \
+	  --box-convention mtfl --terms mtfl --data-title "MTFL (10,000 training faces: LFW and web pictures)"
+	$(PY) tools/package_model.py --run $(MODELS_RUN68) --name mcl-68-300w --splits "test=HELEN test" \
+	  --box-convention 300w --terms 300w --data-title "part of 300-W (AFW and 870 HELEN training pictures)"
+.PHONY: models
 
 # Every checksum of RUN/manifest.json and RUN/data/manifest.json, recomputed: names each
 # file that is missing or changed (exit 2), or says the run is intact.

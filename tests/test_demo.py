@@ -25,7 +25,8 @@ def test_demo_writes_every_promised_artifact(demo):
                 "models/equal_budget.caffemodel", "eval/test.json", "eval/test.md", "eval/test_ced.png",
                 "eval/test_overlays_BM.png", "eval/test_overlays_WM.png", "eval/test_overlays_AM.png",
                 "audit/audit.md", "audit/audit.json", "audit/audit_ced.png", "audit/equal_budget.json",
-                "audit/occlusion.json", "port/am.onnx", "summary.json", "summary.md", "manifest.json"):
+                "audit/occlusion.json", "port/am.onnx", "photo/astronaut.json", "photo/astronaut_landmarks.png",
+                "summary.json", "summary.md", "manifest.json"):
         assert (run / rel).exists() and (run / rel).stat().st_size > 0, rel
 
 
@@ -40,5 +41,9 @@ def test_demo_summary_holds_numbers(demo):
     assert math.isfinite(doc["equal_budget_mean_error"]) and doc["ordering"]
     assert doc["wall_time_s"]["stage 1 (BM)"] > 0
     assert "| AM |" in out and "ONNX Runtime" in out  # the table is printed at the end
+    # it ends on a real photo aligned by the in-box 68-point model (trained on real faces)
+    assert doc["photo"]["faces"] == 1 and doc["photo"]["points"] == 68
+    assert doc["photo"]["model"].endswith("models/mcl-68-300w/mcl-68-300w.onnx")
+    assert "Real photo: astronaut.png" in out
     audit = json.loads((run / "audit" / "audit.json").read_text())
     assert set(audit["ablations"]) == {"equal_budget", "occlusion"}  # the demo's short audit

@@ -21,10 +21,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="run folder (eval/test.json, audit/audit.json)")
     ap.add_argument("--onnx", help="the ported AM (timed on one core)")
+    ap.add_argument("--photo", help="tools/predict.py's JSON of a real photo aligned by the in-box model")
     args = ap.parse_args(argv)
     run = Path(args.run)
     try:
-        summary.write(run, Path(args.onnx) if args.onnx else None)
+        summary.write(run, Path(args.onnx) if args.onnx else None, Path(args.photo) if args.photo else None)
     except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

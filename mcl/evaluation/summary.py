@@ -57,7 +57,16 @@ def _wall_times(run: Path) -> dict[str, float]:
     return out
 
 
-def build(run: Path, onnx_path: Path | None) -> dict:
+def photo_record(path: Path) -> dict:
+    """The real photo the demo ends on, as tools/predict.py wrote it."""
+    doc = json.loads(Path(path).read_text())
+    return {"picture": doc["image"], "model": doc["model"], "layout": doc["layout"], "faces": len(doc["faces"]),
+            "points": len(doc["faces"][0]["landmarks"]) if doc["faces"] else 0,
+            "detector": doc["faces"][0]["detector"] if doc["faces"] else None,
+            "drawn": str(Path(path).with_name(Path(path).stem + "_landmarks.png"))}
+
+
+def build(run: Path, onnx_path: Path | None, photo: Path | None = None) -> dict:
     run = Path(run)
     ev = json.loads((run / "eval" / "test.json").read_text())
     models = {}
@@ -82,6 +91,7 @@ def build(run: Path, onnx_path: Path | None) -> dict:
                                     .get("BM + equal budget", {}).get("inter_ocular", {}).get("mean_error")),
         "occlusion_held": (ab.get("occlusion") or {}).get("direction_held"),
         "wall_time_s": _wall_times(run),
+        "photo": photo_record(photo) if photo else None,
         "files": {k: str(v) for k, v in {
             "evaluation report": run / "eval" / "test.md", "CED plot": run / "eval" / "test_ced.png",
             "overlays (AM)": run / "eval" / "test_overlays_AM.png", "audit report": run / "audit" / "audit.md",
@@ -117,14 +127,19 @@ def markdown(doc: dict) -> str:
         lines.append(f"Ordering: {doc['ordering']}.")
     if doc["occlusion_held"] is not None:
         lines.append(f"Occlusion test: the paper's direction {'held' if doc['occlusion_held'] else 'did not hold'}.")
+    if doc.get("photo"):
+        ph = doc["photo"]
+        lines += ["", f"Real photo: {Path(ph['picture']).name} aligned by the in-box model {Path(ph['model']).name} "
+                  f"(trained on real faces; its card: {Path(ph['model']).parent / 'MODEL_CARD.md'}): {ph['faces']} "
+                  f"face(s), {ph['points']} points each, detector {ph['detector']}; drawn in {ph['drawn']}."]
     lines += ["", "| step | wall time (s) |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in doc["wall_time_s"].items() if v is not None]
     lines += ["", "Files:", ""] + [f"- {k}: {v}" for k, v in doc["files"].items()]
     return "\n".join(lines) + "\n"
 
 
-def write(run: Path, onnx_path: Path | None) -> dict:
-    doc = build(run, onnx_path)
+def write(run: Path, onnx_path: Path | None, photo: Path | None = None) -> dict:
+    doc = build(run, onnx_path, photo)
     atomic_write(Path(run) / "summary.json", json.dumps(doc, indent=2) + "\n")
     atomic_write(Path(run) / "summary.md", markdown(doc))
     return doc

@@ -189,7 +189,7 @@ def test_ctrl_c_snapshots_and_resumes(tmp_path):
     run = new_run(tmp_path / "r", layout, scale=0.001)  # 180 iterations: long enough to interrupt
     proc = subprocess.Popen([PY, str(ROOT / "tools/run_stage.py"), "--run", str(run), "--stage", "stage1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
+    deadline = time.time() + 600  # the first snapshot ends the wait; a loaded machine may take minutes to it
     while not list((run / "snapshots").glob("stage1_iter_*.solverstate")) and time.time() < deadline:
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)

@@ -352,7 +352,7 @@ def read_300w(root: str, split: str, layout: str | Layout = "68", skip_bad: bool
     skip = _Skipper(skip_bad)
     samples = []
     listed = 0
-    present, absent, box_source = [], [], {}
+    present, absent, box_source, sources = [], [], {}, []
     for subset in W300_SPLITS[split]:
         folder = os.path.join(root, W300_SUBSET_DIRS[subset])
         try:
@@ -372,6 +372,7 @@ def read_300w(root: str, split: str, layout: str | Layout = "68", skip_bad: bool
             entries = w300_tight_box_entries(folder)
             box_source[subset] = W300_TIGHT_BOX
         where = box_file or folder
+        sources.append(where)
         listed += len(entries)
         for i, (name, _det, gt) in enumerate(entries):
             sample_id = f"{W300_SUBSET_DIRS[subset]}/{name}"
@@ -402,7 +403,7 @@ def read_300w(root: str, split: str, layout: str | Layout = "68", skip_bad: bool
         looked = ", ".join(os.path.join(root, W300_SUBSET_DIRS[s]) for s in W300_SPLITS[split])
         raise DataError(f"{root}: 300-W split {split!r} has none of its subsets here (looked for {looked})")
     if not listed:
-        raise DataError(f"{root}: no faces listed: split {split!r} is empty (subsets {', '.join(present)})")
+        raise DataError(f"{', '.join(sources)}: no faces listed: split {split!r} is empty")
     return ReadResult(samples, skip.skipped, {"split": split, "subsets": present, "absent": absent,
                                               "box_source": box_source})
 

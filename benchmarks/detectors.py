@@ -261,6 +261,25 @@ def time_photo(detector: Detector, gray: np.ndarray, repeats: int) -> dict:
             "faces": [[round(float(v), 1) for v in b] for b in boxes]}
 
 
+def time_predict(detector: Detector, photo: np.ndarray, repeats: int) -> dict:
+    """tools/predict.py's work on the photo, without reading and writing files: detection and the in-box
+    68-point model's landmarks for every face found (mcl.port.predict.find_faces), one thread."""
+    from mcl.port.inbox import default_onnx
+    from mcl.port.predict import Predictor, find_faces
+    predictor = Predictor.from_onnx(default_onnx("68"))
+    gray = photo if photo.ndim == 2 else cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY)
+    colour = None if photo.ndim == 2 else photo
+    find_faces(predictor, gray, detector, colour=colour)  # warm-up
+    wall, cpu = [], []
+    for _ in range(repeats):
+        t, c = time.perf_counter(), time.process_time()
+        faces = find_faces(predictor, gray, detector, colour=colour)
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    return {"ms_wall_median": 1e3 * float(np.median(wall)), "ms_cpu_median": 1e3 * float(np.median(cpu)),
+            "faces": len(faces), "model": default_onnx("68").name, "repeats": repeats}
+
+
 def table(report: dict) -> str:
     head = (f"{'detector':<15} {'set':<9} {'pictures':>8} {'found %':>8} {'first %':>8} {'other':>6} "
             f"{'pics w/ other':>13} {'ms/pic wall':>11} {'ms/pic cpu':>10} {'640x480 wall':>12} {'640x480 cpu':>11}")
@@ -285,6 +304,13 @@ def table(report: dict) -> str:
               f"found/first: IoU >= {MIN_IOU} of the mapped box with the annotated face's box; ms/pic: mean "
               "detection time per picture (wall clock; CPU time of the process); 640x480: median ms per call on "
               "the astronaut photo"]
+    lines += ["", "tools/predict.py's work on the 640x480 photo (detection + the in-box 68-point model on every face "
+              "found; median ms, one thread):"]
+    for name, det in report["detectors"].items():
+        if "predict_640x480" in det:
+            pr = det["predict_640x480"]
+            lines.append(f"  {name:<15} {pr['ms_wall_median']:7.1f} ms wall, {pr['ms_cpu_median']:7.1f} ms CPU, "
+                         f"{pr['faces']} face(s)")
     return "\n".join(lines) + "\n"
 
 
@@ -321,7 +347,8 @@ def benchmark(args) -> dict:
             report["detectors"][name] = {"error": str(exc)}
             print(f"{name}: {exc}", file=sys.stderr)
             continue
-        entry = {"upsample": det.upsample, "photo_640x480": time_photo(det, photo, args.repeats), "sets": {}}
+        entry = {"upsample": det.upsample, "photo_640x480": time_photo(det, photo, args.repeats),
+                 "predict_640x480": time_predict(det, photo, args.repeats), "sets": {}}
         for s, faces in sets.items():
             entry["sets"][s], per_picture[f"{name}/{s}"] = run_set(det, faces, SETS[s], args.every.get(name, 1),
                                                                    args.quiet, colour)

@@ -149,6 +149,7 @@ def test_missing_cnn_model_or_dlib_is_named(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "face_recognition_models" else real(name, *a))
+    monkeypatch.setattr(detect, "dlib", object())  # dlib "there" (make setup does not install it): the package next
     with pytest.raises(DetectError, match=r"--detector dlib-cnn needs the face_recognition_models package.*"
                                           r"pip install dlib-bin face_recognition_models==0\.3\.0"):
         Detector.create("dlib-cnn")

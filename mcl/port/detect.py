@@ -347,7 +347,8 @@ def cnn_model_path() -> str:
 def _cnn_detector():
     if dlib is None:
         raise DetectError(f"--detector dlib-cnn needs dlib, which is not installed: {CNN_HINT}")
-    return dlib.cnn_face_detection_model_v1(cnn_model_path())
+    path = cnn_model_path()
+    return dlib.cnn_face_detection_model_v1(path)
 
 
 def iou(a, b) -> float:

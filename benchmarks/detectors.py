@@ -56,6 +56,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mcl.caffe.speed import cpu_name  # noqa: E402
 from mcl.data.readers import Sample, decode_picture, load_image, mtfl_box, read_mtfl, read_pts  # noqa: E402
 from mcl.port.detect import (BOX_MAPS, DETECTORS, DetectError, Detector, iou, map_box,  # noqa: E402
                              relative_boxes)
@@ -164,16 +165,6 @@ def astronaut_640x480(colour: bool = False) -> np.ndarray:
 
 
 # ---- machine -----------------------------------------------------------------------------------------
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
 
 def load_average() -> list[float]:
     try:
@@ -335,7 +326,7 @@ def benchmark(args) -> dict:
     photo = astronaut_640x480(colour)
     report = {"min_iou": MIN_IOU, "input": args.input, "maps": args.maps_note, "data": records,
               "versions": versions(), "detectors": {},
-              "machine": {"cpu_model": cpu_model(), "logical_cpus": os.cpu_count(), "affinity": one_core(args.cpu),
+              "machine": {"cpu_model": cpu_name(), "logical_cpus": os.cpu_count(), "affinity": one_core(args.cpu),
                           "load_start": load_average(), "platform": platform.platform()},
               "photo": {"what": f"skimage.data.astronaut() {args.input}, 480x480 centred on 640x480 black",
                         "sha256": hashlib.sha256(photo.tobytes()).hexdigest()}}
@@ -375,7 +366,7 @@ def calibrate_maps(args) -> dict:
         sources["300w_train"] = faces_300w(data / "300w", "train_images.txt")
     if "mtfl_train" in args.calibration_sets:
         sources["mtfl_train"] = faces_mtfl(data / "mtfl", "train", args.mtfl_step, web_only=True)
-    report = {"input": args.input, "machine": {"cpu_model": cpu_model(), "affinity": one_core(args.cpu)},
+    report = {"input": args.input, "machine": {"cpu_model": cpu_name(), "affinity": one_core(args.cpu)},
               "versions": versions(),
               "sets": {k: len(v) for k, v in sources.items()}, "maps": {}}
     synth = synth_faces() if "synth" in args.calibration_sets else None

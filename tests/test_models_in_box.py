@@ -20,6 +20,7 @@ import pytest
 from conftest import ROOT, tool
 
 from mcl.data.readers import load_image, read_300w, read_mtfl
+from mcl.data.writers import network_input
 from mcl.evaluation.evaluate import to_image
 from mcl.port.engines import caffe_forward, onnx_forward
 from mcl.port.inbox import IN_BOX, default_onnx, load_card, model_dir
@@ -56,8 +57,7 @@ def test_in_box_model_files_and_card(layout):
 def test_in_box_onnx_equals_caffe(layout, caffe):
     """The committed ONNX against the committed caffemodel in Caffe, on 8 seeded gray patches."""
     folder, name = model_dir(layout), IN_BOX[layout]
-    x = np.random.default_rng(7).integers(0, 256, (8, 1, 50, 50)).astype(np.float32)
-    x = (x - 128.0) * 0.0078125
+    x = network_input(np.random.default_rng(7).integers(0, 256, (8, 50, 50)).astype(np.uint8))
     ref = caffe_forward((folder / "deploy.prototxt").read_text(), (folder / f"{name}.caffemodel").read_bytes(),
                         x, ["shape_pred"])["shape_pred"]
     got = onnx_forward((folder / f"{name}.onnx").read_bytes(), x, ["shape_pred"])["shape_pred"]

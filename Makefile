@@ -70,7 +70,7 @@ HEADS ?= joint
 # [interp] BatchNorm statistics of every stage's product: recomputed (default) or running (Caffe's raw).
 BN_STATS ?= recomputed
 BN_BATCHES ?= 60
-# [interp] SPEC 5's optional warm-up before step 1 (mcl/method/stages.py): off (default) or on.
+# [interp] METHOD §5.5's optional warm-up before step 1 (mcl/method/stages.py; METHOD §12.7): off (default) or on.
 WARMUP ?= off
 # [interp] BatchNorm of the layers a step fixes: global (frozen whole, default) or batch.
 FROZEN_BN_STAGE2 ?= global
@@ -152,7 +152,7 @@ launcher = $(if $(strip $(1)),$(PY) -m mcl.run.launch --run $(RUN) --target $@ -
 TRAIN = $(call launcher,$(LAUNCH_TRAIN))
 LIGHT = $(call launcher,$(LAUNCH))
 
-# ---- data (SPEC 6): readers, augmentation, HDF5 + LMDB --------------------
+# ---- data (METHOD §6): readers, augmentation, HDF5 + LMDB -----------------
 DATA := $(RUN)/data/manifest.json
 $(DATA): $(RUN)/.settings/data | $(SETUP_STAMP)
 	$(LIGHT) data_prep/prepare.py --dataset $(DATASET) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
@@ -164,7 +164,7 @@ data: $(DATA)
 bench-data: | $(SETUP_STAMP)
 	$(PY) data_prep/bench_augment.py
 
-# ---- nets and solvers of the run (SPEC 2-5) ---------------------------------
+# ---- nets and solvers of the run (METHOD §2-5) ------------------------------
 NETS := $(RUN)/nets/.generated
 $(NETS): $(RUN)/.settings/nets | $(SETUP_STAMP)
 	$(LIGHT) tools/make_nets.py --run $(RUN) --layout $(LAYOUT) --scale $(SCALE) --schedule $(SCHEDULE) --seed $(SEED) --source $(SOURCE) $(if $(BATCH),--batch $(BATCH)) \
@@ -226,7 +226,7 @@ heads: $(HEADS_OUT)
 assemble: $(M)/am.caffemodel
 evaluate: $(RUN)/eval/test.json
 
-# ---- the audit (SPEC 10): every ablation of the paper, each its own target ------------
+# ---- the audit (METHOD §10): every ablation of the paper, each its own target ---------
 # Ablation stages train on named copies of a stage's net and solver (run_stage.py --name),
 # so `make -j2 audit` can run them side by side with their own weights and snapshots.
 A := $(RUN)/audit
@@ -359,7 +359,7 @@ port: | $(SETUP_STAMP)
 	  $(if $(wildcard $(RUN)/data/manifest.json),--run $(RUN)) $(PORT_OPTS); fi
 
 bench-port: | $(SETUP_STAMP)
-	$(PY) tools/bench_port.py $(if $(wildcard $(M)/am.caffemodel),--run $(RUN)) $(BENCH_PORT_OPTS)
+	$(PY) benchmarks/bench_port.py $(if $(wildcard $(M)/am.caffemodel),--run $(RUN)) $(BENCH_PORT_OPTS)
 
 .PHONY: port bench-port
 
@@ -405,13 +405,13 @@ GPU_DEVICE ?= cuda
 GPU_CHECK_STEPS ?= 20
 .PHONY: gpu-check
 gpu-check:
-	$(GPU_PY) tools/gpu_check.py --device $(GPU_DEVICE) --steps $(GPU_CHECK_STEPS) --json gpu-check.json
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) benchmarks/gpu_check.py --device $(GPU_DEVICE) --steps $(GPU_CHECK_STEPS) --json gpu-check.json
 
 # Caffe and the torch engine side by side: ms/iteration of stage 1 and the joint heads (68 points, batch 64);
 # on a GPU (DEVICE=cuda) the torch engine alone, throughput and latency, and the paper's schedule projected.
 .PHONY: bench-engine
 bench-engine: | $(SETUP_STAMP)
-	$(PY) tools/bench_engine.py --device $(DEVICE)
+	$(PY) benchmarks/bench_engine.py --device $(DEVICE)
 
 # The demo: Algorithm 1, the evaluation, the audit's controls, the port of AM to ONNX
 # (checked against Caffe), a real photo aligned by the in-box model, then one summary table.

@@ -54,7 +54,6 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from mcl.caffe.speed import cpu_name  # noqa: E402
 from mcl.data.readers import Sample, decode_picture, load_image, mtfl_box, read_mtfl, read_pts  # noqa: E402

@@ -1,5 +1,5 @@
-#!/usr/bin/env python
-"""Benchmark of the augmentation (SPEC 6): crops per second with 1 and 2 workers.
+#!/usr/bin/env python3
+"""Benchmark of the augmentation (METHOD §6): crops per second with 1 and 2 workers.
 
 Generates synthetic faces into a temporary folder (not timed), reads them with the
 300-W reader, then times the same call data_prep/prepare.py makes for the training
@@ -15,12 +15,10 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from mcl.data.augment import AugmentSettings, CropJob, crop_samples, train_crop_ratio  # noqa: E402
-from mcl.data.readers import read_300w  # noqa: E402
-from mcl.data.synth import write_synth_300w  # noqa: E402
-from mcl.method.layouts import IBUG68  # noqa: E402
+from mcl.data.augment import AugmentSettings, CropJob, crop_samples, train_crop_ratio
+from mcl.data.readers import read_300w
+from mcl.data.synth import write_synth_300w
+from mcl.method.layouts import IBUG68
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,4 @@
-#!/usr/bin/env python
+#!/usr/bin/env python3
 """Add extra test splits to a run: another folder's test faces, cropped as the run's test split.
 
   python data_prep/extra_test.py --run runs/paper-mtfl net_rest=../shared/data/net_rest
@@ -14,16 +14,13 @@ Writes RUN/data/NAME.txt, NAME_NNN.h5 and NAME.manifest.json (last); `tools/eval
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from mcl.data.extra import parse_spec, prepare_extra  # noqa: E402
-from mcl.data.pool import WorkerError  # noqa: E402
-from mcl.data.readers import DataError  # noqa: E402
-from mcl.run.lock import writer  # noqa: E402
+from mcl.data.extra import parse_spec, prepare_extra
+from mcl.data.pool import WorkerError
+from mcl.data.readers import DataError
+from mcl.run.lock import writer
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,4 @@
-#!/usr/bin/env python
+#!/usr/bin/env python3
 """Prepare a face-alignment dataset for Caffe: crops (50 x 50 gray), HDF5 + LMDB.
 
   python data_prep/prepare.py --dataset synth --out runs/synth-68/data
@@ -10,20 +10,17 @@ The logic lives in mcl.data (see docs/DATA.md); this script only parses argument
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from contextlib import nullcontext
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from mcl.data.augment import DEFAULT_TEST_CROP, TEST_CROPS, AugmentSettings  # noqa: E402
-from mcl.data.pipeline import DEFAULT_CROP_SCALE, FORMATS, PrepareSettings, prepare  # noqa: E402
-from mcl.data.pool import WorkerError  # noqa: E402
-from mcl.data.readers import DATASETS, OUTSIDE_TOLERANCE, DataError  # noqa: E402
-from mcl.data.synth import SynthSettings  # noqa: E402
-from mcl.run.lock import writer  # noqa: E402
+from mcl.data.augment import DEFAULT_TEST_CROP, TEST_CROPS, AugmentSettings
+from mcl.data.pipeline import DEFAULT_CROP_SCALE, FORMATS, PrepareSettings, prepare
+from mcl.data.pool import WorkerError
+from mcl.data.readers import DATASETS, OUTSIDE_TOLERANCE, DataError
+from mcl.data.synth import SynthSettings
+from mcl.run.lock import writer
 
 
 def floats(text: str) -> tuple[float, ...]:
@@ -38,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     syn = SynthSettings()
     p = argparse.ArgumentParser(
         description="Prepare a face-alignment dataset: read it, hold out validation faces, augment the training "
-                    "faces (SPEC 6), crop val/test faces with their boxes, and write HDF5 and LMDB for Caffe.",
+                    "faces (METHOD §6), crop val/test faces with their boxes, and write HDF5 and LMDB for Caffe.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dataset", required=True, choices=DATASETS, help="which reader (synth: generate first)")
     p.add_argument("--data-root", help="dataset folder (synth: where to write/reuse the generated pictures; "
@@ -57,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--skip-bad", action="store_true",
                    help="skip bad samples (listed with reasons in manifest.json) instead of stopping")
     p.add_argument("--formats", default=",".join(FORMATS), help="comma-separated: hdf5, lmdb")
-    g = p.add_argument_group("augmentation (SPEC 6; defaults are [interp])")
+    g = p.add_argument_group("augmentation (METHOD §6; defaults are [interp], METHOD §12.9)")
     g.add_argument("--copies", type=int, default=aug.copies, help="augmented crops per training face")
     g.add_argument("--angles", type=floats, default=aug.angles, help="rotation angles, degrees")
     g.add_argument("--extents", type=floats, default=aug.extents, help="box scale extents")
@@ -69,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="crop side / larger box side (default per dataset: "
                         + ", ".join(f"{k} {v}" for k, v in DEFAULT_CROP_SCALE.items()) + ")")
     g.add_argument("--test-crop", choices=TEST_CROPS, default=DEFAULT_TEST_CROP,
-                   help="protocol of the val/test box crops (SPEC 1): ours (a square of crop-scale x the larger "
+                   help="protocol of the val/test box crops (METHOD §1): ours (a square of crop-scale x the larger "
                         "box side, edges repeated) or authors (the authors' release: 1.1 x the larger box side, "
                         "scale 49/side, gray outside the picture; --crop-scale is then not used for them)")
     g.add_argument("--outside-tolerance", type=float, default=OUTSIDE_TOLERANCE,

@@ -153,9 +153,17 @@ step_venv() {
   else
     say "venv: requirements up to date"
   fi
-  # The project package itself, importable from the checkout.
+  # The project package itself, installed editable (pyproject.toml): `import mcl` finds this
+  # checkout from any folder, and no entry file touches sys.path. Checked from / (not the checkout,
+  # whose folder Python would search first).
   local site; site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-  write_file "$site/mcl-project.pth" "$ROOT"
+  rm -f "$site/mcl-project.pth"
+  if ! (cd / && "$VENV/bin/python" -c 'import sys, pathlib, mcl
+sys.exit(pathlib.Path(mcl.__file__).resolve().parents[1] != pathlib.Path(sys.argv[1]).resolve())' "$ROOT") 2>/dev/null; then
+    say "venv: installing the project (pip install -e .)"
+    "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --no-build-isolation -e "$ROOT" \
+      || fail venv "pip install -e ."
+  fi
 }
 
 caffe_key() {

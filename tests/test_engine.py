@@ -429,7 +429,7 @@ def test_bench_engine_prints_both_engines_and_the_projection(tmp_path, caffe):
     """`make bench-engine`'s tool, at a tiny size: both engines timed per stage, the fixed layers'
     pass timed on its own, the projection and the verdict printed, the figures in its JSON."""
     out = tmp_path / "bench.json"
-    proc = tool("tools/bench_engine.py", "--layout", 5, "--batch", 8, "--threads", 1, "--iters", 2, "--block", 1,
+    proc = tool("benchmarks/bench_engine.py", "--layout", 5, "--batch", 8, "--threads", 1, "--iters", 2, "--block", 1,
                 "--warmup", 1, "--settle", 0.05, "--json", out, check=False, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "projected paper schedule" in proc.stdout and "stage 1: torch engine" in proc.stdout

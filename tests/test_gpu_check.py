@@ -1,4 +1,4 @@
-"""`make gpu-check` (tools/gpu_check.py, mcl/engine/gpu_check.py) and `make bench-engine DEVICE=cuda`'s
+"""`make gpu-check` (benchmarks/gpu_check.py) and `make bench-engine DEVICE=cuda`'s
 plan, where there is no GPU.
 
 What a CPU can show: the whole check run on the CPU against itself passes in a process where
@@ -22,7 +22,10 @@ import pytest
 import torch
 from conftest import ROOT, tool
 
-from mcl.engine import bench, gpu_check, schedule
+import bench_engine as bench  # benchmarks/ (pyproject.toml: pytest's pythonpath)
+import gpu_check
+
+from mcl.engine import schedule
 from mcl.engine.solver import Solver
 
 CHECKS = {"losses", "blobs", "repeatable", "resume", "across devices", "on the device"}
@@ -47,7 +50,7 @@ def test_the_blocked_modules_really_fail_to_import(bare):
 
 def test_gpu_check_on_the_cpu_against_itself_passes_without_caffe_or_opencv(bare, tmp_path):
     out = tmp_path / "out.json"
-    proc = tool("tools/gpu_check.py", "--device", "cpu", "--steps", 3, "--threads", 1, "--json", out, env=bare,
+    proc = tool("benchmarks/gpu_check.py", "--device", "cpu", "--steps", 3, "--threads", 1, "--json", out, env=bare,
                 check=False, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     doc = json.loads(out.read_text())
@@ -103,7 +106,7 @@ def test_a_planted_mismatch_fails_its_check_with_exit_1(monkeypatch, tmp_path, r
 def test_a_device_that_is_not_there_is_named_exit_2(monkeypatch, capsys):
     if torch.cuda.is_available() and torch.cuda.device_count() > 7:
         pytest.skip("a machine with 8 GPUs")
-    proc = tool("tools/gpu_check.py", "--device", "cuda:7", check=False, timeout=120)
+    proc = tool("benchmarks/gpu_check.py", "--device", "cuda:7", check=False, timeout=120)
     assert proc.returncode == 2 and "--device cuda:7" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -155,12 +158,12 @@ def test_bench_on_cuda_starts_only_a_torch_child(monkeypatch, tmp_path):
 def test_the_torch_engine_alone_times_throughput_and_latency_without_caffe(bare, tmp_path):
     """The GPU branch run on the CPU (the branch is the same code for any device): no Caffe process."""
     out = tmp_path / "bench.json"
-    code = (f"from mcl.engine import bench; bench.torch_alone(layout='5', batch=8, threads=1, device='cpu', "
+    code = (f"import bench_engine as bench; bench.torch_alone(layout='5', batch=8, threads=1, device='cpu', "
             f"warmup=1, iters=2, json_path={str(out)!r})")
     caffe_only = tmp_path / "block" / "caffe"  # the parent needs OpenCV (mcl.data), not Caffe
     caffe_only.mkdir(parents=True)
     (caffe_only / "__init__.py").write_text('raise ImportError("caffe is blocked in this test")\n')
-    env = dict(os.environ, PYTHONPATH=f"{tmp_path / 'block'}:{ROOT}")
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path / 'block'}:{ROOT / 'benchmarks'}")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT,
                           timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ast
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +16,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MAX_ENTRY_LINES = 150
 MAX_TOP_MODULES = 10
+# The floors of the house (README, "How the code is laid out"): a package may import only packages on
+# the floors below its own. `mcl` is mcl/fileio.py (and mcl/__init__.py).
+FLOORS = [["mcl"], ["mcl.method"], ["mcl.caffe"], ["mcl.data", "mcl.torchnet"], ["mcl.engine"], ["mcl.run"],
+          ["mcl.evaluation"], ["mcl.port"]]
+ENTRY_FOLDERS = ("tools", "data_prep", "benchmarks")
 
 
 def modules() -> dict[str, Path]:
@@ -113,7 +120,8 @@ def private_imports() -> list[str]:
     """`from mcl.x import _name` anywhere in the library, tools, data_prep or tests."""
     bad = []
     for path in sorted(list((ROOT / "mcl").rglob("*.py")) + list((ROOT / "tools").glob("*.py"))
-                       + list((ROOT / "data_prep").glob("*.py")) + list((ROOT / "tests").glob("*.py"))):
+                       + list((ROOT / "data_prep").glob("*.py")) + list((ROOT / "benchmarks").glob("*.py"))
+                       + list((ROOT / "tests").glob("*.py"))):
         for target, names, _ in _imports(path):
             bad += [f"{path.relative_to(ROOT)}: {target}.{n}" for n in names if _private(n)]
     return bad
@@ -144,6 +152,75 @@ def test_no_import_cycle_inside_mcl():
 def test_the_packages_stand_on_each_other_without_a_circle():
     """method < caffe < data, torchnet < engine < run < evaluation < port: no package imports one above it."""
     assert cycles(package_graph()) == []
+
+
+def floor_of(package: str) -> int:
+    return next(i for i, floor in enumerate(FLOORS) if package in floor)
+
+
+def upward_imports(packages: dict[str, set[str]]) -> list[str]:
+    """`a imports b` for every package that imports one on its own floor or above."""
+    return sorted(f"{a} imports {b}" for a, targets in packages.items() for b in targets
+                  if floor_of(b) >= floor_of(a))
+
+
+def test_every_package_stands_on_its_floor():
+    """method < caffe < data, torchnet < engine < run < evaluation < port: each imports only floors below."""
+    packages = package_graph()
+    assert sorted(packages) == sorted(p for floor in FLOORS for p in floor)
+    assert upward_imports(packages) == []
+
+
+def test_the_floor_check_sees_an_upward_import():
+    assert upward_imports({"mcl.caffe": {"mcl.method", "mcl.data"}, "mcl.data": {"mcl.torchnet"}}) == [
+        "mcl.caffe imports mcl.data", "mcl.data imports mcl.torchnet"]
+
+
+def declared_imports(doc: str) -> set[str]:
+    """The packages of `mcl` a package docstring's "May import" paragraph names (mcl.fileio counts as `mcl`)."""
+    start = doc.lower().find("may import")
+    assert start >= 0, "no 'May import' paragraph"
+    paragraph = re.sub(r"\([^()]*\)", "", doc[start:].split("\n\n")[0])  # asides in brackets are not the list
+    sentence = re.split(r"\.\s|;", paragraph)[0]  # the list ends with its sentence (or clause: "; not `mcl.x`")
+    names = re.findall(r"`(mcl(?:\.[a-z_]+)?)", sentence)
+    return {"mcl" if n in ("mcl", "mcl.fileio") else ".".join(n.split(".")[:2]) for n in names}
+
+
+def test_each_package_imports_only_what_its_docstring_says_it_may():
+    packages = package_graph()
+    for init in sorted((ROOT / "mcl").glob("*/__init__.py")):
+        name = f"mcl.{init.parent.name}"
+        declared = declared_imports(ast.get_docstring(ast.parse(init.read_text())) or "")
+        assert packages[name] <= declared, (f"{init.relative_to(ROOT)}: imports {sorted(packages[name] - declared)} "
+                                            f"that its 'May import' line does not name")
+
+
+def test_the_may_import_reading_takes_the_paragraph_only():
+    doc = ("Modules.\n\nMay import: `mcl.method` (not `mcl.port`), `mcl.fileio`\nand `mcl.caffe.proto`'s layer; "
+           "not `mcl.data`. Nor `mcl.engine`.\n\nNot `mcl.run`.")
+    assert declared_imports(doc) == {"mcl.method", "mcl", "mcl.caffe"}
+
+
+def test_no_entry_file_touches_sys_path_and_each_runs_as_a_program():
+    """The package is installed into .venv (scripts/setup.sh, editable); every entry runs as written
+    (`tools/predict.py --help` in the project's environment: executable, its shebang finds the
+    environment's python3)."""
+    for folder in ENTRY_FOLDERS:
+        for path in sorted((ROOT / folder).glob("*.py")):
+            text = path.read_text()
+            assert "sys.path" not in text, path
+            assert text.startswith("#!/usr/bin/env python3\n"), path
+            assert os.access(path, os.X_OK), f"{path} is not executable"
+
+
+def test_the_library_does_not_import_the_benchmarks():
+    for path in (ROOT / "mcl").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                assert not any(n.split(".")[0] in {"benchmarks", "bench_engine", "bench_port", "gpu_check"}
+                               for n in names), path
 
 
 def test_no_module_imports_a_private_name():
@@ -237,4 +314,3 @@ if __name__ == "__main__":
         folder = "/".join(m.split(".")[:-1]) if not (ROOT / m.replace(".", "/")).is_dir() else m.replace(".", "/")
         per[folder] = per.get(folder, 0) + 1
     print("modules per folder:", ", ".join(f"{k}/ {v}" for k, v in sorted(per.items())))
-    subprocess.run(["true"])

@@ -382,7 +382,7 @@ def test_port_without_libcaffe_and_every_tool_has_help(tmp_path, good_pair):
     assert proc.returncode == 0, proc.stderr
     card = json.loads((out / "model.onnx.json").read_text())
     assert card["check"]["reference"] == "opencv" and max(card["check"]["max_abs_diff"].values()) <= ATOL
-    for tool in ("port", "predict", "bench_port"):
-        proc = subprocess.run([sys.executable, f"tools/{tool}.py", "--help"], cwd=ROOT, capture_output=True,
+    for tool in ("tools/port.py", "tools/predict.py", "benchmarks/bench_port.py"):
+        proc = subprocess.run([sys.executable, tool, "--help"], cwd=ROOT, capture_output=True,
                               text=True, timeout=120)
         assert proc.returncode == 0 and "usage" in proc.stdout, (tool, proc.stderr)

@@ -14,13 +14,11 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mcl.caffe.caffemodel import ModelError  # noqa: E402
-from mcl.evaluation.evaluate import EvalError  # noqa: E402
-from mcl.method.stages import ASSEMBLED_MODEL  # noqa: E402
-from mcl.run.assemble import assemble_run  # noqa: E402
-from mcl.run.lock import writer  # noqa: E402
+from mcl.caffe.caffemodel import ModelError
+from mcl.evaluation.evaluate import EvalError
+from mcl.method.stages import ASSEMBLED_MODEL
+from mcl.run.assemble import assemble_run
+from mcl.run.lock import writer
 
 
 def main(argv=None) -> int:

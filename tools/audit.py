@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The reproducibility audit of a run: the paper's ablations (SPEC 10) beside the paper's numbers.
+"""The reproducibility audit of a run: the paper's ablations (METHOD §10) beside the paper's numbers.
 
   tools/audit.py perturb --run RUN --weights loss_weights/bm_eq5.json --delta 0.2 --seed 0 --out W
       Eq. 5 weights with +delta on a seeded random floor(n/2) landmarks, -delta on the rest
@@ -20,12 +20,10 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mcl.caffe.caffemodel import ModelError  # noqa: E402
-from mcl.evaluation import audit, audit_report  # noqa: E402
-from mcl.evaluation.evaluate import EvalError  # noqa: E402
-from mcl.run.lock import writer  # noqa: E402
+from mcl.caffe.caffemodel import ModelError
+from mcl.evaluation import audit, audit_report
+from mcl.evaluation.evaluate import EvalError
+from mcl.run.lock import writer
 
 
 def cmd_perturb(args, run: Path) -> None:

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mcl.data.splits import SplitError
 from mcl.evaluation.audit_model import AuditModelError

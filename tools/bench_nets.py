@@ -17,12 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mcl.caffe import netgen, solvers  # noqa: E402
-from mcl.data.writers import write_random_train  # noqa: E402
-from mcl.method.layouts import LAYOUTS, get_layout  # noqa: E402
-from mcl.method.stages import BATCH_SIZE, STAGES  # noqa: E402
+from mcl.caffe import netgen, solvers
+from mcl.data.writers import write_random_train
+from mcl.method.layouts import LAYOUTS, get_layout
+from mcl.method.stages import BATCH_SIZE, STAGES
 
 
 def time_solver(caffe, run: Path, tag: str, net, stage, iters: int, warmup: int) -> float:

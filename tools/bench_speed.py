@@ -17,11 +17,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mcl.caffe import speed  # noqa: E402
-from mcl.evaluation import report  # noqa: E402
-from mcl.fileio import atomic_write  # noqa: E402
+from mcl.caffe import speed
+from mcl.evaluation import report
+from mcl.fileio import atomic_write
 
 
 def pairs(values: list[str], what: str) -> dict:

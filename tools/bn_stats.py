@@ -21,14 +21,12 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mcl.caffe import bnstats  # noqa: E402
-from mcl.caffe.caffemodel import ModelError  # noqa: E402
-from mcl.evaluation import audit  # noqa: E402
-from mcl.evaluation.evaluate import EvalError  # noqa: E402
-from mcl.fileio import atomic_write  # noqa: E402
-from mcl.method.stages import STAGES  # noqa: E402
+from mcl.caffe import bnstats
+from mcl.caffe.caffemodel import ModelError
+from mcl.evaluation import audit
+from mcl.evaluation.evaluate import EvalError
+from mcl.fileio import atomic_write
+from mcl.method.stages import STAGES
 
 
 def main(argv=None) -> int:

@@ -15,12 +15,10 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mcl.evaluation.weighting import write_weights  # noqa: E402
-from mcl.method.stages import ALPHA  # noqa: E402
-from mcl.run.lock import writer  # noqa: E402
-from mcl.run.verify import check_creatable  # noqa: E402
+from mcl.evaluation.weighting import write_weights
+from mcl.method.stages import ALPHA
+from mcl.run.lock import writer
+from mcl.run.verify import check_creatable
 
 
 def main(argv=None) -> int:

@@ -13,11 +13,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mcl.caffe import netgen  # noqa: E402
-from mcl.method.layouts import LAYOUTS, get_layout  # noqa: E402
-from mcl.method.stages import STAGES  # noqa: E402
+from mcl.caffe import netgen
+from mcl.method.layouts import LAYOUTS, get_layout
+from mcl.method.stages import STAGES
 
 
 def main(argv=None) -> int:

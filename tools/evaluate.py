@@ -5,7 +5,7 @@
   tools/evaluate.py --run RUN --predictions authors=ibug_results.txt --model AM=models/am.caffemodel:models/am_deploy.prototxt
 
 Errors are in original-image coordinates, normalised by the inter-ocular
-distance of SPEC 7 (and, labelled as such, by the outer eye corners where the
+distance of METHOD §7 (and, labelled as such, by the outer eye corners where the
 layout has them). A predictions file holds one face per line, in the order of
 the split's faces, 2n numbers x1 y1 x2 y2 ... in original-image pixels,
 1-based like .pts files (--coords-base 0 for 0-based files). Speed is the
@@ -24,16 +24,15 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("GLOG_minloglevel", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mcl.caffe.caffemodel import ModelError  # noqa: E402
-from mcl.evaluation import report  # noqa: E402
-from mcl.evaluation.evaluate import EvalError  # noqa: E402
-from mcl.evaluation.job import parse_model, parse_named_file, run_evaluation  # noqa: E402
-from mcl.evaluation.predictions import write_predictions  # noqa: E402
-from mcl.method.layouts import get_layout  # noqa: E402
-from mcl.run import manifest  # noqa: E402
-from mcl.run.verify import check_creatable  # noqa: E402
+from mcl.caffe.caffemodel import ModelError
+from mcl.evaluation import report
+from mcl.evaluation.evaluate import EvalError
+from mcl.evaluation.job import parse_model, parse_named_file, run_evaluation
+from mcl.evaluation.predictions import write_predictions
+from mcl.method.layouts import get_layout
+from mcl.run import manifest
+from mcl.run.verify import check_creatable
 
 
 def main(argv=None) -> int:

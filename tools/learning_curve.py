@@ -24,12 +24,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("GLOG_minloglevel", "2")
 
-from mcl.evaluation import curves  # noqa: E402
-from mcl.evaluation.evaluate import EvalError  # noqa: E402
-from mcl.fileio import atomic_write  # noqa: E402
+from mcl.evaluation import curves
+from mcl.evaluation.evaluate import EvalError
+from mcl.fileio import atomic_write
 
 
 def main(argv=None) -> int:

@@ -14,15 +14,13 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mcl.caffe.netgen import FROZEN_BN_DEFAULT, FROZEN_BN_SETTINGS  # noqa: E402
-from mcl.caffe.runfiles import reference_files, run_files, run_settings  # noqa: E402
-from mcl.fileio import atomic_write  # noqa: E402
-from mcl.method.layouts import LAYOUTS, get_layout  # noqa: E402
-from mcl.method.stages import BATCH_SIZE, SCHEDULES  # noqa: E402
-from mcl.run import settings  # noqa: E402
-from mcl.run.lock import writer  # noqa: E402
+from mcl.caffe.netgen import FROZEN_BN_DEFAULT, FROZEN_BN_SETTINGS
+from mcl.caffe.runfiles import reference_files, run_files, run_settings
+from mcl.fileio import atomic_write
+from mcl.method.layouts import LAYOUTS, get_layout
+from mcl.method.stages import BATCH_SIZE, SCHEDULES
+from mcl.run import settings
+from mcl.run.lock import writer
 
 
 def main(argv=None) -> int:

@@ -19,14 +19,13 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("GLOG_minloglevel", "2")
 
-from mcl.data.readers import DataError  # noqa: E402
-from mcl.data.splits import SplitError  # noqa: E402
-from mcl.evaluation.evaluate import EvalError  # noqa: E402
-from mcl.evaluation.paper_report import PaperReportError, write  # noqa: E402
-from mcl.port import peers  # noqa: E402
+from mcl.data.readers import DataError
+from mcl.data.splits import SplitError
+from mcl.evaluation.evaluate import EvalError
+from mcl.evaluation.paper_report import PaperReportError, write
+from mcl.port import peers
 
 
 def main(argv=None) -> int:

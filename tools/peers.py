@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mcl.port.peers import DLIB_MODEL, PEERS, PeerError, run_peers
 

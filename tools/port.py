@@ -19,12 +19,10 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mcl import torchnet  # noqa: E402
-from mcl.fileio import atomic_write  # noqa: E402
-from mcl.port import convert  # noqa: E402
-from mcl.run.verify import check_creatable  # noqa: E402
+from mcl import torchnet
+from mcl.fileio import atomic_write
+from mcl.port import convert
+from mcl.run.verify import check_creatable
 
 
 def run_crop(run: str | None) -> tuple[float | None, str | None]:

@@ -32,9 +32,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mcl.data.readers import DataError
 from mcl.port.detect import CONVENTIONS, DEFAULT_DETECTOR, DETECTORS

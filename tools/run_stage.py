@@ -15,12 +15,10 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mcl.caffe import bnstats  # noqa: E402
-from mcl.method.stages import STAGES, table  # noqa: E402
-from mcl.run.lock import writer  # noqa: E402
-from mcl.run.stage import ENGINES, SWITCHES, StageError, train  # noqa: E402
+from mcl.caffe import bnstats
+from mcl.method.stages import STAGES, table
+from mcl.run.lock import writer
+from mcl.run.stage import ENGINES, SWITCHES, StageError, train
 
 
 def main(argv=None) -> int:
@@ -31,7 +29,7 @@ def main(argv=None) -> int:
     ap.add_argument("--loss-weights", help="weights JSON (Eq. 5 for stage2/3, Eq. 9 for heads)")
     ap.add_argument("--separate", action="store_true", help="heads: one run per head instead of one joint run")
     ap.add_argument("--warmup", action="store_true",
-                    help="stage1: start from the warm-up's final solverstate (SPEC 5's optional warm-up; train "
+                    help="stage1: start from the warm-up's final solverstate (METHOD §5.5's optional warm-up; train "
                          "--stage warmup first)")
     ap.add_argument("--name", help="train the stage on a named copy of its net and solver (nets/NAME_train.prototxt, "
                                    "snapshots/NAME): an ablation with its own loss weights and snapshots")

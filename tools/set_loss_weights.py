@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mcl.caffe import reweight  # noqa: E402
+from mcl.caffe import reweight
 
 
 def main(argv=None) -> int:

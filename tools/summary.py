@@ -12,9 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mcl.evaluation import summary  # noqa: E402
+from mcl.evaluation import summary
 
 
 def main(argv=None) -> int:

@@ -15,9 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mcl.evaluation import sweep  # noqa: E402
+from mcl.evaluation import sweep
 
 
 def main(argv=None) -> int:

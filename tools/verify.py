@@ -14,9 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mcl.run.verify import VerifyError, check_run  # noqa: E402
+from mcl.run.verify import VerifyError, check_run
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,4 @@
-"""Speed as the paper measures it (SPEC 7, Sec. IV-A-3): one core, batch 1, forward only.
+"""Speed as the paper measures it (METHOD §7.2, Sec. IV-A-3): one core, batch 1, forward only.
 
 The timing runs in a child process whose environment sets every BLAS thread
 count to 1 (OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, MKL_NUM_THREADS, overriding

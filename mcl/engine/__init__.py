@@ -13,14 +13,14 @@ Its equality with Caffe is tested stage by stage (tests/test_engine.py).
   fused.py    FusedNet: BatchNorm-Scale-ReLU chains as one kernel, each Eq. 4 group as one reduction
   fixed.py    the fixed leading layers (the fixed prefix) computed once per training row
   solver.py   Solver: the counterpart of pycaffe's SGDSolver (step, snapshot, restore)
-  bench.py    the engine benchmark: Caffe and the torch engine side by side; on a GPU the engine alone
-  gpu_check.py  `make gpu-check`: a device checked against the CPU step by step, and timed (tools/gpu_check.py)
   schedule.py the paper's schedule projected from measured rates (no torch: the benchmark's parent uses it)
 
-May import: `mcl.method`, `mcl.caffe`'s file layer (proto, caffemodel; never pycaffe, so the engine
-runs where no Caffe is built), `mcl.torchnet` and `mcl.fileio`; the benchmark also `mcl.data` (random training rows,
-the size of 300-W's training split) and `mcl.caffe.runfiles`. torch at module top: only
-the stage's child process (mcl.run.torch_engine), the benchmark and the GPU check import this package's modules.
+The engine benchmark (`make bench-engine`) and the GPU check (`make gpu-check`) are harnesses outside
+the package: benchmarks/bench_engine.py and benchmarks/gpu_check.py.
+
+May import: `mcl.method`, `mcl.caffe` (its file layer: proto, caffemodel; never pycaffe, so the engine
+runs where no Caffe is built), `mcl.torchnet` and `mcl.fileio`. torch at module top: only
+the stage's child process (mcl.run.torch_engine) and the harnesses import this package's modules.
 """
 
 

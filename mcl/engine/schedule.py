@@ -1,5 +1,5 @@
 """The paper's schedule projected from measured rates: the one projection of `make bench-engine` and
-`make gpu-check` (mcl/engine/bench.py, mcl/engine/gpu_check.py).
+`make gpu-check` (benchmarks/bench_engine.py, benchmarks/gpu_check.py).
 
 Every stage of Algorithm 1 (mcl.method.stages, at the paper's schedule) is counted at the rate
 of the measured stage type that trains like it: stage 3 trains every layer, as stage 1 does.

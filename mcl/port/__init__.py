@@ -10,14 +10,15 @@ Modules (import them by name; this package imports nothing by itself):
   predict  landmarks from an ONNX model with the evaluation's crop, no Caffe; the faces a detector finds
   inbox    the models in the box (models/<name>/): the real-trained AMs predict uses without --model,
            packaged with their model cards from `make paper` runs
-  detect   face detectors (OpenCV's Haar cascade, dlib's HOG) and their boxes mapped onto each dataset's boxes
+  detect   face detectors (MediaPipe's BlazeFace, OpenCV's Haar cascade, dlib's HOG and CNN) and their boxes
+           mapped onto each dataset's boxes
   video    a video or a camera frame by frame, faces tracked from the previous frame's landmarks
   peers    dlib's 68-point shape predictor on a run's test split, as a predictions file
-  bench    forward speed of Caffe, OpenCV dnn, PyTorch and ONNX Runtime side by side, beside dlib's, and
-           the detectors' cost per picture size
 
-May import: `mcl.method`, `mcl.caffe` (Caffe files are read with protobuf only; the benchmark generates
-its net), `mcl.torchnet`, `mcl.data` (the crops), `mcl.evaluation` (its metrics) and `mcl.fileio`.
+The forward-speed benchmark (`make bench-port`) is a harness outside the package: benchmarks/bench_port.py.
+
+May import: `mcl.method`, `mcl.caffe` (Caffe files are read with protobuf only), `mcl.torchnet`,
+`mcl.data` (the crops), `mcl.evaluation` (its metrics), `mcl.run` (a run's records) and `mcl.fileio`.
 pycaffe, OpenCV dnn and ONNX Runtime only inside the functions that run them; dlib (optional, `make
 setup-peers`) at module top inside try/except ImportError.
 """

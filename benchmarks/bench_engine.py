@@ -1,10 +1,26 @@
-"""The engine benchmark (tools/bench_engine.py, `make bench-engine`): on the CPU, Caffe and the
+#!/usr/bin/env python3
+"""Benchmark: Caffe and the torch engine side by side, ms per training iteration.
+
+Stage 1 (all layers trainable), stage 2 (the first six convolutions fixed) and the
+joint heads stage, generated for a scratch run as `make nets` writes them, on the same
+random HDF5 batches; each engine in its own process with the same number of CPU
+threads, the two taking turns of a few iterations each, never at once. Figures are
+medians over the timed iterations. Also printed: the projected time of the paper's
+whole schedule (METHOD §5, Algorithm 1's stages as mcl/method/stages.py sets them), with
+the torch engine's one pass of the fixed layers over 300-W's training split counted.
+Target: the torch engine at least 2.5x faster than Caffe on the CPU. With --device cuda
+(or cuda:N) the torch engine is timed alone, with no Caffe process: throughput (a block
+with one synchronisation) and latency, and the projected paper schedule.
+
+How it works
+------------
+The engine benchmark (`make bench-engine`): on the CPU, Caffe and the
 torch engine timed side by side, ms per training iteration; on a GPU, the torch engine alone;
 and the paper's whole schedule projected from the figures.
 
 Stage 1 (all layers trainable), stage 2 (the first six convolutions fixed) and the joint
 heads stage, generated for a scratch run as `make nets` writes them, train on the same
-random HDF5 batches. Each engine runs in its own process (`python -m mcl.engine.bench
+random HDF5 batches. Each engine runs in its own process (`benchmarks/bench_engine.py
 --child SPEC`) with the same number of CPU threads (OpenBLAS for Caffe, intra-op threads
 for torch). The two take turns of a few iterations each, so both see the same load on a
 shared machine, and never run at once: one engine's idle threads must not take cores
@@ -28,6 +44,7 @@ its own and counted for the size of 300-W's training split.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -48,7 +65,7 @@ from mcl.method.layouts import get_layout
 from mcl.method.stages import BATCH_SIZE, STAGES
 
 TARGET = 2.5  # the torch engine's speed-up over Caffe at stage 1, on the CPU
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def plan(device: str) -> dict:
@@ -130,7 +147,7 @@ def bench_stage(run: Path, stage: str, device: str, threads: int, warmup: int, i
     for engine in ("caffe", "torch"):
         spec = {"engine": engine, "run": str(run), "stage": stage, "device": device if engine == "torch" else "cpu",
                 "threads": threads}
-        procs[engine] = subprocess.Popen([sys.executable, "-m", "mcl.engine.bench", "--child", json.dumps(spec)],
+        procs[engine] = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
                                          cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     try:
         fixed_ms_per_row = None
@@ -260,7 +277,7 @@ def torch_alone(layout: str = "68", batch: int = BATCH_SIZE, threads: int = 2, d
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         for stage in BENCHED:
             spec = {"engine": "torch", "run": str(run), "stage": stage, "device": device, "threads": threads}
-            p = subprocess.Popen([sys.executable, "-m", "mcl.engine.bench", "--child", json.dumps(spec)], cwd=ROOT,
+            p = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)], cwd=ROOT,
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
             try:
                 fixed = None
@@ -302,8 +319,25 @@ def torch_alone(layout: str = "68", batch: int = BATCH_SIZE, threads: int = 2, d
     return out
 
 
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layout", default="68", help="layout (default 68)")
+    ap.add_argument("--batch", type=int, default=BATCH_SIZE, help=f"batch size (default {BATCH_SIZE}, the paper's)")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads of each engine (default 2)")
+    ap.add_argument("--device", default="cpu", help="torch engine's device: cpu (default; beside Caffe) or cuda, cuda:N (alone)")
+    ap.add_argument("--warmup", type=int, default=2,
+                    help="untimed iterations at the start of each engine's turn (default 2)")
+    ap.add_argument("--iters", type=int, default=12, help="timed iterations per engine and stage (default 12)")
+    ap.add_argument("--block", type=int, default=4, help="timed iterations per turn (default 4)")
+    ap.add_argument("--settle", type=float, default=0.5, help="pause before each turn, seconds (default 0.5)")
+    ap.add_argument("--json", help="also write the figures to this JSON file")
+    args = ap.parse_args(argv)
+    compare_engines(args.layout, args.batch, args.threads, args.device, args.warmup, args.iters, args.block,
+                    args.settle, json_path=args.json)
+    return 0
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--child":
         sys.exit(child(json.loads(sys.argv[2])))
-    print("internal: python -m mcl.engine.bench --child SPEC (use tools/bench_engine.py)", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(main())

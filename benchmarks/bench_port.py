@@ -1,4 +1,19 @@
-"""Forward speed of the 68-point AM in Caffe, OpenCV dnn, PyTorch and ONNX Runtime (fp32 and
+#!/usr/bin/env python3
+"""Forward speed of the ported model beside Caffe (`make bench-port`): single-core batch-1
+latency for Caffe, OpenCV dnn, PyTorch and ONNX Runtime (fp32, fp32 folded, int8) in one
+run, batch-64 throughput on 2 threads, the fp32 floor from the net's FLOP count and the
+core's measured fp32 peak, and int8's accuracy cost on test faces; beside them dlib's 68-point ERT per face (where
+`make setup-peers` installed it), our whole per-face cost (crop + forward + points back),
+and the face detectors' cost per picture size.
+
+Model: --prototxt/--caffemodel, else RUN/models/am.caffemodel, else the 68-point AM
+net with random blobs (timings do not depend on training; int8's accuracy cost is
+then measured on an untrained net and says little). Faces: RUN's val/test splits,
+else a synthetic set prepared on the fly.
+
+How it works
+------------
+Forward speed of the 68-point AM in Caffe, OpenCV dnn, PyTorch and ONNX Runtime (fp32 and
 int8), side by side in one run, against the floor set by the FLOP count and the core's peak; beside
 it a peer, dlib's 68-point ERT per face given the box, and the whole per-face cost of ours (crop,
 forward, points mapped back: mcl.port.predict), and the face detectors' cost per picture size.
@@ -11,6 +26,7 @@ take turns (rounds of a block of forwards each), so that a busy machine slows th
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -28,6 +44,7 @@ import cv2
 import numpy as np
 import torch
 
+from mcl.fileio import atomic_write
 from mcl import torchnet
 from mcl.caffe import netgen
 from mcl.data import splits
@@ -158,7 +175,7 @@ def faces(folder: Path, run=None, n_test: int = 100) -> tuple[dict, dict, str]:
     synthetic set prepared here (data_prep/prepare.py --dataset synth)."""
     if run and (Path(run) / "data" / "test.txt").exists():
         return splits.load_split(run, "val"), splits.load_split(run, "test"), f"{run}/data (val, test)"
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[1]
     data = folder / "run" / "data"
     proc = subprocess.run([sys.executable, str(root / "data_prep" / "prepare.py"), "--dataset", "synth",
                            "--data-root", str(folder / "raw"), "--out", str(data), "--n-train", "100",
@@ -307,8 +324,8 @@ def detector_child(spec: dict) -> dict:
 def run_child(spec: dict, threads: int) -> dict:
     env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
                MKL_NUM_THREADS=str(threads), GLOG_minloglevel="2")
-    root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run([sys.executable, "-m", "mcl.port.bench", "--child", json.dumps(spec)], cwd=root,
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)], cwd=root,
                           capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark child failed:\n{proc.stderr[-3000:]}")
@@ -479,7 +496,34 @@ def markdown(rep: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--prototxt", help="deploy net to time (with --caffemodel)")
+    p.add_argument("--caffemodel", help="its blobs")
+    p.add_argument("--run", help="run folder: models/am.caffemodel and data/{val,test} if present")
+    p.add_argument("--rounds", type=int, default=5, help="turns every engine takes (default 5)")
+    p.add_argument("--block", type=int, default=40, help="batch-1 forwards per turn (default 40)")
+    p.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated subset of {', '.join(ENGINES)}")
+    p.add_argument("--json", help="also write the full report here")
+    args = p.parse_args(argv)
+    if bool(args.prototxt) != bool(args.caffemodel):
+        p.error("--prototxt and --caffemodel go together")
+    engines = tuple(e for e in args.engines.split(",") if e)
+    bad = [e for e in engines if e not in ENGINES]
+    if bad:
+        p.error(f"unknown engine(s) {', '.join(bad)}")
+
+    rep = benchmark(args.prototxt, args.caffemodel, args.run, args.rounds, args.block, engines=engines,
+                    log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(markdown(rep))
+    if args.json:
+        atomic_write(args.json, json.dumps(rep, indent=2) + "\n")
+    return 0
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--child":
         job = json.loads(sys.argv[2])
         print(json.dumps(detector_child(job) if "detectors" in job else child(job)))
+    else:
+        sys.exit(main())

@@ -1,4 +1,4 @@
-"""Small datasets written in each real on-disk format (FORMATS.md), for the data tests.
+"""Small datasets written in each real on-disk format (METHOD §11), for the data tests.
 
 Written here with the formats' own tools (text, scipy.io.savemat, h5py laid out as
 MATLAB -v7.3 writes), independently of mcl.data, so that a reader bug is not hidden by

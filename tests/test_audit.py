@@ -67,7 +67,7 @@ def test_occlusion_fills_exactly_the_tight_left_eye_box():
 def test_occlusion_box_covers_the_68_point_left_eye_with_its_brow():
     layout = get_layout(68)
     pts = np.full((1, 68, 2), 40.0)
-    # left eye cluster per SPEC 8 (1-based 18-22 brow, 37-42 eye): spread them in a known box
+    # left eye cluster per METHOD §8.3 (1-based 18-22 brow, 37-42 eye): spread them in a known box
     left = [j - 1 for j in list(range(18, 23)) + list(range(37, 43))]
     pts[0, left] = np.linspace([5.5, 8.0], [17.0, 21.2], len(left))
     data = {"data": np.ones((1, 1, 50, 50), np.float32), "landmarks": pts.reshape(1, -1)}

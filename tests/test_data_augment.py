@@ -1,4 +1,4 @@
-"""Augmentation (SPEC 6) and the synthetic set: flips, crop geometry, seeding."""
+"""Augmentation (METHOD §6) and the synthetic set: flips, crop geometry, seeding."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The house plan, measured from the code's own imports (README, "How the code is laid out").
+"""The house plan, measured from the code's own imports (docs/LAYOUT.md; README, "How the code is laid out").
 
 `python tests/test_layout.py` prints the figures these tests hold the code to.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MAX_ENTRY_LINES = 150
 MAX_TOP_MODULES = 10
-# The floors of the house (README, "How the code is laid out"): a package may import only packages on
+# The floors of the house (docs/LAYOUT.md; README, "How the code is laid out"): a package may import only packages on
 # the floors below its own. `mcl` is mcl/fileio.py (and mcl/__init__.py).
 FLOORS = [["mcl"], ["mcl.method"], ["mcl.caffe"], ["mcl.data", "mcl.torchnet"], ["mcl.engine"], ["mcl.run"],
           ["mcl.evaluation"], ["mcl.port"]]

@@ -1,4 +1,4 @@
-"""The metrics of SPEC 7 against values computed by hand, the layouts' mirror tables and
+"""The metrics of METHOD §7 against values computed by hand, the layouts' mirror tables and
 inter-ocular rules against the datasets' own documentation, and the test-crop protocols'
 geometry (perfect predictions mapped back from either protocol's crops score zero)."""
 
@@ -118,7 +118,7 @@ def test_per_cluster_means_5_points():
     e = np.array([[0.01, 0.02, 0.03, 0.04, 0.06],
                   [0.03, 0.04, 0.05, 0.06, 0.10]])
     m = metrics(e, layout)
-    # SPEC 8 clusters (1-based): {1} left eye, {2} right eye, {3} nose, {4, 5} mouth
+    # METHOD §8.1 clusters (1-based): {1} left eye, {2} right eye, {3} nose, {4, 5} mouth
     assert m["per_cluster"] == pytest.approx({"left_eye": 0.02, "right_eye": 0.03, "nose": 0.04,
                                               "mouth": (0.04 + 0.06 + 0.06 + 0.10) / 4})
     assert m["per_landmark"] == pytest.approx([0.02, 0.03, 0.04, 0.05, 0.08])
@@ -135,7 +135,7 @@ IBUG_PAIRS_1 = [(1, 17), (2, 16), (3, 15), (4, 14), (5, 13), (6, 12), (7, 11), (
                 (49, 55), (50, 54), (51, 53), (56, 60), (57, 59),
                 (61, 65), (62, 64), (66, 68)]
 IBUG_SELF_1 = [9, 28, 29, 30, 31, 34, 52, 58, 63, 67]
-# COFW (FORMATS.md, there 0-based): (0,1) (2,3) (4,6) (5,7) (8,9) (10,11) (12,14) (13,15) (16,17) (18,19) (22,23)
+# COFW (METHOD §11.2, there 0-based): (0,1) (2,3) (4,6) (5,7) (8,9) (10,11) (12,14) (13,15) (16,17) (18,19) (22,23)
 COFW_PAIRS_1 = [(1, 2), (3, 4), (5, 7), (6, 8), (9, 10), (11, 12), (13, 15), (14, 16), (17, 18), (19, 20), (23, 24)]
 COFW_SELF_1 = [21, 22, 25, 26, 27, 28, 29]
 # MTFL: left eye, right eye, nose, left mouth corner, right mouth corner

@@ -1,5 +1,5 @@
 """Proofs in real Caffe that the generated nets and solvers compute what the paper says
-(SPEC 2-5): they load and time, Eq. 4 equals NumPy, freezing holds, parameter counts,
+(METHOD §2-5): they load and time, Eq. 4 equals NumPy, freezing holds, parameter counts,
 solver settings, joint heads = separate heads, loss-weight rewriting."""
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def frozen_layers_of(frozen_convs):
                                                    ("heads", "global"), ("stage2", "batch"), ("heads", "batch")])
 def test_frozen_layers_stay_bit_identical(bm_run, monkeypatch, caffe, stage_name, frozen_bn):
     """Fixed convs and Scales never move; a fixed BatchNorm's statistics stay under
-    `global` and move under `batch` (SPEC 5's two readings)."""
+    `global` and move under `batch` (METHOD §5.3's two readings)."""
     run, layout = bm_run
     monkeypatch.chdir(run)
     stage = STAGES[stage_name]
@@ -226,7 +226,7 @@ def test_solvers_carry_the_papers_hyperparameters(scale):
                    "equal_budget": 0.001}
     solvers = [p for p in files if p.startswith("solvers/")]
     assert len(solvers) == 7 + layout.m
-    # the optional warm-up (SPEC 5 [interp]): a tenth of step 1's rate, fixed, for 5% of its iterations
+    # the optional warm-up (METHOD §5.5 [interp]): a tenth of step 1's rate, fixed, for 5% of its iterations
     warm = text_format.Parse(files["solvers/warmup_solver.prototxt"], caffe_pb2.SolverParameter())
     assert (warm.base_lr, warm.lr_policy, warm.max_iter) == (pytest.approx(0.002), "fixed", round(9000 * scale))
     assert warm.snapshot == warm.max_iter  # step 1 resumes from its last solverstate

@@ -35,7 +35,7 @@ def test_peers_predictions_are_scored_by_evaluate(tiny_run, dlib_installed, tmp_
              "--out", ev, "--speed-repeats", "0", env=ONE_THREAD)
         scored = json.loads(ev.with_suffix(".json").read_text())["results"]["dlib"]
         d = data["iod_image"]
-        own = (np.linalg.norm(pred - gt, axis=-1).mean(1) / d).mean()  # SPEC 7, restated
+        own = (np.linalg.norm(pred - gt, axis=-1).mean(1) / d).mean()  # METHOD §7.2, restated
         np.testing.assert_allclose(scored["inter_ocular"]["mean_error"], own, rtol=1e-6)
         np.testing.assert_allclose(doc["results"][f"dlib ({variant})"]["inter_ocular"]["mean_error"], own, rtol=1e-6)
 

@@ -231,7 +231,7 @@ def test_bad_inputs_are_named(chained, tmp_path):
     assert r.returncode == 2 and "val.txt" in r.stderr and "empty" in r.stderr
 
 
-# ---- the optional warm-up (SPEC 5 [interp]) -------------------------------------------------
+# ---- the optional warm-up (METHOD §5.5 [interp]) --------------------------------------------
 
 def test_step1_resumes_from_the_warmup_solverstate(tmp_path):
     """WARMUP=on: the warm-up trains at lr 0.002 (fixed) and step 1 continues from its last

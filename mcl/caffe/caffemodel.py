@@ -86,7 +86,7 @@ def copy_layer(net, src: str, dst: str):
 def init_heads(net, clusters):
     """A copy of `net` (WM) where every head shape_pred_<cluster> starts from WM's shape layer.
 
-    SPEC 5: "Each head of steps 4..3+m starts from WM's shape prediction layer".
+    METHOD §5.1: "Every head of steps 4..3+m starts from WM's shape prediction layer".
     Caffe copies weights by layer name, so the heads need blobs under their own names.
     """
     out = caffe_pb2.NetParameter()

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 
-# Layer types used by the generated nets (SPEC.md sections 2-3) and the data paths.
+# Layer types used by the generated nets (METHOD §2-3) and the data paths.
 REQUIRED_LAYERS = (
     "Convolution", "BatchNorm", "Scale", "ReLU", "Pooling", "InnerProduct",
     "HDF5Data", "Data", "Slice", "EuclideanLoss", "Input", "Flatten", "Python",

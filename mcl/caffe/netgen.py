@@ -1,6 +1,6 @@
 """Caffe nets of every stage, generated as caffe_pb2.NetParameter (never from text templates).
 
-SPEC 2 (the network), 3 (the loss of Eq. 4 from stock layers), 5 (what each
+METHOD §2 (the network), §3 (the loss of Eq. 4 from stock layers), §5 (what each
 stage fixes). Layer names follow the authors' deploy prototxt: conv11,
 conv11_bn, conv11_bn_scale, ReLU11, pool1, ...
 
@@ -24,7 +24,7 @@ DATA_LAYER_TYPES = ("HDF5Data", "Data")  # the data layers of a train net (HDF5 
 FEATURE_TOP = "pool4"  # x: global average of conv43
 NET_NAME_RE = re.compile(r"^mcl_(?P<layout>\d+)_(?P<what>[a-z0-9_]+)$")
 
-# [interp] SPEC 5: what a *fixed* layer's BatchNorm does in training, per step.
+# [interp] METHOD §5.3, §12.5: what a *fixed* layer's BatchNorm does in training, per step.
 #   global: use_global_stats, the layer is frozen whole (its stored statistics are
 #           used and never move). "Fix Theta_S" reads most naturally this way, and
 #           the stored statistics are the ones the previous stage's product carries
@@ -76,7 +76,7 @@ def _layer(net, name: str, type_: str, bottoms=(), tops=()):
 
 
 def _learnable(layer, frozen: bool) -> None:
-    """Weight and bias multipliers; a fixed layer gets lr_mult 0 decay_mult 0 (SPEC 5)."""
+    """Weight and bias multipliers; a fixed layer gets lr_mult 0 decay_mult 0 (METHOD §5.3)."""
     if frozen:
         _param(layer, 0, 0)
         _param(layer, 0, 0)

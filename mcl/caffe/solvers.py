@@ -1,4 +1,4 @@
-"""SGD solvers of each stage with the paper's hyperparameters (SPEC 5).
+"""SGD solvers of each stage with the paper's hyperparameters (METHOD §5.2).
 
 A schedule scale multiplies max_iter and stepsize (and the snapshot/display
 intervals that follow from them); every other setting is the paper's.

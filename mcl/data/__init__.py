@@ -1,4 +1,4 @@
-"""Data preparation (SPEC 1, 6, 7): dataset readers, the synthetic face set, the
+"""Data preparation (METHOD §1, §6, §7): dataset readers, the synthetic face set, the
 paper's five-step augmentation, and the HDF5 / LMDB writers Caffe reads.
 
 Modules:

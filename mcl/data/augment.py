@@ -1,6 +1,6 @@
 """Face crops: the paper's five-step augmentation for training, box crops for val/test.
 
-SPEC 6, in order: (1) in-plane rotations of the face and its landmarks; (2) a tight
+METHOD §6, in order: (1) in-plane rotations of the face and its landmarks; (2) a tight
 box around the rotated landmarks; (3) uniform scaling and translation of that box,
 several extents; (4) crop to 50 x 50 gray, horizontal flip with the layout's mirror
 permutation; (5) JPEG re-compression at a random quality.
@@ -8,7 +8,7 @@ permutation; (5) JPEG re-compression at a random quality.
 Steps 1-4 are one similarity transform, so every crop is a single `cv2.warpAffine`
 from the source picture straight to 50 x 50 (the flip folded into the matrix), and
 the 2 x 3 matrix that maps crop coordinates back to the picture (`crop_to_image`) is
-kept for the metrics (SPEC 1: errors in original-image coordinates).
+kept for the metrics (METHOD §1: errors in original-image coordinates).
 
 Coordinates are 0-based pixel centres. A crop of side `s` centred at `c` covers
 [c - s/2, c + s/2], mapped onto crop pixels -0.5 .. 49.5, so crop x = 50/s (x - c) + 24.5.
@@ -29,7 +29,7 @@ from mcl.data.pool import SharedArrays, chunked, parallel_map, shared_arrays
 from mcl.data.readers import OUTSIDE_TOLERANCE, DataError, Sample, check_in_image, load_image
 from mcl.method.layouts import INPUT_SIZE, Layout
 
-CROP = INPUT_SIZE  # SPEC 1: 50 x 50 grayscale face patches
+CROP = INPUT_SIZE  # METHOD §1: 50 x 50 grayscale face patches
 AUGMENT_STREAM = 1  # seed-sequence stream of the augmentation (the synthetic set uses others)
 
 
@@ -65,7 +65,7 @@ class CropSet:
 
     images: np.ndarray  # (N, 50, 50) uint8
     landmarks: np.ndarray  # (N, n, 2) float64, crop pixels
-    iod: np.ndarray  # (N,) float64, inter-ocular distance d in the crop (SPEC 7)
+    iod: np.ndarray  # (N,) float64, inter-ocular distance d in the crop (METHOD §7.1)
     crop_to_image: np.ndarray  # (N, 2, 3) float64
     landmarks_image: np.ndarray  # (N, n, 2) float64, original picture, 0-based
     iod_image: np.ndarray  # (N,) float64
@@ -122,7 +122,7 @@ def tight_box(points: np.ndarray) -> np.ndarray:
     return np.concatenate([lo, hi], axis=-1)
 
 
-# Test-crop protocols (SPEC 1). `ours`: a square of side crop_scale x the box's larger
+# Test-crop protocols (METHOD §1). `ours`: a square of side crop_scale x the box's larger
 # side mapped onto the whole patch (side s -> 50 pixels), edge pixels repeated outside
 # the picture. `authors`: the authors' released demo, read from their binary: side 1.1 x
 # the larger side, scale 49/s about the centre, gray (128) outside the picture.
@@ -146,7 +146,7 @@ def effective_crop_scale(crop_scale: float, protocol: str = DEFAULT_TEST_CROP) -
 
 
 def box_crop_affine(box: np.ndarray, crop_scale: float, protocol: str = DEFAULT_TEST_CROP) -> np.ndarray:
-    """Picture -> crop for a val/test face: a square centred on the box (SPEC 1: test
+    """Picture -> crop for a val/test face: a square centred on the box (METHOD §1: test
     crops use the dataset's boxes), sized by the test-crop protocol (crop_scale is
     ignored by `authors`)."""
     x1, y1, x2, y2 = box
@@ -222,7 +222,7 @@ def _finish(A: np.ndarray, flipped: np.ndarray, images: np.ndarray, sample: Samp
 
 def augment_face(image: np.ndarray, sample: Sample, layout: Layout, settings: AugmentSettings,
                  ratio: float, rng: np.random.Generator) -> CropSet:
-    """settings.copies augmented crops of one training face (SPEC 6, steps 1-5)."""
+    """settings.copies augmented crops of one training face (METHOD §6, steps 1-5)."""
     k = settings.copies
     pts = sample.landmarks
     angle = np.deg2rad(rng.choice(np.asarray(settings.angles, dtype=np.float64), size=k))

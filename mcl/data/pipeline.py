@@ -1,7 +1,7 @@
 """`prepare`: the whole data job behind data_prep/prepare.py.
 
 read the dataset (synth: generate it first, in the 300-W layout)
-  -> hold out the validation faces from the training faces (before augmentation, SPEC 6)
+  -> hold out the validation faces from the training faces (before augmentation, METHOD §6)
   -> training faces: five-step augmentation; val and test faces: box crops
   -> shuffle the training crops (Caffe's Data layer reads an LMDB in key order)
   -> HDF5 + list files, LMDB pairs, contact sheet, manifest.json with checksums.
@@ -68,7 +68,7 @@ FORMATS = ("hdf5", "lmdb")
 DEFAULT_CROP_SCALE = {"synth": 1.25, "ibug": 1.25, "cofw": 1.0, "mtfl": 1.0, "generic": 1.0}
 
 INTERPRETATIONS = [
-    "augmentation angles, extents, shift, flip probability, JPEG qualities and copies per face (SPEC 6) are our "
+    "augmentation angles, extents, shift, flip probability, JPEG qualities and copies per face (METHOD §6) are our "
     "defaults: see settings.augment",
     "validation faces (val_fraction of the training faces) are drawn by seed before augmentation",
     "crop side = crop_scale x the larger side of the dataset box; training crops scale the tight landmark box by "
@@ -96,7 +96,7 @@ class PrepareSettings:
     force: bool = False
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     crop_scale: float | None = None  # default: DEFAULT_CROP_SCALE[dataset]
-    test_crop: str = DEFAULT_TEST_CROP  # val/test crop protocol: ours | authors (SPEC 1)
+    test_crop: str = DEFAULT_TEST_CROP  # val/test crop protocol: ours | authors (METHOD §1)
     tolerance: float = OUTSIDE_TOLERANCE
     coords_base: int = 1  # generic format: 1 (MATLAB style) or 0
     n_train: int = 600  # synthetic set only

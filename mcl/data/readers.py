@@ -1,4 +1,4 @@
-"""Readers of the face-alignment datasets (FORMATS.md): 300-W, COFW, MTFL/AFLW, generic.
+"""Readers of the face-alignment datasets (METHOD §11): 300-W, COFW, MTFL/AFLW, generic.
 
 Every reader returns `Sample`s in one convention: landmarks (n, 2) float64 in 0-based
 pixel coordinates (pixel centres at integers, as cv2 and NumPy index them), the face
@@ -10,7 +10,7 @@ Pixels are loaded lazily (`load_image`, in the worker processes) so that a reade
 3,148 Helen-sized images holds no pixels; only COFW keeps its images in memory,
 because they live inside the .mat file.
 
-Bad input (FORMATS.md, last section) raises `DataError` naming the file (and line).
+Bad input (METHOD §11.5) raises `DataError` naming the file (and line).
 With `skip_bad=True` a reader skips the sample instead and lists it, with the reason,
 in `ReadResult.skipped`; the pipeline copies that list into the dataset manifest.
 """
@@ -165,7 +165,7 @@ def check_in_image(sample: Sample, image: np.ndarray, tolerance: float = OUTSIDE
 
 
 def _to_layout(points: np.ndarray, occluded: np.ndarray | None, layout: Layout, where: str):
-    """Points of the wanted layout: as read, or derived from 68 (SPEC 8 table)."""
+    """Points of the wanted layout: as read, or derived from 68 (METHOD §8.4)."""
     n = points.shape[0]
     if n == layout.n_points:
         return points, occluded

@@ -1,4 +1,4 @@
-"""Contact sheets: faces with their landmarks drawn, coloured by cluster (SPEC 8),
+"""Contact sheets: faces with their landmarks drawn, coloured by cluster (METHOD §8),
 occluded landmarks as red crosses. Drawn with OpenCV, so equal input gives equal bytes."""
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 HDF5, per split: `<split>_000.h5`, `<split>_001.h5`, ... (each under `max_mb`) and the
 list file `<split>.txt` the HDF5Data layer's `source` names. Datasets (fixed names,
 the net generator relies on them):
-  data      float32 (N, 1, 50, 50)  (pixel - 128) * 0.0078125           (SPEC 1)
+  data      float32 (N, 1, 50, 50)  (pixel - 128) * 0.0078125           (METHOD §1)
   landmarks float32 (N, 2n)         crop pixels, x1 y1 x2 y2 ...
   inv_iod   float32 (N,)            1 / d in the crop (1-D: a Scale layer, axis 0)
 and, ignored by Caffe, for evaluation in original-image coordinates:

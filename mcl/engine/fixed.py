@@ -1,6 +1,6 @@
 """The fixed leading layers' outputs, computed once per training row instead of once per iteration.
 
-In the heads stage (SPEC 5, steps 4..3+m) every shared layer is fixed, and in stage 2
+In the heads stage (METHOD §5.1, steps 4..3+m) every shared layer is fixed, and in stage 2
 the first six convolutions are; under the default `global` reading their BatchNorms
 use their stored statistics. Those layers are then a fixed function of each face,
 and Caffe recomputes the same pool4 (heads) or pool3 (stage 2) every time a face

@@ -1,11 +1,11 @@
 """Evaluation and the audit: the paper's metrics, predictions files, reports and plots, the ablations.
 
-  evaluate      a model over a split and the paper's metrics (SPEC 7), normalised by the inter-ocular distance
+  evaluate      a model over a split and the paper's metrics (METHOD §7), normalised by the inter-ocular distance
   job           one evaluation of several models and predictions files (tools/evaluate.py)
   predictions   the predictions-file format, read and written
   report        markdown tables, CED curves, overlays of the best and worst faces
   curves        learning curves of a stage (trained for the curve, or its kept snapshots scored)
-  audit         the seven ablations and the equal-budget control (SPEC 8); audit_report: their report
+  audit         the seven ablations and the equal-budget control (METHOD §10); audit_report: their report
   summary       the run's one-page summary
   audit_model   Algorithm 1 in PyTorch (mcl.method.pytorch) on a second architecture, with the audit's report
   sweep         the audit across seeds (`make sweep`): per model and claim, mean, sd, 95% interval, verdict

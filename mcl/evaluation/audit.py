@@ -1,4 +1,4 @@
-"""The reproducibility audit: every ablation of the paper (SPEC 10) scored on a run, beside the paper.
+"""The reproducibility audit: every ablation of the paper (METHOD §10) scored on a run, beside the paper.
 
 Each ablation is its own Make target writing `<run>/audit/<ablation>.json`
 (its models are trained by tools/run_stage.py like any stage); `report` gathers
@@ -349,15 +349,15 @@ def run_settings(run: Path) -> dict:
         "interpretations": {
             "bn_stats (BatchNorm statistics of each stage's product)": bm.get("bn_stats"),
             "bn_batches (training batches they are recomputed over)": bm.get("bn_batches"),
-            "frozen BatchNorm in stage 2 (SPEC 5)": stage2.get("frozen_bn"),
-            "frozen BatchNorm in the heads (SPEC 5)": heads.get("frozen_bn"),
+            "frozen BatchNorm in stage 2 (METHOD §5.3)": stage2.get("frozen_bn"),
+            "frozen BatchNorm in the heads (METHOD §5.3)": heads.get("frozen_bn"),
             "Eq. 5 normalisation": "u_j = n b_j / sum_k b_k (mean weight 1)",
             "Eq. 9 within groups": "proportional to WM's error inside P_i and Q_i, group totals from Eq. 8",
             "alpha (Eq. 6)": 125,
             "clusters": "mcl/method/layouts.py (29 points: brows by mirror pairs; 68: eyes with brows, contour 1-6/7-11/12-17)",
             "learning-rate multipliers": "weights 1 / decay 1, biases 2 / decay 0",
-            "warm-up before step 1 (SPEC 5)": (f"on: lr 0.002 fixed for 5% of step 1, which resumes from "
-                                               f"{bm['warmup']}" if bm.get("warmup") else "off"),
+            "warm-up before step 1 (METHOD §5.5)": (f"on: lr 0.002 fixed for 5% of step 1, which resumes from "
+                                                    f"{bm['warmup']}" if bm.get("warmup") else "off"),
             "perturbation weights": f"clipped at {PERTURBATION_FLOOR}, rescaled to mean 1",
             "occlusion": f"{OCCLUDED_FRACTION:.0%} of test faces, tight box of {OCCLUSION_CLUSTER} filled gray",
             "augmentation": (data.get("settings") or {}).get("augment"),

@@ -1,4 +1,4 @@
-"""Running a model over a data split and the paper's metrics (SPEC 7).
+"""Running a model over a data split and the paper's metrics (METHOD §7).
 
 Errors are measured in original-image coordinates: each prediction is mapped
 back through its crop's transform and divided by the face's inter-ocular

@@ -73,7 +73,7 @@ def evaluation_markdown(doc: dict, layout: Layout) -> str:
     results = doc["results"]
     protocol = doc.get("protocol", {})
     lines = [f"# Evaluation: layout {layout.name}, split {doc['split']}", "",
-             "Errors in % of the inter-ocular distance (SPEC 7), measured in original-image coordinates; "
+             "Errors in % of the inter-ocular distance (METHOD §7), measured in original-image coordinates; "
              "failure: face mean error > 10% (and > 8%).", "",
              f"Crops of every model's numbers below: {protocol_text(protocol)}"
              + (", as the run's data/manifest.json records it." if protocol.get("test_crop") else "."), "",

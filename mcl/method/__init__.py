@@ -1,7 +1,7 @@
 """The method itself: the paper's equations and Algorithm 1, with no Caffe and no framework.
 
-Holds the landmark layouts and their clusters (`layouts`, SPEC 1), Algorithm 1 as one
-table of stages with their solvers (`stages`, SPEC 5), the loss weights of Eq. 5, 8 and 9
+Holds the landmark layouts and their clusters (`layouts`, METHOD §8), Algorithm 1 as one
+table of stages with their solvers (`stages`, METHOD §5), the loss weights of Eq. 5, 8 and 9
 (`loss_weights`), the assembly of the heads into one layer on arrays, Eq. 2-3
 (`assembly`), and the paper's own numbers, each cited by section (`paper`). `pytorch` is the
 method for any PyTorch landmark regressor whose last layer is a linear D -> 2n (Section IV-E):

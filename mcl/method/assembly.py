@@ -1,7 +1,7 @@
 """Eq. 2-3: the m heads assembled into one shape prediction layer, on arrays.
 
 For every landmark j in cluster P_i, the assembled layer takes rows 2j and 2j+1
-(x and y) of head i's weight matrix and entries 2j, 2j+1 of its bias (SPEC 9).
+(x and y) of head i's weight matrix and entries 2j, 2j+1 of its bias (METHOD §9).
 One InnerProduct D -> 2n remains, so AM costs what BM costs at test time.
 """
 

@@ -1,9 +1,9 @@
 """The landmark layouts (5, 29, 68 points): the one table every other module reads.
 
-Each layout holds the paper's facts about it: the feature width D (SPEC 2), the
-clusters P_1..P_m of multi-center learning (SPEC 8), the mirror permutation used
-by horizontal flips (SPEC 6), and the inter-ocular rule of the metrics and of the
-loss normalisation d (SPEC 7). Indices are 0-based everywhere in code; the
+Each layout holds the paper's facts about it: the feature width D (METHOD §2), the
+clusters P_1..P_m of multi-center learning (METHOD §8), the mirror permutation used
+by horizontal flips (METHOD §6), and the inter-ocular rule of the metrics and of the
+loss normalisation d (METHOD §7). Indices are 0-based everywhere in code; the
 comments quote the paper's 1-based numbers.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# SPEC 1: the network's input, a 50 x 50 grayscale patch, pixel p -> (p - 128) * 0.0078125
+# METHOD §1: the network's input, a 50 x 50 grayscale patch, pixel p -> (p - 128) * 0.0078125
 # (in Caffe terms transform_param { mean_value: 128 scale: 0.0078125 }).
 INPUT_SIZE = 50
 PIXEL_MEAN = 128.0
@@ -52,7 +52,7 @@ class Layout:
         return owner
 
     def inter_ocular_distance(self, points: np.ndarray) -> np.ndarray:
-        """d of SPEC 7 for points shaped (..., n, 2), in the points' own units."""
+        """d of METHOD §7.1 for points shaped (..., n, 2), in the points' own units."""
         pts = np.asarray(points, dtype=np.float64)
         a = pts[..., list(self.inter_ocular[0]), :].mean(axis=-2)
         b = pts[..., list(self.inter_ocular[1]), :].mean(axis=-2)
@@ -89,10 +89,10 @@ AFLW5 = Layout(
     outer_corners=None,
 )
 
-# 29 points (COFW, LFPW order). Mirror pairs from the dataset (FORMATS.md).
-# Eyebrows go with their eye (SPEC 8). The side of each brow point follows the
+# 29 points (COFW, LFPW order). Mirror pairs from the dataset (METHOD §11.2).
+# Eyebrows go with their eye (METHOD §8.2). The side of each brow point follows the
 # mirror pairs: 1-based (1,2) (3,4) (5,7) (6,8), so one brow is {1,3,5,6} and the
-# other {2,4,7,8}. [interp] SPEC 8 lists {1,3,5,7} / {2,4,6,8}, which would put
+# other {2,4,7,8}. [interp] (METHOD §12.3) Strictly alternating sides, {1,3,5,7} / {2,4,6,8}, would put
 # the mirror pair 5<->7 inside one cluster; we follow the mirror pairs. The side
 # that is "left" (image left) is taken to be the odd-numbered one.
 _COFW_PAIRS = [(0, 1), (2, 3), (4, 6), (5, 7), (8, 9), (10, 11), (12, 14), (13, 15), (16, 17), (18, 19), (22, 23)]

@@ -2,7 +2,7 @@
 
 Every figure carries the place in the paper it comes from (Shao et al., "Deep
 Multi-Center Learning for Face Alignment", Neurocomputing; arXiv 1808.01558;
-SPEC 10 restates them). Sections are the paper's: IV-A datasets and settings,
+METHOD §10 restates them). Sections are the paper's: IV-A datasets and settings,
 IV-B comparison with the state of the art, IV-C ablation study, IV-D partially
 occluded faces, IV-E weighting fine-tuning for other frameworks.
 
@@ -49,7 +49,7 @@ _DATA = "Sec. IV-A-1 (Datasets)"
 _IMPL = "Sec. IV-A-2 (Implementation details)"
 
 FIGURES: tuple[PaperFigure, ...] = (
-    # Headline accuracy (SPEC 10): MCL's mean error, inter-ocular normalisation.
+    # Headline accuracy (METHOD §10): MCL's mean error, inter-ocular normalisation.
     PaperFigure("mean_error.aflw", 5.38, "%", "MCL mean error, AFLW (5 points, MTFL/TCDCN protocol)", _SOTA),
     PaperFigure("mean_error.cofw", 6.00, "%", "MCL mean error, COFW (29 points)", _SOTA),
     PaperFigure("mean_error.ibug", 8.51, "%", "MCL mean error, IBUG (68 points, 300-W challenging subset)", _SOTA),
@@ -58,12 +58,12 @@ FIGURES: tuple[PaperFigure, ...] = (
     # Not printed in the text we hold: implied by the two figures above, 5.38 / (1 - 0.0393) = 5.600.
     PaperFigure("mean_error.aflw.recnet", 5.60, "%", "RecNet's mean error on AFLW, implied by MCL's 5.38 and the "
                 "stated relative reduction of 3.93% (5.38 / (1 - 0.0393))", "Sec. IV-B, text (implied)"),
-    # Speed (SPEC 7, 10).
+    # Speed (METHOD §7.2, §10).
     PaperFigure("speed.ms_per_face", 17.5, "ms", "forward time per face, 68 points, batch 1, one core of an "
                 "i5-6200U 2.3 GHz", "Sec. IV-B, text and speed table; metric in Sec. IV-A-3"),
     PaperFigure("speed.fps", 57, "FPS", "frames per second, same setting (1000 / 17.5)",
                 "Sec. IV-B, speed table"),
-    # Splits (SPEC 10).
+    # Splits (METHOD §10).
     PaperFigure("split.aflw.train", 10000, "faces", "MTFL/AFLW training faces", _DATA),
     PaperFigure("split.aflw.train_lfw", 4151, "faces", "of which LFW", _DATA),
     PaperFigure("split.aflw.train_web", 5849, "faces", "of which web images", _DATA),
@@ -74,7 +74,7 @@ FIGURES: tuple[PaperFigure, ...] = (
     PaperFigure("split.cofw.test", 507, "faces", "COFW test faces", _DATA),
     PaperFigure("split.ibug.train", 3148, "faces", "300-W training faces (AFW + LFPW train + Helen train)", _DATA),
     PaperFigure("split.ibug.test", 135, "faces", "IBUG test faces", _DATA),
-    # Solver and method constants (SPEC 4, 5).
+    # Solver and method constants (METHOD §4, §5).
     PaperFigure("solver.batch", 64, "", "mini-batch size", _IMPL),
     PaperFigure("solver.momentum", 0.9, "", "momentum", _IMPL),
     PaperFigure("solver.weight_decay", 0.0005, "", "weight decay", _IMPL),
@@ -88,7 +88,7 @@ FIGURES: tuple[PaperFigure, ...] = (
     PaperFigure("feature_dim.5", 512, "", "D for 5 points", _IMPL),
     PaperFigure("feature_dim.29", 512, "", "D for 29 points", _IMPL),
     PaperFigure("feature_dim.68", 1024, "", "D for 68 points", _IMPL),
-    # Ablations (SPEC 10).
+    # Ablations (METHOD §10).
     PaperFigure("pre_bm.feature_params_per_d", 2049, "x D", "parameters of pre-BM's feature part, (4*4*128+1) D",
                 "Sec. IV-C-1"),
     PaperFigure("bm.feature_params_per_d", 1157, "x D", "parameters of BM's feature part, (3*3*128+1) D + 2D + 2D",

@@ -3,7 +3,7 @@
 Section IV-E of the paper applies weighting fine-tuning to another network (DAN); its conclusion says the
 network "can be replaced with a more powerful one". This module is that, for a PyTorch model:
 
-  LandmarkLoss      Eq. 4 as a module, the value our Caffe loss layers compute (SPEC 3)
+  LandmarkLoss      Eq. 4 as a module, the value our Caffe loss layers compute (METHOD §3)
   MultiCenterHeads  m copies of the shape prediction layer, one per cluster (Algorithm 1, steps 4..3+m)
   assemble_heads    Eq. 2-3: one nn.Linear taking each landmark's rows from its cluster's head
   algorithm1        the whole of Algorithm 1: BM, Eq. 5, weighting fine-tuning in two parts, Eq. 9, the heads
@@ -14,7 +14,7 @@ the code the Caffe pipeline runs; the schedule and solver constants are `mcl.met
 
 A model's contract: its output is the output of its shape prediction layer (by default the last module it
 registers), an `nn.Linear(D, 2n)` fed the feature x (N, D); coordinates x1 y1 x2 y2 ... Fixed layers are in
-eval mode while fixed (their BatchNorm uses and keeps its stored statistics, the `global` reading of SPEC 5,
+eval mode while fixed (their BatchNorm uses and keeps its stored statistics, the `global` reading of METHOD §5.3,
 the pipeline's default), and the heads train on features computed once per training row with the whole
 feature extractor in eval mode.
 """
@@ -83,7 +83,7 @@ class LandmarkLoss(nn.Module):
     """Eq. 4 averaged over the batch: mean_i sum_j u_j ((dx_ij)^2 + (dy_ij)^2) / (2 d_i^2), u_j = 1 by default.
 
     `pred`, `target`: (N, 2n), x1 y1 x2 y2 ...; `d`: (N,) inter-ocular distances in the coordinates' units.
-    As in the Caffe net (SPEC 3), prediction and target are each scaled by 1/d before they are subtracted.
+    As in the Caffe net (METHOD §3.1), prediction and target are each scaled by 1/d before they are subtracted.
     """
 
     def __init__(self, weights=None):
@@ -245,7 +245,7 @@ class StageSchedule:
 
 @dataclass(frozen=True)
 class Schedule:
-    """Every stage's iterations, step size and learning rate, and the solver's constants (SPEC 5)."""
+    """Every stage's iterations, step size and learning rate, and the solver's constants (METHOD §5)."""
 
     stages: dict[str, StageSchedule] = field(default_factory=dict)
     batch_size: int = BATCH_SIZE
@@ -268,7 +268,7 @@ class Schedule:
 
 
 class CaffeSGD:
-    """Caffe's SGD as the pipeline's solvers run it (SPEC 5): lr = base_lr gamma^floor(it / stepsize),
+    """Caffe's SGD as the pipeline's solvers run it (METHOD §5.2): lr = base_lr gamma^floor(it / stepsize),
     v = momentum v + lr_mult lr (g + decay_mult weight_decay w), w -= v; a bias gets lr_mult 2, decay_mult 0
     and every other parameter 1, 1 (the multipliers mcl.caffe.netgen writes)."""
 

@@ -1,6 +1,6 @@
 """Algorithm 1 of the paper as a table: the stages, what each trains, its solver.
 
-SPEC 5. Every solver: SGD, batch 64, momentum 0.9, weight decay 0.0005,
+METHOD §5. Every solver: SGD, batch 64, momentum 0.9, weight decay 0.0005,
 lr_policy "step", gamma 0.3, stepsize 30000. A schedule scale multiplies
 max_iter and stepsize and nothing else.
 """
@@ -69,7 +69,7 @@ STAGES = {
     # pre-BM (the ablation) is pre-trained like BM.
     "pre_bm": Stage("pre_bm", "1 (pre-BM)", 0.02, 180000, (), "uniform", product="pre_bm", deploy="pre_bm_deploy",
                     label="pre-BM"),
-    # [interp] SPEC 5's optional warm-up (WARMUP=on; default off): "a low initial learning rate
+    # [interp] METHOD §5.5's optional warm-up (WARMUP=on; default off): "a low initial learning rate
     # ... increase the learning rate when the loss is reduced significantly". Start lr 0.002 (a
     # tenth of step 1's), fixed; switch rule: after 5% of step 1's iterations, where step 1
     # resumes from the warm-up's solverstate (its iterations count towards step 1's).
@@ -94,7 +94,7 @@ def get_stage(name: str) -> Stage:
 
 # Named schedules beside the paper's (scaled uniformly): (max_iter, stepsize) of each stage,
 # every other solver setting the paper's. `demo`: the built-in faces in minutes on two cores,
-# chosen from measured training curves (README, "The demo"): stage 1 gets most of the budget,
+# chosen from measured training curves (docs/DEMO.md): stage 1 gets most of the budget,
 # because BM's accuracy bounds everything after it, and most of that at lr 0.02 and 0.006,
 # where its loss still falls (at 0.0018 it had levelled off by iteration 840 of a 1,200 run).
 SCHEDULES = {

@@ -313,7 +313,7 @@ def check_engine_options(engine: str = "caffe", device: str = "cpu", tf32: bool 
 
 
 def seed_from_warmup(spec: StageSpec, state: Path) -> None:
-    """Step 1 resumes from the warm-up's solverstate (SPEC 5): it becomes the stage's first snapshot,
+    """Step 1 resumes from the warm-up's solverstate (METHOD §5.5): it becomes the stage's first snapshot,
     so the runner resumes from it as from any snapshot (weights, momentum, iteration, data position)."""
     it = int(SNAPSHOT_RE.search(state.name).group(1))
     solver_state = caffe_pb2.SolverState()
@@ -335,7 +335,7 @@ def warmup_state(run: Path) -> Path:
 
 
 def heads_init(run: Path, wm: Path, clusters, name: str = "heads") -> Path:
-    """WM with its shape layer copied to every head (SPEC 5: heads start from WM's layer)."""
+    """WM with its shape layer copied to every head (METHOD §5.1: heads start from WM's layer)."""
     path = run / "snapshots" / f"{name}_init.caffemodel"
     caffemodel.save(caffemodel.init_heads(caffemodel.load(wm), clusters), path)
     return path

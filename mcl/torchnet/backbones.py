@@ -7,11 +7,11 @@ keeps the width), the same table of stages (t, c, n, s), the same `_make_divisib
 same initialisation. It is written here in plain PyTorch because no torchvision wheel loads beside our pinned
 CPU torch (torchvision's operators do not register against it).
 
-Adapted to the paper's input (SPEC 1: one gray channel, 50 x 50):
+Adapted to the paper's input (METHOD §1: one gray channel, 50 x 50):
   - the stem convolution reads one channel instead of three;
   - strides reduced from torchvision's total 32 to 8: the stage of width 24 and the stage of width 160 have
     stride 1 instead of 2, so the map goes 50 -> 25 -> 13 -> 7 and the last stage sees 7 x 7, as the paper's
-    conv43 does (SPEC 2), instead of 2 x 2;
+    conv43 does (METHOD §2), instead of 2 x 2;
   - the classifier's dropout is left out: the head is the method's shape prediction layer, a plain
     `nn.Linear(D, 2n)` (D = 1280), the layer Algorithm 1's heads copy (steps 4..3+m);
   - the width multiplier is a setting (torchvision's default 1.0; `mobilenet_v2_0.5` halves every

@@ -1,4 +1,4 @@
-"""`make demo` at a tiny schedule: every artifact the README promises exists and the summary
+"""`make demo` at a tiny schedule: every artifact docs/DEMO.md promises exists and the summary
 holds numbers (the real demo differs only in its schedule and layout)."""
 
 from __future__ import annotations

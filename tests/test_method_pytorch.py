@@ -144,7 +144,7 @@ def test_every_head_starts_from_the_shape_layer():
 
 
 def test_schedule_is_the_pipelines():
-    """Schedule.from_stages reads mcl.method.stages: the demo's table (README) and the paper's at a scale."""
+    """Schedule.from_stages reads mcl.method.stages: the demo's table (docs/DEMO.md) and the paper's at a scale."""
     demo = Schedule.from_stages(schedule="demo")
     assert demo.stages == {"stage1": StageSchedule(1500, 600, 0.02), "stage2": StageSchedule(60, 30, 0.001),
                            "stage3": StageSchedule(150, 75, 0.001), "heads": StageSchedule(150, 75, 0.001),

@@ -130,10 +130,24 @@ def stage_iterations(stage: Stage, scale: float, schedule: str | None = None) ->
 
 
 def stage_stepsize(stage: Stage, scale: float, schedule: str | None = None) -> int:
-    """The step policy's stepsize of `stage` (a control stage steps like its last fine-tuning stage)."""
+    """The step policy's stepsize of `stage`. A control stage (budget_of) steps like the last stage of
+    its budget that trains every layer, as the control does (stage 3 for the equal-budget control)."""
     if check_schedule(schedule):
-        return SCHEDULES[schedule][stage.budget_of[-2] if stage.budget_of else stage.name][1]
+        like = stage.name
+        if stage.budget_of:
+            like = next(name for name in reversed(stage.budget_of) if not STAGES[name].frozen)
+        return SCHEDULES[schedule][like][1]
     return scaled(STEPSIZE, scale)
+
+
+def learning_rate(it: int, base_lr: float, stepsize: int, gamma: float = GAMMA, policy: str = "step") -> float:
+    """The learning rate of iteration `it` (METHOD §5.2), Caffe's SGDSolver::GetLearningRate in double:
+    "step": base_lr * gamma ^ floor(it / stepsize); "fixed": base_lr."""
+    if policy == "fixed":
+        return float(base_lr)
+    if policy != "step":
+        raise ValueError(f"learning-rate policy {policy!r}: step or fixed")
+    return float(base_lr) * float(gamma) ** (it // stepsize)
 
 
 def scaled(iterations: int, scale: float) -> int:

@@ -177,7 +177,8 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
     tool("tools/run_stage.py", "--run", run, "--stage", "stage1")
     tool("tools/compute_weights.py", "--run", run, "--model", run / "models/bm.caffemodel", "--eq", 5,
          "--out", run / "loss_weights/bm_eq5.json")
-    tool("tools/run_stage.py", "--run", run, "--stage", "heads", "--init", run / "models/bm.caffemodel")
+    tool("tools/run_stage.py", "--run", run, "--stage", "heads", "--init", run / "models/bm.caffemodel",
+         "--loss-weights", "uniform")
     return base, run
 
 

@@ -97,7 +97,8 @@ def test_fixed_layers_statistics_are_those_of_the_model_they_start_from(bn_run):
     recomputed statistics of BM through training, and its product recomputes them to the
     same values (same weights, same batches)."""
     constant_lr(bn_run, "stage2")
-    tool("tools/run_stage.py", "--run", bn_run, "--stage", "stage2", "--init", bn_run / "models" / "bm.caffemodel")
+    tool("tools/run_stage.py", "--run", bn_run, "--stage", "stage2", "--init", bn_run / "models" / "bm.caffemodel",
+         "--loss-weights", "uniform")
     bm = caffemodel.blobs(caffemodel.load(bn_run / "models" / "bm.caffemodel"))
     raw = caffemodel.blobs(caffemodel.load(bn_run / "models" / "stage2.raw.caffemodel"))
     product = caffemodel.blobs(caffemodel.load(bn_run / "models" / "stage2.caffemodel"))

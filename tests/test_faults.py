@@ -151,9 +151,9 @@ STAGE_TYPES = {
     "stage1": ([], ["bm"]),
     "stage2": (["--init", "models/bm.caffemodel", "--loss-weights", "loss_weights/bm_eq5.json"], ["stage2"]),
     "stage3": (["--init", "models/bm.caffemodel", "--loss-weights", "loss_weights/bm_eq5.json"], ["wm"]),
-    "heads": (["--init", "models/bm.caffemodel"], ["heads"]),
-    "heads-separate": (["--init", "models/bm.caffemodel", "--separate"], ["head_left_eye", "head_right_eye",
-                                                                          "head_nose", "head_mouth"]),
+    "heads": (["--init", "models/bm.caffemodel", "--loss-weights", "uniform"], ["heads"]),
+    "heads-separate": (["--init", "models/bm.caffemodel", "--loss-weights", "uniform", "--separate"],
+                       ["head_left_eye", "head_right_eye", "head_nose", "head_mouth"]),
     "pre_bm": ([], ["pre_bm"]),
     "equal_budget": (["--init", "models/bm.caffemodel"], ["equal_budget"]),
 }

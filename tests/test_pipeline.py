@@ -258,3 +258,27 @@ def test_step1_resumes_from_the_warmup_solverstate(tmp_path):
     bad = tool("tools/run_stage.py", "--run", run, "--stage", "stage3", "--init", run / "models" / "bm.caffemodel",
                "--warmup", check=False)
     assert bad.returncode == 2 and "only step 1" in bad.stderr
+
+
+# ---- the stage table's rows as tools/run_stage.py's defaults (tests/test_stage_table.py) ----
+
+def test_a_stage_without_init_starts_from_the_tables_model_and_says_when_it_is_missing(tmp_path):
+    """stage2 without --init starts from BM (not from the fillers); where BM is not there, a named error."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = tool("tools/run_stage.py", "--run", empty, "--stage", "stage2", check=False)
+    assert r.returncode == 2 and "models/bm.caffemodel" in r.stderr and "stage table" in r.stderr, r.stderr
+    assert not (empty / "models").exists()
+
+
+def test_an_override_is_said_and_recorded(chained, tmp_path):
+    run, _ = chained
+    out = tmp_path / "x.caffemodel"
+    r = tool("tools/run_stage.py", "--run", run, "--stage", "stage3", "--init", run / "models/bm.caffemodel",
+             "--loss-weights", "uniform", "--out", out)
+    assert "--init models/bm.caffemodel overrides the stage table's models/stage2.caffemodel" in r.stderr
+    assert "--loss-weights u_j = 1 overrides the stage table's loss_weights/bm_eq5.json" in r.stderr
+    entry = json.loads((run / "manifest.json").read_text())["artifacts"][str(out)]
+    assert entry["table_overrides"]["init"] == {"table": "models/stage2.caffemodel", "given": "models/bm.caffemodel"}
+    assert entry["table_overrides"]["loss_weights"]["given"] == "u_j = 1"
+    assert entry["table_overrides"]["out"]["table"] == "models/wm.caffemodel"

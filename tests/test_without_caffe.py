@@ -104,10 +104,10 @@ def test_every_torch_stage_type_trains_without_caffe(blocked):
     proc = stage("stage1", "--bn-stats", "running")
     assert "training skipped" in proc.stdout, proc.stdout
     m = r / "models"
-    stage("stage2", "--init", m / "bm.caffemodel", "--bn-stats", "running")
+    stage("stage2", "--init", m / "bm.caffemodel", "--loss-weights", "uniform", "--bn-stats", "running")
     assert "Fixed layers" in (r / "logs/stage2.log").read_text()  # stage 2's cache ran, on the engine alone
-    stage("stage3", "--init", m / "stage2.caffemodel", "--bn-stats", "running")
-    stage("heads", "--init", m / "wm.caffemodel", "--bn-stats", "running")
+    stage("stage3", "--init", m / "stage2.caffemodel", "--loss-weights", "uniform", "--bn-stats", "running")
+    stage("heads", "--init", m / "wm.caffemodel", "--loss-weights", "uniform", "--bn-stats", "running")
     stage("pre_bm", "--bn-stats", "running")
     doc = json.loads((r / "manifest.json").read_text())["artifacts"]
     for product in ("bm", "stage2", "wm", "heads", "pre_bm"):

@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """Train one stage of Algorithm 1 in real Caffe (or the torch engine), resuming from its last snapshot.
 
-With --loss-weights the stage's net gets those u_j (Eq. 5 or Eq. 9) first; heads --separate
-trains one run per head (head_<cluster>) -> models/heads_separate.json. With --engine torch
-the same net and solver train in PyTorch with Caffe's numerics (mcl/engine; --device cuda
-on a GPU); the products are the same Caffe files. The runner is mcl/run/stage.py; the full
-log goes to <run>/logs/<stage>.log; progress is a bar. Interrupted (Ctrl-C or killed), the
-next run resumes from the latest snapshot. The stages (mcl/method/stages.py):
+What the stage starts from, the loss weights it trains with (Eq. 5 or Eq. 9) and its product come
+from the stage table (mcl/method/stages.py, printed below); --init, --loss-weights and --out
+override it, and an override that contradicts the table is said on stderr and recorded in the
+manifest. --name trains a named copy of the stage's net and solver: an audit row of the table
+(e.g. --stage heads --name sam_heads) or an ablation of your own. heads --separate trains one run
+per head (head_<cluster>) -> models/heads_separate.json. With --engine torch the same net and
+solver train in PyTorch with Caffe's numerics (mcl/engine; --device cuda on a GPU); the products
+are the same Caffe files. The runner is mcl/run/stage.py; the full log goes to
+<run>/logs/<stage>.log; progress is a bar. Interrupted (Ctrl-C or killed), the next run resumes
+from the latest snapshot.
 """
 
 from __future__ import annotations
@@ -25,15 +29,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__ + "\n" + table(), formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="run folder (holds data/, nets/, solvers/)")
     ap.add_argument("--stage", required=True, choices=sorted(STAGES), help="stage to train")
-    ap.add_argument("--init", help="caffemodel to start from (the previous stage's model)")
-    ap.add_argument("--loss-weights", help="weights JSON (Eq. 5 for stage2/3, Eq. 9 for heads)")
+    ap.add_argument("--init", help="caffemodel to start from (default: the table's, e.g. models/bm.caffemodel "
+                                   "for stage2)")
+    ap.add_argument("--loss-weights", help="loss-weights JSON (default: the table's, Eq. 5 for stage2/3, Eq. 9 for "
+                                           "heads); 'uniform': u_j = 1")
     ap.add_argument("--separate", action="store_true", help="heads: one run per head instead of one joint run")
     ap.add_argument("--warmup", action="store_true",
                     help="stage1: start from the warm-up's final solverstate (METHOD §5.5's optional warm-up; train "
                          "--stage warmup first)")
     ap.add_argument("--name", help="train the stage on a named copy of its net and solver (nets/NAME_train.prototxt, "
                                    "snapshots/NAME): an ablation with its own loss weights and snapshots")
-    ap.add_argument("--out", help="output caffemodel (default models/<bm|stage2|wm|heads|pre_bm>.caffemodel)")
+    ap.add_argument("--out", help="output caffemodel (default: the table's product, e.g. models/wm.caffemodel)")
     ap.add_argument("--bn-stats", choices=bnstats.SETTINGS, default=bnstats.DEFAULT,
                     help="BatchNorm statistics of the product: recomputed with the final weights over training "
                          "batches (default), or running (Caffe's raw running averages); the raw model is kept "
@@ -58,7 +64,7 @@ def main(argv=None) -> int:
     try:
         with writer(Path(args.run)):
             train(Path(args.run), args.stage, init=Path(args.init).resolve() if args.init else None,
-                  weights=Path(args.loss_weights).resolve() if args.loss_weights else None,
+                  weights=args.loss_weights,
                   out=Path(args.out) if args.out else None, name=args.name, separate=args.separate,
                   warmup=args.warmup, bn_stats=args.bn_stats, bn_batches=args.bn_batches, engine=args.engine,
                   device=args.device, tf32=args.tf32 == "on", deterministic=args.deterministic == "on",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,20 +21,20 @@ from mcl.caffe import bnstats, netgen
 from mcl.caffe.forward import load_net
 from mcl.caffe.runfiles import run_layout
 from mcl.data.splits import load_split, split_files
+from mcl.data.writers import network_input
 from mcl.evaluation.evaluate import EvalError, evaluate_model
 from mcl.fileio import atomic_write
 from mcl.method import loss_weights, paper
 from mcl.method.layouts import Layout
-from mcl.method.stages import LOSS_WEIGHTS_DIR, STAGES
+from mcl.method.stages import ASSEMBLIES, DERIVED, PERTURBATION_DELTAS, STAGES, Assembly, Stage
 from mcl.run import manifest, provenance
 
 ABLATIONS = ("pre_bm", "perturbation", "single_head", "simplified_am", "weighting_simplified_am", "occlusion",
              "equal_budget")
-# Sec. IV-C-2: "When delta is 0.4, WM can still ..."; [interp] four equal steps up to it.
-DELTAS = tuple(round(paper.value("perturbation.delta_max") * k / 4, 6) for k in range(1, 5))
+DELTAS = PERTURBATION_DELTAS  # the table's (mcl/method/stages.py), as its audit rows train them
 OCCLUDED_FRACTION = paper.value("occlusion.share")  # Sec. IV-D: "Randomly 30% testing faces ... left eyes"
 OCCLUSION_CLUSTER = "left_eye"
-OCCLUSION_FILL = 128  # gray, in pixel values; in the net's input units (128 - 128) / 128 = 0
+OCCLUSION_FILL = 128  # gray, in pixel values; in the net's input units network_input(128) = 0
 # [interp] "held" for the weighting's robustness: the mean error of every perturbed WM within
 # this relative distance of WM's.
 PERTURBATION_TOLERANCE = 0.10
@@ -56,14 +56,32 @@ class ModelSpec:
     output: str = netgen.SHAPE_LAYER
 
 
+def of_stage(stage: Stage, label: str | None = None, model: str | None = None) -> ModelSpec:
+    """A stage's product as the table describes it: its model, deploy net and output layer."""
+    return ModelSpec(label or stage.label, model or stage.model, f"nets/{stage.deploy}.prototxt", stage.output)
+
+
+def of_assembly(a: Assembly, label: str | None = None, model: str | None = None) -> ModelSpec:
+    return ModelSpec(label or a.label, model or a.model, a.deploy)
+
+
+def of_derived(name: str, label: str | None = None) -> ModelSpec:
+    """The product of an audit row of the table (it evaluates like the stage it trains as)."""
+    d = DERIVED[name]
+    return of_stage(STAGES[d.base], label or d.label, d.product)
+
+
+BM, WM, AM = of_stage(STAGES["stage1"]), of_stage(STAGES["stage3"]), of_assembly(ASSEMBLIES["am"])
+AM_RUNNING = "audit/models/am_running.caffemodel"  # AM assembled from the heads as Caffe left them
+
+
 def main_models(run: Path) -> list[ModelSpec]:
     """BM, WM and AM under the run's statistics setting and as Caffe left them (running)."""
     run = Path(run)
-    specs = [ModelSpec("BM", "models/bm.caffemodel"), ModelSpec("WM", "models/wm.caffemodel"),
-             ModelSpec("AM", "models/am.caffemodel", "models/am_deploy.prototxt")]
-    raw = [ModelSpec("BM (running)", "models/bm.raw.caffemodel"), ModelSpec("WM (running)", "models/wm.raw.caffemodel"),
-           ModelSpec("AM (running)", "audit/models/am_running.caffemodel", "models/am_deploy.prototxt")]
-    return specs + [s for s in raw if (run / s.model).exists()]
+    raw = [of_stage(STAGES["stage1"], "BM (running)", bnstats.raw_path(Path(BM.model)).as_posix()),
+           of_stage(STAGES["stage3"], "WM (running)", bnstats.raw_path(Path(WM.model)).as_posix()),
+           of_assembly(ASSEMBLIES["am"], "AM (running)", AM_RUNNING)]
+    return [BM, WM, AM] + [s for s in raw if (run / s.model).exists()]
 
 
 def _require(run: Path, *paths: str) -> None:
@@ -127,7 +145,7 @@ def occlude(data: dict, layout: Layout, seed: int, fraction: float = OCCLUDED_FR
     pts = np.asarray(data["landmarks"], dtype=np.float64).reshape(n, layout.n_points, 2)[:, idx]
     size = data["data"].shape[-1]
     images = data["data"].copy()
-    fill = (OCCLUSION_FILL - 128.0) * 0.0078125
+    fill = network_input(np.full((1, 1, 1), OCCLUSION_FILL, np.uint8)).item()
     boxes = []
     for i in faces:
         x1, y1 = np.clip(np.floor(pts[i].min(axis=0)).astype(int), 0, size - 1)
@@ -175,10 +193,9 @@ def ablation(run: Path, name: str, layout: Layout, seed: int = 0, split: str = "
         raise AuditError(f"unknown ablation {name!r}: one of {', '.join(ABLATIONS)}")
     data = load_test(run, split)
     S = lambda spec: score(run, spec, data, layout)  # noqa: E731
-    bm, wm = ModelSpec("BM", "models/bm.caffemodel"), ModelSpec("WM", "models/wm.caffemodel")
-    am = ModelSpec("AM", "models/am.caffemodel", "models/am_deploy.prototxt")
+    bm, wm, am = BM, WM, AM
     if name == "pre_bm":
-        pre = ModelSpec("pre-BM", "models/pre_bm.caffemodel", "nets/pre_bm_deploy.prototxt", "fc6")
+        pre = of_stage(STAGES["pre_bm"])
         r = {"BM": S(bm), "pre-BM": S(pre)}
         # Section IV-C-1: BM better with 29 and 68 points, pre-BM better with 5.
         expect = "pre-BM better" if layout.n_points == 5 else "BM better"
@@ -187,8 +204,8 @@ def ablation(run: Path, name: str, layout: Layout, seed: int = 0, split: str = "
     if name == "perturbation":
         r = {"WM": S(wm)}
         for d in DELTAS:
-            r[f"delta {d:g}"] = S(ModelSpec(f"delta {d:g}", f"audit/models/pert_{d:g}_wm.caffemodel"))
-            pert = json.loads((run / LOSS_WEIGHTS_DIR / f"pert_{d:g}_eq5.json").read_text())
+            r[f"delta {d:g}"] = S(of_derived(f"pert_{d:g}_stage3"))
+            pert = json.loads((run / DERIVED[f"pert_{d:g}_stage3"].loss_weights).read_text())
             r[f"delta {d:g}"]["weights"] = pert["perturbation"]
         worst = max(abs(_mean(r[k]) / _mean(r["WM"]) - 1) for k in r if k != "WM")
         out = _result(r, f"every perturbed WM within {100 * PERTURBATION_TOLERANCE:g}% of WM's mean error",
@@ -198,8 +215,7 @@ def ablation(run: Path, name: str, layout: Layout, seed: int = 0, split: str = "
     if name == "single_head":
         heads = {}
         for c in layout.cluster_names:
-            heads[c] = S(ModelSpec(f"head {c}", "models/heads.caffemodel", "nets/heads_deploy.prototxt",
-                                   netgen.head_layer_name(c)))
+            heads[c] = S(replace(of_stage(STAGES["heads"], f"head {c}"), output=netgen.head_layer_name(c)))
         r = {"WM": S(wm), "AM": S(am), "heads": heads}
         own = {c: {"head": _cluster(heads[c], c), "WM": _cluster(r["WM"], c), "AM": _cluster(r["AM"], c)}
                for c in layout.cluster_names}
@@ -209,14 +225,12 @@ def ablation(run: Path, name: str, layout: Layout, seed: int = 0, split: str = "
         out["own_cluster"], out["head_beats_wm"] = own, better
         return out
     if name == "simplified_am":
-        r = {"Simplified AM": S(ModelSpec("Simplified AM", "audit/models/sam.caffemodel", "audit/models/sam_deploy.prototxt")),
-             "AM": S(am)}
+        r = {"Simplified AM": S(of_assembly(ASSEMBLIES["sam"])), "AM": S(am)}
         return _result(r, "AM better than Simplified AM", _mean(r["AM"]) < _mean(r["Simplified AM"]),
                        "simplified_am", layout, run)
     if name == "weighting_simplified_am":
-        r = {"Simplified AM": S(ModelSpec("Simplified AM", "audit/models/sam.caffemodel", "audit/models/sam_deploy.prototxt")),
-             "Weighting Simplified AM": S(ModelSpec("Weighting Simplified AM", "audit/models/wsam.caffemodel")),
-             "AM": S(am)}
+        r = {"Simplified AM": S(of_assembly(ASSEMBLIES["sam"])),
+             "Weighting Simplified AM": S(of_derived("wsam_stage3")), "AM": S(am)}
         # Section IV-C-4: slightly better on COFW, worse on IBUG; AM is the paper's choice either way.
         return _result(r, "AM better than Weighting Simplified AM",
                        _mean(r["AM"]) < _mean(r["Weighting Simplified AM"]), "weighting_simplified_am", layout, run)
@@ -240,7 +254,7 @@ def ablation(run: Path, name: str, layout: Layout, seed: int = 0, split: str = "
                    cluster=le, fill=OCCLUSION_FILL)
         return out
     # equal_budget
-    eb = ModelSpec("BM + equal budget", "models/equal_budget.caffemodel")
+    eb = of_stage(STAGES["equal_budget"])
     r = {"BM": S(bm), "BM + equal budget": S(eb), "WM": S(wm), "AM": S(am)}
     faces = {k: np.asarray(v["face_errors"]) for k, v in r.items()}
     pairs = {f"{a} vs {b}": paired(faces[a], faces[b]) for a, b in
@@ -333,11 +347,11 @@ def run_settings(run: Path) -> dict:
     """Dataset, layout, schedule scale, seed, engine, and every [interp] reading in force."""
     run = Path(run)
     doc = json.loads((run / "manifest.json").read_text()) if (run / "manifest.json").exists() else {"artifacts": {}}
-    bm = doc["artifacts"].get("models/bm.caffemodel", {})
+    bm = doc["artifacts"].get(STAGES["stage1"].model, {})
     s = bm.get("settings", {})
     data = json.loads((run / "data" / "manifest.json").read_text()) if (run / "data/manifest.json").exists() else {}
-    heads = doc["artifacts"].get("models/heads.caffemodel", {}).get("settings", {})
-    stage2 = doc["artifacts"].get("models/stage2.caffemodel", {}).get("settings", {})
+    heads = doc["artifacts"].get(STAGES["heads"].model, {}).get("settings", {})
+    stage2 = doc["artifacts"].get(STAGES["stage2"].model, {}).get("settings", {})
     return {
         "run": str(run.resolve()),
         "dataset": (data.get("source") or {}).get("dataset") or (data.get("settings") or {}).get("dataset"),

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mcl.method import paper
+
 BATCH_SIZE = 64
 MOMENTUM = 0.9
 WEIGHT_DECAY = 0.0005
@@ -23,6 +25,15 @@ POOL_AFTER = {"conv12": "pool1", "conv22": "pool2", "conv32": "pool3"}
 # Step 2 fixes "the first six convolutional layers" (conv11..conv32).
 FIRST_SIX = tuple(name for name, _ in CONVS[:6])
 ALL_CONVS = tuple(name for name, _ in CONVS)
+
+
+# The shape prediction layer (InnerProduct D -> 2n) of every net that predicts a shape (METHOD §2.1); pre-BM
+# (the conference version's net, METHOD §2.2) names it fc6.
+SHAPE_LAYER = "shape_pred"
+PRE_BM_SHAPE_LAYER = "fc6"
+# How a stage's initial model is made from the product it starts from: "copy" takes its blobs by layer
+# name; "heads" copies its shape layer to every head (METHOD §5.1: the heads start from WM's layer).
+INIT_BUILDS = ("copy", "heads")
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,8 @@ class Stage:
     weights_from: str | None = None  # the stage whose product's validation errors give Eq. 5 / Eq. 9
     deploy: str = "deploy"  # nets/<deploy>.prototxt evaluates the product
     label: str = ""  # the paper's name of the product, for reports
+    init_build: str = "copy"  # how the start's product becomes this stage's initial model (INIT_BUILDS)
+    output: str = SHAPE_LAYER  # the deploy net's output layer ("heads": one shape layer per cluster)
 
     @property
     def model(self) -> str:
@@ -65,10 +78,10 @@ STAGES = {
     "stage3": Stage("stage3", "3", 0.001, 60000, (), "eq5", product="wm", start="stage2", weights_from="stage1",
                     label="WM"),
     "heads": Stage("heads", "4..3+m", 0.001, 60000, ALL_CONVS, "eq9", product="heads", start="stage3",
-                   weights_from="stage3", deploy="heads_deploy"),
+                   weights_from="stage3", deploy="heads_deploy", init_build="heads", output="heads"),
     # pre-BM (the ablation) is pre-trained like BM.
     "pre_bm": Stage("pre_bm", "1 (pre-BM)", 0.02, 180000, (), "uniform", product="pre_bm", deploy="pre_bm_deploy",
-                    label="pre-BM"),
+                    label="pre-BM", output=PRE_BM_SHAPE_LAYER),
     # [interp] METHOD §5.5's optional warm-up (WARMUP=on; default off): "a low initial learning rate
     # ... increase the learning rate when the loss is reduced significantly". Start lr 0.002 (a
     # tenth of step 1's), fixed; switch rule: after 5% of step 1's iterations, where step 1
@@ -84,6 +97,93 @@ STAGES = {
 # Algorithm 1's last step (3+m+1) trains nothing: the heads are assembled into AM (Eq. 2-3).
 ASSEMBLED_MODEL = "models/am.caffemodel"
 ASSEMBLED_DEPLOY = "models/am_deploy.prototxt"
+AUDIT_MODELS = "audit/models"  # RUN/audit/models/: the products of the ablations' training rows
+
+
+@dataclass(frozen=True)
+class Assembly:
+    """Step 3+m+1 (Eq. 2-3): trained heads assembled into one shape layer."""
+    name: str
+    heads: str  # the heads' caffemodel, relative to the run
+    model: str  # the assembled model
+    deploy: str  # its deploy net (written beside it)
+    label: str
+
+
+ASSEMBLIES = {
+    "am": Assembly("am", STAGES["heads"].model, ASSEMBLED_MODEL, ASSEMBLED_DEPLOY, "AM"),
+    # Simplified AM (Section IV-C-4): heads trained from BM, the weighting fine-tuning skipped.
+    "sam": Assembly("sam", f"{AUDIT_MODELS}/sam_heads.caffemodel", f"{AUDIT_MODELS}/sam.caffemodel",
+                    f"{AUDIT_MODELS}/sam_deploy.prototxt", "Simplified AM"),
+}
+
+# The loss-weight files (RUN/loss_weights/<name>.json): Eq. 5 or Eq. 9 from one model's validation errors.
+# Algorithm 1 computes bm_eq5 and wm_eq9; the audit's Simplified AM bm_eq9, its Weighting Simplified AM sam_eq5.
+LOSS_WEIGHTS = {
+    "bm_eq5": (STAGES["stage1"].model, 5),
+    "wm_eq9": (STAGES["stage3"].model, 9),
+    "bm_eq9": (STAGES["stage1"].model, 9),
+    "sam_eq5": (ASSEMBLIES["sam"].model, 5),
+}
+# The weight-perturbation ablation (Section IV-C-2, METHOD §12.15): Eq. 5's weights moved by +-delta.
+# Sec. IV-C-2: "When delta is 0.4, WM can still ..."; [interp] four equal steps up to it.
+PERTURBATION_DELTAS = tuple(round(paper.value("perturbation.delta_max") * k / 4, 6) for k in range(1, 5))
+
+
+@dataclass(frozen=True)
+class Derived:
+    """A training row of the audit: a stage of Algorithm 1 trained again on a named copy of its net and
+    solver (`run_stage.py --stage <base> --name <name>`), from another start, with other loss weights."""
+    name: str
+    base: str  # the stage of STAGES it trains as (its net, solver, fixed layers, learning rate)
+    start: str  # the model it starts from, relative to the run
+    loss_weights: str  # the loss-weight file it trains with, relative to the run
+    product: str  # its model, relative to the run
+    label: str = ""
+
+
+def _derived() -> dict[str, Derived]:
+    rows = [Derived("sam_heads", "heads", STAGES["stage1"].model, f"{LOSS_WEIGHTS_DIR}/bm_eq9.json",
+                    ASSEMBLIES["sam"].heads, "Simplified AM's heads"),
+            Derived("wsam_stage2", "stage2", ASSEMBLIES["sam"].model, f"{LOSS_WEIGHTS_DIR}/sam_eq5.json",
+                    f"{AUDIT_MODELS}/wsam_stage2.caffemodel"),
+            Derived("wsam_stage3", "stage3", f"{AUDIT_MODELS}/wsam_stage2.caffemodel",
+                    f"{LOSS_WEIGHTS_DIR}/sam_eq5.json", f"{AUDIT_MODELS}/wsam.caffemodel", "Weighting Simplified AM")]
+    for d in PERTURBATION_DELTAS:
+        weights = f"{LOSS_WEIGHTS_DIR}/pert_{d:g}_eq5.json"
+        rows += [Derived(f"pert_{d:g}_stage2", "stage2", STAGES["stage1"].model, weights,
+                         f"{AUDIT_MODELS}/pert_{d:g}_stage2.caffemodel"),
+                 Derived(f"pert_{d:g}_stage3", "stage3", f"{AUDIT_MODELS}/pert_{d:g}_stage2.caffemodel", weights,
+                         f"{AUDIT_MODELS}/pert_{d:g}_wm.caffemodel", f"delta {d:g}")]
+    return {r.name: r for r in rows}
+
+
+DERIVED = _derived()
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What one training row starts from, trains with and makes, relative to the run folder."""
+    stage: str  # the row of STAGES whose net, solver and fixed layers it trains
+    name: str  # its net and solver (nets/<name>_train.prototxt): the stage, or a derived row's copy
+    init: str | None  # None: Caffe's fillers (or the warm-up's solverstate, for step 1)
+    init_build: str
+    loss_weights: str | None  # None: u_j = 1
+    out: str
+
+
+def resolve(stage: str, name: str | None = None, separate: bool = False) -> Resolved:
+    """The table's row for `--stage stage [--name name]`: a stage of Algorithm 1, or a derived row of the
+    audit. A name that is not a derived row trains the stage's own start and weights on a copy of its net."""
+    row = get_stage(stage)
+    if name and name in DERIVED:
+        d = DERIVED[name]
+        if d.base != stage:
+            raise ValueError(f"--name {name}: the table trains it as {d.base}, not {stage}")
+        return Resolved(stage, name, d.start, row.init_build, d.loss_weights, d.product)
+    out = row.model if not (separate and stage == "heads") else "models/heads_separate.json"
+    return Resolved(stage, name or stage, STAGES[row.start].model if row.start else None, row.init_build,
+                    row.loss_weights_file, out)
 
 
 def get_stage(name: str) -> Stage:
@@ -165,15 +265,29 @@ def stage_of_product(product: str) -> Stage:
     raise ValueError(f"no stage makes models/{product}.caffemodel")
 
 
+def _start_text(start: str | None, init_build: str) -> str:
+    if start is None:
+        return "fillers"
+    return f"{start} (heads)" if init_build == "heads" else start
+
+
 def table() -> str:
-    """Algorithm 1 as the stage table says it (`make help`, `python -m mcl.method.stages`)."""
-    rows = [f"{'stage':<13} {'step':<12} {'starts from':<24} {'loss weights':<26} {'fixed layers':<16} product"]
+    """Algorithm 1 as the stage table says it, with the audit's derived rows and the loss-weight files
+    (`make help`, `python -m mcl.method.stages`). "(heads)": the start's shape layer copied to every head."""
+    rows = [f"{'stage':<13} {'step':<12} {'starts from':<34} {'loss weights':<26} {'fixed layers':<16} "
+            f"{'product':<32} output"]
     for s in STAGES.values():
-        start = STAGES[s.start].model if s.start else "fillers"
         fixed = "none" if not s.frozen else f"{s.frozen[0]}..{s.frozen[-1]}"
-        rows.append(f"{s.name:<13} {s.step:<12} {start:<24} {s.loss_weights_file or 'u_j = 1':<26} {fixed:<16} "
-                    f"{s.model}")
-    rows.append(f"{'assemble':<13} {'3+m+1':<12} {STAGES['heads'].model:<24} {'-':<26} {'-':<16} {ASSEMBLED_MODEL}")
+        rows.append(f"{s.name:<13} {s.step:<12} {_start_text(STAGES[s.start].model if s.start else None, s.init_build):<34} "
+                    f"{s.loss_weights_file or 'u_j = 1':<26} {fixed:<16} {s.model:<32} {s.output}")
+    for a in ASSEMBLIES.values():
+        rows.append(f"{'assemble':<13} {'3+m+1':<12} {a.heads:<34} {'-':<26} {'-':<16} {a.model:<32} {SHAPE_LAYER}")
+    rows += ["", f"{'audit row':<18} {'trains as':<10} {'starts from':<42} {'loss weights':<32} product"]
+    for d in DERIVED.values():
+        rows.append(f"{d.name:<18} {d.base:<10} {_start_text(d.start, STAGES[d.base].init_build):<42} "
+                    f"{d.loss_weights:<32} {d.product}")
+    rows += ["", "loss weights: " + "; ".join(f"{LOSS_WEIGHTS_DIR}/{k}.json = Eq. {eq} of {m}"
+                                             for k, (m, eq) in LOSS_WEIGHTS.items())]
     return "\n".join(rows)
 
 

@@ -33,7 +33,7 @@ from mcl.caffe import bnstats, caffemodel, reweight
 from mcl.caffe.proto import caffe_pb2
 from mcl.caffe.runfiles import derive, run_layout
 from mcl.fileio import atomic_write
-from mcl.method.stages import STAGES
+from mcl.method.stages import STAGES, Resolved, resolve
 from mcl.run import manifest
 from mcl.run.provenance import engine_record, recorded_engine
 from mcl.run.verify import check_stage_inputs
@@ -222,7 +222,7 @@ def fillers_stamp(spec: StageSpec) -> Path:
 def train_one(run: Path, name: str, init: Path | None, out: Path, weights: Path | None, stage: str,
               bn_stats: str = bnstats.DEFAULT, bn_batches: int = bnstats.DEFAULT_BATCHES,
               engine: str = "caffe", device: str = "cpu", warmup: Path | None = None, tf32: bool = False,
-              deterministic: bool = True, keep_snapshots: bool = False) -> dict:
+              deterministic: bool = True, keep_snapshots: bool = False, record: dict | None = None) -> dict:
     """Train the net `name` (a stage or a named copy of one) into `out`, then its statistics step.
 
     A finished stage is kept when its inputs are unchanged and the engine is the same, whatever the
@@ -279,7 +279,7 @@ def train_one(run: Path, name: str, init: Path | None, out: Path, weights: Path 
     entry = manifest.record(run, out, stage, settings, raw_inputs + [raw],
                             wall + time.time() - t1, resumed_from_iter=summary["resumed_from"],
                             final_loss=last.get("loss"), log=str(spec.log_path.relative_to(run)), **stats,
-                            **trained_by)
+                            **trained_by, **(record or {}))
     how = (f"BatchNorm statistics recomputed over {stats['bn_batches']} training batches" if bn_stats == "recomputed"
            else "Caffe's running BatchNorm statistics kept")
     print(f"[{name}] done in {wall:.1f} s, {how} ({time.time() - t1:.1f} s) -> {out}")
@@ -341,47 +341,94 @@ def heads_init(run: Path, wm: Path, clusters, name: str = "heads") -> Path:
     return path
 
 
-def train(run: Path, stage: str, init: Path | None = None, weights: Path | None = None, out: Path | None = None,
+UNIFORM = "uniform"  # --loss-weights uniform: u_j = 1, whatever the table says
+
+
+def from_table(run: Path, row: Resolved, init: Path | None, weights: Path | str | None, out: Path | None
+               ) -> tuple[Path | None, Path | None, Path, dict]:
+    """The row's start, loss weights and product (mcl.method.stages.resolve), with the ones given on the
+    command line as overrides: an override that contradicts the table is said on stderr and returned
+    in the record the manifest keeps (`table_overrides`)."""
+    def table(rel: str | None) -> Path | None:
+        return (run / rel).resolve() if rel else None
+
+    overrides = {}
+
+    def pick(what: str, flag: str, given, wanted: Path | None):
+        if given is None:
+            return wanted
+        given = None if given == UNIFORM else Path(given).resolve()
+        if given != wanted:
+            said = lambda p, none: str(p.relative_to(run)) if p and p.is_relative_to(run) else str(p or none)  # noqa: E731
+            none = "u_j = 1" if what == "loss_weights" else "Caffe's fillers"
+            overrides[what] = {"table": said(wanted, none), "given": said(given, none)}
+            print(f"[{row.name}] note: {flag} {said(given, none)} overrides the stage table's "
+                  f"{said(wanted, none)} (mcl/method/stages.py); recorded in the manifest", file=sys.stderr)
+        return given
+
+    init = pick("init", "--init", init, table(row.init))
+    weights = pick("loss_weights", "--loss-weights", weights, table(row.loss_weights))
+    out = pick("out", "--out", out, table(row.out))
+    return init, weights, out, overrides
+
+
+def train(run: Path, stage: str, init: Path | None = None, weights: Path | str | None = None, out: Path | None = None,
           name: str | None = None, separate: bool = False, warmup: bool = False, **opts) -> Path:
     """One row of Algorithm 1 (`stage`) in a run folder: the whole job behind tools/run_stage.py.
 
-    `name` trains a named copy of the stage's net and solver (an ablation with its own
-    loss weights and snapshots); `separate` trains each head alone (head_<cluster>),
-    listed in models/heads_separate.json. `opts`: bn_stats, bn_batches, engine, device.
-    Returns the product (or the listing of separate heads).
+    What the row starts from, trains with and makes comes from the stage table
+    (`mcl.method.stages.resolve`); `init`, `weights` (a file, or "uniform") and `out` override it,
+    said on stderr and recorded. `name` trains a named copy of the stage's net and solver: an
+    audit row of the table (its own start, loss weights and product) or an ablation of one's own;
+    `separate` trains each head alone (head_<cluster>), listed in models/heads_separate.json.
+    `opts`: bn_stats, bn_batches, engine, device. Returns the product (or the listing of separate heads).
     """
     run = Path(run).resolve()
     if stage not in STAGES:
         raise StageError(f"unknown stage {stage!r}: choose one of {', '.join(STAGES)}")
     check_engine_options(**opts)
+    if name and separate:
+        raise StageError("--name and --separate cannot be combined")
+    try:
+        row = resolve(stage, name, separate)
+    except ValueError as exc:
+        raise StageError(str(exc)) from None
+    asked_init = init
+    init, weights, out, overrides = from_table(run, row, init, weights, out)
     if init is not None and not init.exists():
+        if asked_init is None:
+            raise StageError(f"{init}: {row.name} starts from this model (the stage table, mcl/method/stages.py), "
+                             f"which is not there: train the row that makes it first, or give --init")
         raise StageError(f"{init}: the model this stage starts from is missing")
-    check_stage_inputs(run, run / "nets" / f"{stage}_train.prototxt", [p for p in (init, weights) if p], out)
+    check_stage_inputs(run, run / "nets" / f"{stage}_train.prototxt", [p for p in (init, weights) if p and p.exists()],
+                       out)
     if name:
-        if separate:
-            raise StageError("--name and --separate cannot be combined")
         derive(run, stage, name)
     if warmup and stage != "stage1":
         raise StageError("--warmup: only step 1 (stage1) starts from the warm-up")
-    if stage != "heads":
-        out = Path(out or run / STAGES[stage].model).resolve()
-        train_one(run, name or stage, init, out, weights, stage, warmup=warmup_state(run) if warmup else None, **opts)
+    if weights is not None and not weights.exists():
+        how = "make weights-bm / weights-wm (tools/compute_weights.py)" if "loss_weights" not in overrides else "it"
+        raise StageError(f"{weights}: {row.name} trains with these loss weights (the stage table, "
+                         f"mcl/method/stages.py), which are not there: compute them first ({how}), or give "
+                         f"--loss-weights FILE, or --loss-weights uniform for u_j = 1")
+    record = {"table_overrides": overrides} if overrides else {}
+    if row.init_build != "heads":
+        train_one(run, row.name, init, out, weights, stage, warmup=warmup_state(run) if warmup else None,
+                  record=record, **opts)
         return out
     if init is None:
-        raise StageError("heads: --init (the weighting model WM) is required")
+        raise StageError(f"{row.name}: the heads start from a trained model's shape layer (METHOD §5.1): give --init")
     layout = run_layout(run)
-    hinit = heads_init(run, init, layout.cluster_names, name or stage)
+    hinit = heads_init(run, init, layout.cluster_names, row.name)
     if not separate:
-        out = Path(out or run / STAGES["heads"].model).resolve()
-        train_one(run, name or stage, hinit, out, weights, "heads", **opts)
+        train_one(run, row.name, hinit, out, weights, "heads", record=record, **opts)
         return out
     models = {}
     for c in layout.cluster_names:
         out_c = run / "models" / f"head_{c}.caffemodel"
         if not out_c.exists():
-            train_one(run, f"head_{c}", hinit, out_c, weights, "heads", **opts)
+            train_one(run, f"head_{c}", hinit, out_c, weights, "heads", record=record, **opts)
         models[c] = str(out_c.relative_to(run))
-    listing = Path(out) if out else run / "models" / "heads_separate.json"
-    atomic_write(listing, json.dumps({"layout": layout.name, "heads": models}, indent=2) + "\n")
-    print(f"[heads] {len(models)} separate head runs -> {listing}")
-    return listing
+    atomic_write(out, json.dumps({"layout": layout.name, "heads": models}, indent=2) + "\n")
+    print(f"[heads] {len(models)} separate head runs -> {out}")
+    return out

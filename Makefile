@@ -36,10 +36,9 @@ DATA_ROOT ?=
 SEED ?= 0
 SCALE ?= 0.01
 WORKERS ?= 2
-layout_synth := 68
-layout_ibug := 68
-layout_cofw := 29
-layout_mtfl := 5
+# layout_<dataset> := N for every dataset, from the dataset table (mcl/method/datasets.py, standard library
+# only: before `make setup` the system's python3 reads it).
+$(foreach line,$(shell $(if $(wildcard $(PY)),$(PY),python3) -m mcl.method.datasets --make | tr -d ' '),$(eval $(line)))
 LAYOUT ?= $(layout_$(DATASET))
 RUN ?= runs/$(DATASET)-$(LAYOUT)
 DATA_OPTS ?=

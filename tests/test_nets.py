@@ -4,6 +4,7 @@ solver settings, joint heads = separate heads, loss-weight rewriting."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import pytest
 from conftest import ROOT, run_caffe, synthetic_batch, write_hdf5, write_lmdb
 
 from mcl.caffe import caffemodel, netgen, reweight
-from mcl.caffe.runfiles import net_files, reference_files, run_files
+from mcl.caffe.runfiles import net_files, reference_files, run_files, run_layout, run_settings
 from mcl.method import loss_weights
 from mcl.method.layouts import LAYOUTS, get_layout
 from mcl.method.stages import ALL_CONVS, FIRST_SIX, STAGES
@@ -311,7 +312,10 @@ def test_rewriting_weights_round_trips_exactly(tmp_path):
 def test_mismatched_weights_are_refused():
     five, sixty_eight = get_layout(5), get_layout(68)
     net = netgen.train_net(sixty_eight, STAGES["stage2"])
-    with pytest.raises(loss_weights.WeightsError, match="weights for layout 5, but net mcl_68_stage2_hdf5 is layout 68"):
+    with pytest.raises(loss_weights.WeightsError, match=r"layout 5 \(5 landmarks\), but net mcl_68_stage2_hdf5 predicts 68"):
+        reweight.rewrite(net, loss_weights.document(five, "eq5", weights=[1] * 5))
+    net.name = "renamed"  # the net's name is a label only: its shape layer tells its landmarks
+    with pytest.raises(loss_weights.WeightsError, match="but net renamed predicts 68 landmarks"):
         reweight.rewrite(net, loss_weights.document(five, "eq5", weights=[1] * 5))
     bad = {"layout": "68", "n_points": 68, "weights": [1.0] * 67}
     with pytest.raises(loss_weights.WeightsError, match="67 values, layout 68 has 68 landmarks"):
@@ -336,3 +340,21 @@ def test_set_loss_weights_tool(tmp_path):
     (tmp_path / "bad.json").write_text('{"layout": "68", "n_points": 68, "weights": []}')
     bad = subprocess.run(tool + [str(net_path), str(tmp_path / "bad.json")], capture_output=True, text=True)
     assert bad.returncode == 2 and "bad.json" in bad.stderr and "0 values" in bad.stderr
+
+
+def test_a_runs_layout_is_its_run_json_and_a_nets_shape_layer_tells_its_landmarks(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"run\.json: missing: .*tools/make_nets\.py --run"):
+        run_layout(run)
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps(run_settings(get_layout(29))))
+    assert run_layout(run) is get_layout(29)
+    (run / "run.json").write_text(json.dumps({"seed": 0}))
+    with pytest.raises(ValueError, match=r"run\.json: records no layout"):
+        run_layout(run)
+    for name in LAYOUT_NAMES:
+        layout = get_layout(name)
+        for net in net_files(layout).values():
+            assert netgen.shape_points(net) == layout.n_points, net.name
+    with pytest.raises(ValueError, match="no shape prediction layer"):
+        netgen.shape_points(netgen.parse_net('name: "x" layer { name: "fc" type: "InnerProduct" }'))

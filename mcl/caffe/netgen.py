@@ -10,19 +10,16 @@ its working directory, so `data/train.txt` is `<run>/data/train.txt`.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from google.protobuf import text_format
 
 from mcl.caffe.proto import caffe_pb2
 from mcl.method.layouts import INPUT_SIZE, PIXEL_MEAN, PIXEL_SCALE, Layout
-from mcl.method.stages import BATCH_SIZE, CONVS, POOL_AFTER, Stage
+from mcl.method.stages import BATCH_SIZE, CONVS, POOL_AFTER, PRE_BM_SHAPE_LAYER, SHAPE_LAYER, Stage
 
-SHAPE_LAYER = "shape_pred"  # the shape prediction layer (InnerProduct D -> 2n)
 DATA_LAYER_TYPES = ("HDF5Data", "Data")  # the data layers of a train net (HDF5 or LMDB)
 FEATURE_TOP = "pool4"  # x: global average of conv43
-NET_NAME_RE = re.compile(r"^mcl_(?P<layout>\d+)_(?P<what>[a-z0-9_]+)$")
 
 # [interp] METHOD §5.3, §12.5: what a *fixed* layer's BatchNorm does in training, per step.
 #   global: use_global_stats, the layer is frozen whole (its stored statistics are
@@ -228,7 +225,7 @@ def eq4_loss(net, pred: str, landmarks: str, inv_iod: str, weights, cluster: str
 
 def _new_net(layout: Layout, what: str):
     net = caffe_pb2.NetParameter()
-    net.name = f"mcl_{layout.name}_{what}"
+    net.name = f"mcl_{layout.name}_{what}"  # a label in Caffe's logs, never read back (shape_points tells n)
     return net
 
 
@@ -243,7 +240,7 @@ def train_net(layout: Layout, stage: Stage, data: DataSpec = DataSpec(), weights
     net = _new_net(layout, f"{stage.name}_{data.source}")
     image, landmarks, inv_iod = _data_layers(net, layout, data)
     x = trunk(net, image, layout, stage.frozen, variant, frozen_bn)
-    out = "fc6" if variant == "pre_bm" else SHAPE_LAYER
+    out = PRE_BM_SHAPE_LAYER if variant == "pre_bm" else SHAPE_LAYER
     _inner_product(net, out, x, 2 * layout.n_points)
     eq4_loss(net, out, landmarks, inv_iod, weights)
     return net
@@ -288,7 +285,7 @@ def deploy_net(layout: Layout, variant: str = "bm", clusters=None):
         for c in clusters:
             _inner_product(net, head_layer_name(c), x, 2 * layout.n_points)
     else:
-        _inner_product(net, "fc6" if variant == "pre_bm" else SHAPE_LAYER, x, 2 * layout.n_points)
+        _inner_product(net, PRE_BM_SHAPE_LAYER if variant == "pre_bm" else SHAPE_LAYER, x, 2 * layout.n_points)
     return net
 
 
@@ -311,8 +308,23 @@ def loss_weights_of(net_param) -> dict[str, float]:
             for lay in net_param.layer if lay.type == "EuclideanLoss" for top in lay.top}
 
 
-def net_layout_name(net) -> str:
-    m = NET_NAME_RE.match(net.name)
-    if not m:
-        raise ValueError(f"net name {net.name!r} is not an MCL net (expected mcl_<layout>_<what>)")
-    return m.group("layout")
+def is_shape_layer(name: str) -> bool:
+    """Whether a layer name is one of the shape prediction layers netgen writes (D -> 2n): the single
+    shape layer, a head's (head_layer_name) or pre-BM's."""
+    return name in (SHAPE_LAYER, PRE_BM_SHAPE_LAYER) or name.startswith(f"{SHAPE_LAYER}_")
+
+
+def shape_points(net) -> int:
+    """n, the landmarks a net predicts: half the num_output of its shape prediction layers (METHOD §2),
+    which must all agree. ValueError naming the net where it has none, or they disagree."""
+    sizes = {lay.name: int(lay.inner_product_param.num_output) for lay in net.layer
+             if lay.type == "InnerProduct" and is_shape_layer(lay.name)}
+    label = f"net {net.name!r}" if net.name else "the net"
+    if not sizes:
+        raise ValueError(f"{label} has no shape prediction layer ({SHAPE_LAYER}, {head_layer_name('<cluster>')} "
+                         f"or {PRE_BM_SHAPE_LAYER}) to tell how many landmarks it predicts")
+    values = set(sizes.values())
+    if len(values) != 1 or min(values) % 2 or not min(values):
+        raise ValueError(f"{label}: its shape prediction layers do not predict one whole number of landmarks "
+                         f"(num_output: {', '.join(f'{k} {v}' for k, v in sizes.items())})")
+    return min(values) // 2

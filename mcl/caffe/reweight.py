@@ -40,13 +40,18 @@ def loss_layers(net, layout: Layout) -> dict[str | None, list]:
 def rewrite(net, doc: dict, path="weights") -> tuple[object, list[Change]]:
     """A copy of `net` with every loss_weight set from the weights document.
 
-    The document's layout must be the net's; a single-head net takes 'weights',
-    a head net takes the vector of each of its clusters.
+    The document's landmarks must be those the net predicts (its shape layers' num_output 2n,
+    netgen.shape_points; a net without one is held to the count of its loss layers below);
+    a single-head net takes 'weights', a head net takes the vector of each of its clusters.
     """
     layout = validate(doc, path)
-    net_layout = netgen.net_layout_name(net)
-    if net_layout != layout.name:
-        raise WeightsError(f"{path}: weights for layout {layout.name}, but net {net.name} is layout {net_layout}")
+    try:
+        n_points = netgen.shape_points(net)
+    except ValueError:
+        n_points = None
+    if n_points is not None and n_points != layout.n_points:
+        raise WeightsError(f"{path}: weights for layout {layout.name} ({layout.n_points} landmarks), but net "
+                           f"{net.name} predicts {n_points} landmarks")
     out = type(net)()
     out.CopyFrom(net)
     groups = loss_layers(out, layout)

@@ -3,11 +3,14 @@
 A run folder holds `nets/<net>.prototxt` and `solvers/<stage>_solver.prototxt`;
 Caffe runs with the run folder as its working directory. The committed
 reference copies (prototxt/<layout>/, solvers/<layout>/) are these files at
-schedule scale 1, seed 0, HDF5 input and uniform loss weights.
+schedule scale 1, seed 0, HDF5 input and uniform loss weights. Beside them, RUN/run.json holds the
+settings they were generated with (`run_settings`; written by tools/make_nets.py through
+mcl.run.settings): a run's layout is read there (`run_layout`), never from a net.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -17,6 +20,8 @@ from mcl.caffe.proto import caffe_pb2
 from mcl.fileio import atomic_write
 from mcl.method.layouts import Layout, get_layout
 from mcl.method.stages import BATCH_SIZE, STAGES, check_schedule, stage_iterations
+
+RUN_FILE = "run.json"  # RUN/run.json: run_settings as JSON
 
 
 def _header(what: str, settings: dict, frozen_bn: str | None = None) -> str:
@@ -128,11 +133,24 @@ def derive(run, stage: str, name: str) -> tuple[str, str]:
 
 
 def run_layout(run) -> Layout:
-    """The layout a run folder was generated for, read from its deploy net's name."""
-    deploy = Path(run) / "nets" / "deploy.prototxt"
-    if not deploy.exists():
-        raise ValueError(f"{deploy}: missing (generate the run's nets with `make nets` / tools/make_nets.py --run)")
-    return get_layout(netgen.net_layout_name(netgen.parse_net(deploy.read_text())))
+    """The layout a run folder was generated for, as its RUN/run.json records it (run_settings)."""
+    path = Path(run) / RUN_FILE
+    stamp = Path(run) / "nets" / ".generated"  # make's record that it ran tools/make_nets.py --run for the run
+    if not path.is_file():
+        raise ValueError(f"{path}: missing: the run's settings, written with its nets by tools/make_nets.py --run "
+                         f"{run} (make runs it for {stamp}); a run folder made before run.json existed needs its "
+                         f"nets generated again: remove {stamp} and run make again with the run's settings")
+    try:
+        recorded = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(recorded, dict) or recorded.get("layout") in (None, ""):
+        raise ValueError(f"{path}: records no layout: generate the run's nets again, which writes it (remove "
+                         f"{stamp} and run make again, or tools/make_nets.py --run {run} with the run's settings)")
+    try:
+        return get_layout(recorded["layout"])
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def reference_files(layout: Layout) -> dict[str, str]:

@@ -39,19 +39,23 @@ from mcl.data.augment import (
 )
 from mcl.data.readers import (
     DATASETS,
-    DEFAULT_LAYOUT,
     MTFL_BOX_SCALE,
     OUTSIDE_TOLERANCE,
+    READERS,
     W300_SPLITS,
     W300_TIGHT_BOX,
     DataError,
     Sample,
     load_image,
+    read_300w,
     read_dataset,
+    read_generic,
+    read_mtfl,
 )
 from mcl.data.sheet import contact_sheet, draw_face
 from mcl.data.writers import HDF5_MAX_MB, PIXEL_MEAN, PIXEL_SCALE, sha256_file, write_hdf5, write_lmdb
 from mcl.fileio import DiskFullError, disk_full, fsync_dir, fsync_tree
+from mcl.method.datasets import get_dataset
 from mcl.method.layouts import get_layout
 
 VAL_STREAM = 3  # seed-sequence streams: 1 augmentation, 2 synthetic faces
@@ -61,11 +65,9 @@ SHEET = "contact_sheet.png"
 SYNTH_RAW = "synth_raw"
 FORMATS = ("hdf5", "lmdb")
 
-# [interp] Side of the square crop = crop_scale x the larger side of the dataset's box.
-# 300-W's bb_ground_truth (and the synthetic set's) is the tight box of the 68 points,
-# so a margin is added; COFW's boxes, the MTFL box rule and generic boxes frame the
-# whole face already.
-DEFAULT_CROP_SCALE = {"synth": 1.25, "ibug": 1.25, "cofw": 1.0, "mtfl": 1.0, "generic": 1.0}
+# [interp] Side of the square crop = crop_scale x the larger side of the dataset's box (METHOD §12.11);
+# each dataset's default is the dataset table's (mcl/method/datasets.py).
+DEFAULT_CROP_SCALE = {name: get_dataset(name).crop_scale for name in DATASETS}
 
 INTERPRETATIONS = [
     "augmentation angles, extents, shift, flip probability, JPEG qualities and copies per face (METHOD §6) are our "
@@ -86,7 +88,7 @@ class PrepareSettings:
     dataset: str
     out: str
     data_root: str | None = None
-    layout: str | None = None  # default: the dataset's own (DEFAULT_LAYOUT)
+    layout: str | None = None  # default: the dataset's own (mcl/method/datasets.py)
     seed: int = 0
     workers: int = 2  # as `make data` (WORKERS) and the tool default
     test_split: str = "challenging"  # 300-W: common | challenging | full
@@ -95,7 +97,7 @@ class PrepareSettings:
     formats: tuple[str, ...] = FORMATS
     force: bool = False
     augment: AugmentSettings = field(default_factory=AugmentSettings)
-    crop_scale: float | None = None  # default: DEFAULT_CROP_SCALE[dataset]
+    crop_scale: float | None = None  # default: the dataset's (DEFAULT_CROP_SCALE)
     test_crop: str = DEFAULT_TEST_CROP  # val/test crop protocol: ours | authors (METHOD §1)
     tolerance: float = OUTSIDE_TOLERANCE
     coords_base: int = 1  # generic format: 1 (MATLAB style) or 0
@@ -104,6 +106,11 @@ class PrepareSettings:
     synth: synth.SynthSettings = field(default_factory=synth.SynthSettings)
     h5_max_mb: float = HDF5_MAX_MB
     progress: bool = True
+
+
+def _reader(dataset: str):
+    """The reader of mcl.data.readers that the dataset table names for `dataset`."""
+    return READERS[get_dataset(dataset).reader]
 
 
 def _check(st: PrepareSettings) -> None:
@@ -116,7 +123,7 @@ def _check(st: PrepareSettings) -> None:
     bad = [f for f in st.formats if f not in FORMATS]
     if bad or not st.formats:
         raise DataError(f"unknown output format(s) {', '.join(bad) or '(none)'}: choose from {', '.join(FORMATS)}")
-    if st.dataset in ("ibug", "synth") and (st.test_split not in W300_SPLITS or st.test_split == "train"):
+    if _reader(st.dataset) is read_300w and (st.test_split not in W300_SPLITS or st.test_split == "train"):
         raise DataError(f"--test-split must be common, challenging or full, not {st.test_split!r}")
     if st.dataset == "synth" and st.test_split != "challenging":
         raise DataError("the synthetic set writes its test faces as the challenging (ibug) subset only: "
@@ -175,16 +182,17 @@ def _sheet(path: str, samples: list[Sample], train: CropSet, test: CropSet, layo
 
 
 def _prepare_into(tmp: str, st: PrepareSettings, list_prefix: str) -> dict:
-    layout = get_layout(st.layout or DEFAULT_LAYOUT[st.dataset])
+    layout = get_layout(st.layout or get_dataset(st.dataset).layout)
     crop_scale = st.crop_scale if st.crop_scale is not None else DEFAULT_CROP_SCALE[st.dataset]
+    reader = _reader(st.dataset)
     if st.dataset == "synth":
         root, root_name = _synth_source(st, tmp)
     else:
         root = root_name = os.path.abspath(st.data_root)
     train_res, test_res = read_dataset(st.dataset, root, layout.name, st.test_split, st.skip_bad, st.coords_base)
     skipped = [{"split": "train", **s} for s in train_res.skipped] + [{"split": "test", **s} for s in test_res.skipped]
-    reader = {split: res.source for split, res in (("train", train_res), ("test", test_res)) if res.source}
-    derived = sorted({sub for r in reader.values() for sub, src in r.get("box_source", {}).items()
+    found = {split: res.source for split, res in (("train", train_res), ("test", test_res)) if res.source}
+    derived = sorted({sub for r in found.values() for sub, src in r.get("box_source", {}).items()
                       if src == W300_TIGHT_BOX})
     if derived:  # said on the terminal, and recorded in the manifest's source.reader
         print(f"prepare: {root}: no official 300-W box file for {', '.join(derived)}: each face's box is "
@@ -227,11 +235,11 @@ def _prepare_into(tmp: str, st: PrepareSettings, list_prefix: str) -> dict:
         "test_crop": st.test_crop, "train_crop_ratio": ratio, "augment": asdict(st.augment), "formats": list(st.formats),
         "h5_max_mb": st.h5_max_mb, "skip_bad": st.skip_bad, "outside_tolerance": st.tolerance,
     }
-    if st.dataset in ("ibug", "synth"):
+    if reader is read_300w:
         settings["test_split"] = st.test_split
-    if st.dataset == "generic":
+    if reader is read_generic:
         settings["coords_base"] = st.coords_base
-    if st.dataset == "mtfl":
+    if reader is read_mtfl:
         settings["mtfl_box_scale"] = MTFL_BOX_SCALE
     if st.dataset == "synth":
         settings["synth"] = {"n_train": st.n_train, "n_test": st.n_test, **asdict(st.synth)}
@@ -239,7 +247,7 @@ def _prepare_into(tmp: str, st: PrepareSettings, list_prefix: str) -> dict:
         "tool": {"name": "data_prep/prepare.py", "version": __version__},
         "source": {"dataset": st.dataset, "data_root": root_name,
                    "occlusion_flags": any(s.occluded is not None for s in faces),
-                   **({"reader": reader} if reader else {})},
+                   **({"reader": found} if found else {})},
         "settings": settings,
         "interpretations": INTERPRETATIONS,
         "counts": {split: {"faces": n_faces[split], "crops": len(crops[split])} for split in crops},

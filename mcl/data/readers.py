@@ -10,6 +10,9 @@ Pixels are loaded lazily (`load_image`, in the worker processes) so that a reade
 3,148 Helen-sized images holds no pixels; only COFW keeps its images in memory,
 because they live inside the .mat file.
 
+Which reader reads which dataset, the layout it comes in and the box it gives are the dataset
+table's (mcl/method/datasets.py); a reader asked for no layout gives its dataset's own.
+
 Bad input (METHOD §11.5) raises `DataError` naming the file (and line).
 With `skip_bad=True` a reader skips the sample instead and lists it, with the reason,
 in `ReadResult.skipped`; the pipeline copies that list into the dataset manifest.
@@ -23,6 +26,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from mcl.method import datasets
 from mcl.method.layouts import Layout, derive_from_68, get_layout
 
 
@@ -193,16 +197,18 @@ class _Skipper:
         self.skipped.append({"id": sample_id, "reason": str(err)})
 
 
-def _reader_layout(dataset: str, layout: str | Layout, split: str, splits, n_points: int | None = None) -> Layout:
-    """The layout a reader was asked for, once its split is checked to be one of `splits`
-    and, for files that hold exactly `n_points` landmarks, the layout to have as many;
-    `dataset` names the data in the errors."""
-    lay = get_layout(layout.name if isinstance(layout, Layout) else layout)
-    if n_points is not None and lay.n_points != n_points:
-        raise DataError(f"{dataset} has {n_points} landmarks: use layout {n_points}, not {lay.name}")
+def _reader_layout(dataset: str, layout: str | Layout | None, split: str, splits, fixed: bool = False) -> Layout:
+    """The layout a reader was asked for (None: the dataset's own, as the dataset table has it), once
+    its split is checked to be one of `splits` and, for files that hold exactly the dataset's own
+    landmarks (`fixed`), the layout to have as many; `dataset` is the table's name of the data."""
+    spec = datasets.get_dataset(dataset)
+    own = get_layout(spec.layout)
+    lay = own if layout is None else get_layout(layout.name if isinstance(layout, Layout) else layout)
+    if fixed and lay.n_points != own.n_points:
+        raise DataError(f"{spec.title} has {own.n_points} landmarks: use layout {own.name}, not {lay.name}")
     if split not in splits:
         choices = " or ".join(splits) if len(splits) == 2 else f"one of {', '.join(splits)}"
-        raise DataError(f"{dataset} has no split {split!r}: choose {choices}")
+        raise DataError(f"{spec.title} has no split {split!r}: choose {choices}")
     return lay
 
 
@@ -340,7 +346,7 @@ def w300_tight_box_entries(folder: str) -> list[tuple[str, None, None]]:
     return [(n, None, None) for n in names]
 
 
-def read_300w(root: str, split: str, layout: str | Layout = "68", skip_bad: bool = False) -> ReadResult:
+def read_300w(root: str, split: str, layout: str | Layout | None = None, skip_bad: bool = False) -> ReadResult:
     """300-W split `train`, `common`, `challenging` (IBUG) or `full`, boxes = bb_ground_truth.
 
     Takes what users have: a subset whose folder is missing is left out (the result's `source`
@@ -348,7 +354,7 @@ def read_300w(root: str, split: str, layout: str | Layout = "68", skip_bad: bool
     error naming them. A subset without its official box file takes the tight box of its 68 points
     as the box, which is how 300-W defines bb_ground_truth; `source["box_source"]` says so per subset.
     """
-    lay = _reader_layout("300-W", layout, split, W300_SPLITS)
+    lay = _reader_layout("ibug", layout, split, W300_SPLITS)
     skip = _Skipper(skip_bad)
     samples = []
     listed = 0
@@ -428,11 +434,11 @@ def _to_gray(img: np.ndarray, where: str) -> np.ndarray:
     raise DataError(f"{where}: unreadable image of shape {img.shape}")
 
 
-def read_cofw(root: str, split: str, layout: str | Layout = "29", skip_bad: bool = False) -> ReadResult:
+def read_cofw(root: str, split: str, layout: str | Layout | None = None, skip_bad: bool = False) -> ReadResult:
     """COFW `train` (1,345) or `test` (507) from the MATLAB v7.3 files, via h5py."""
     import h5py
 
-    lay = _reader_layout("COFW", layout, split, COFW_FILES, n_points=29)
+    lay = _reader_layout("cofw", layout, split, COFW_FILES, fixed=True)
     candidates = [os.path.join(root, n) for n in COFW_FILES[split]]
     path = next((p for p in candidates if os.path.isfile(p)), None)
     if path is None:
@@ -508,9 +514,9 @@ def mtfl_box(points: np.ndarray, scale: float = MTFL_BOX_SCALE) -> np.ndarray:
     return np.array([c[0] - half, c[1] - half, c[0] + half, c[1] + half])
 
 
-def read_mtfl(root: str, split: str, layout: str | Layout = "5", skip_bad: bool = False) -> ReadResult:
+def read_mtfl(root: str, split: str, layout: str | Layout | None = None, skip_bad: bool = False) -> ReadResult:
     """MTFL/AFLW `train` (training.txt) or `test` (testing.txt); coordinates 0-based as given."""
-    lay = _reader_layout("MTFL/AFLW", layout, split, MTFL_FILES, n_points=5)
+    lay = _reader_layout("mtfl", layout, split, MTFL_FILES, fixed=True)
     path = os.path.join(root, MTFL_FILES[split])
     if not os.path.isfile(path):
         raise DataError(f"{path}: missing annotation file")
@@ -577,12 +583,12 @@ def read_box_lines(path: str) -> list[tuple[int, np.ndarray]]:
     return out
 
 
-def read_generic(root: str, split: str, layout: str | Layout = "68", skip_bad: bool = False,
+def read_generic(root: str, split: str, layout: str | Layout | None = None, skip_bad: bool = False,
                  base: int = 1) -> ReadResult:
     """`<split>_images.txt` (one image path per line, relative to root), a .pts beside
     each image, `<split>_boxes.txt` (one `left right top bottom` line per image, same
     order). `base` = 1 (default, MATLAB style like 300-W) or 0: subtracted from both."""
-    lay = _reader_layout("generic data", layout, split, GENERIC_FILES)
+    lay = _reader_layout("generic", layout, split, GENERIC_FILES)
     list_path, box_path = (os.path.join(root, n) for n in GENERIC_FILES[split])
     if not os.path.isfile(list_path):
         raise DataError(f"{list_path}: missing image list")
@@ -617,22 +623,21 @@ def read_generic(root: str, split: str, layout: str | Layout = "68", skip_bad: b
 
 # ---- one entry point per dataset name -----------------------------------------------
 
-DATASETS = ("synth", "ibug", "cofw", "mtfl", "generic")
-DEFAULT_LAYOUT = {"synth": "68", "ibug": "68", "cofw": "29", "mtfl": "5", "generic": "68"}
+DATASETS = tuple(datasets.DATASETS)
+READERS = {f.__name__: f for f in (read_300w, read_cofw, read_mtfl, read_generic)}
 
 
-def read_dataset(dataset: str, root: str, layout: str, test_split: str = "challenging",
+def read_dataset(dataset: str, root: str, layout: str | None, test_split: str = "challenging",
                  skip_bad: bool = False, base: int = 1) -> tuple[ReadResult, ReadResult]:
-    """(train, test) of a dataset. `synth` is read as 300-W (it is written that way)."""
+    """(train, test) of a dataset, read by the reader the dataset table names (`synth` is read as
+    300-W: it is written that way). `test_split` chooses 300-W's test set; `base` is the generic
+    format's coordinate base."""
     if not os.path.isdir(root):
         raise DataError(f"{root}: data root is not a folder")
-    if dataset in ("ibug", "synth"):
-        return read_300w(root, "train", layout, skip_bad), read_300w(root, test_split, layout, skip_bad)
-    if dataset == "cofw":
-        return read_cofw(root, "train", layout, skip_bad), read_cofw(root, "test", layout, skip_bad)
-    if dataset == "mtfl":
-        return read_mtfl(root, "train", layout, skip_bad), read_mtfl(root, "test", layout, skip_bad)
-    if dataset == "generic":
-        return (read_generic(root, "train", layout, skip_bad, base),
-                read_generic(root, "test", layout, skip_bad, base))
-    raise DataError(f"unknown dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
+    if dataset not in datasets.DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
+    spec = datasets.DATASETS[dataset]
+    read, layout = READERS[spec.reader], layout or spec.layout
+    extra = {"base": base} if read is read_generic else {}
+    test = test_split if read is read_300w else "test"
+    return read(root, "train", layout, skip_bad, **extra), read(root, test, layout, skip_bad, **extra)

@@ -4,7 +4,9 @@ Every figure carries the place in the paper it comes from (Shao et al., "Deep
 Multi-Center Learning for Face Alignment", Neurocomputing; arXiv 1808.01558;
 METHOD §10 restates them). Sections are the paper's: IV-A datasets and settings,
 IV-B comparison with the state of the art, IV-C ablation study, IV-D partially
-occluded faces, IV-E weighting fine-tuning for other frameworks.
+occluded faces, IV-E weighting fine-tuning for other frameworks. The figures of each benchmark
+(MCL's mean error on it, its faces) are held with their dataset in mcl/method/datasets.py and
+listed here among the rest.
 
 The paper reports its ablations (pre-BM vs BM, BM/WM/AM, single heads,
 Simplified AM, weighting perturbation) in tables and figures whose cells are
@@ -18,6 +20,8 @@ of inventing a number.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from mcl.method.datasets import BENCHMARKS, FACES_WHERE, MEAN_ERROR_WHERE, get_dataset
 
 
 @dataclass(frozen=True)
@@ -44,15 +48,13 @@ class PaperFinding:
     dataset: str = "any"
 
 
-_SOTA = "Sec. IV-B, table of mean errors against the state of the art"
-_DATA = "Sec. IV-A-1 (Datasets)"
 _IMPL = "Sec. IV-A-2 (Implementation details)"
 
 FIGURES: tuple[PaperFigure, ...] = (
-    # Headline accuracy (METHOD §10): MCL's mean error, inter-ocular normalisation.
-    PaperFigure("mean_error.aflw", 5.38, "%", "MCL mean error, AFLW (5 points, MTFL/TCDCN protocol)", _SOTA),
-    PaperFigure("mean_error.cofw", 6.00, "%", "MCL mean error, COFW (29 points)", _SOTA),
-    PaperFigure("mean_error.ibug", 8.51, "%", "MCL mean error, IBUG (68 points, 300-W challenging subset)", _SOTA),
+    # Headline accuracy (METHOD §10): MCL's mean error, inter-ocular normalisation, per benchmark
+    # (mcl/method/datasets.py holds them with their datasets).
+    *(PaperFigure(f"mean_error.{b.name}", b.mean_error, "%", f"MCL mean error, {b.test_set}", MEAN_ERROR_WHERE)
+      for b in BENCHMARKS),
     PaperFigure("relative_reduction.aflw_vs_recnet", 3.93, "%",
                 "relative error reduction of MCL against RecNet on AFLW", "Sec. IV-B, text"),
     # Not printed in the text we hold: implied by the two figures above, 5.38 / (1 - 0.0393) = 5.600.
@@ -63,17 +65,9 @@ FIGURES: tuple[PaperFigure, ...] = (
                 "i5-6200U 2.3 GHz", "Sec. IV-B, text and speed table; metric in Sec. IV-A-3"),
     PaperFigure("speed.fps", 57, "FPS", "frames per second, same setting (1000 / 17.5)",
                 "Sec. IV-B, speed table"),
-    # Splits (METHOD §10).
-    PaperFigure("split.aflw.train", 10000, "faces", "MTFL/AFLW training faces", _DATA),
-    PaperFigure("split.aflw.train_lfw", 4151, "faces", "of which LFW", _DATA),
-    PaperFigure("split.aflw.train_web", 5849, "faces", "of which web images", _DATA),
-    PaperFigure("split.aflw.test", 2995, "faces", "AFLW test faces", _DATA),
-    PaperFigure("split.cofw.train", 1345, "faces", "COFW training faces", _DATA),
-    PaperFigure("split.cofw.train_lfpw", 845, "faces", "of which LFPW", _DATA),
-    PaperFigure("split.cofw.train_cofw", 500, "faces", "of which COFW", _DATA),
-    PaperFigure("split.cofw.test", 507, "faces", "COFW test faces", _DATA),
-    PaperFigure("split.ibug.train", 3148, "faces", "300-W training faces (AFW + LFPW train + Helen train)", _DATA),
-    PaperFigure("split.ibug.test", 135, "faces", "IBUG test faces", _DATA),
+    # Splits (METHOD §10), per benchmark (mcl/method/datasets.py).
+    *(PaperFigure(f"split.{b.name}.{split}", faces, "faces", what, FACES_WHERE)
+      for b in BENCHMARKS for split, faces, what in b.faces),
     # Solver and method constants (METHOD §4, §5).
     PaperFigure("solver.batch", 64, "", "mini-batch size", _IMPL),
     PaperFigure("solver.momentum", 0.9, "", "momentum", _IMPL),
@@ -162,9 +156,6 @@ TABLE_CELLS_NOT_IN_TEXT = (
     "on AFLW, which the text implies",
 )
 
-# Our dataset names -> the paper's benchmark name and landmark layout.
-BENCHMARK_OF_DATASET = {"mtfl": ("aflw", "5"), "cofw": ("cofw", "29"), "ibug": ("ibug", "68")}
-
 _BY_KEY = {f.key: f for f in FIGURES}
 
 
@@ -184,13 +175,17 @@ def findings(experiment: str | None = None) -> list[PaperFinding]:
 
 def benchmark(dataset: str, layout: str, test_split: str | None = None) -> str | None:
     """The paper's benchmark a run's test split corresponds to ("aflw", "cofw", "ibug"), or None
-    (the synthetic set, another layout, or 300-W's common/full test sets)."""
-    bench = BENCHMARK_OF_DATASET.get(dataset)
-    if bench is None or bench[1] != str(layout):
+    (the synthetic set, another layout than the dataset's own, or 300-W's common/full test sets)."""
+    try:
+        data = get_dataset(dataset)
+    except ValueError:
         return None
-    if dataset == "ibug" and test_split not in (None, "challenging"):
+    bench = data.benchmark
+    if bench is None or data.layout != str(layout):
         return None
-    return bench[0]
+    if bench.test_split is not None and test_split not in (None, bench.test_split):
+        return None
+    return bench.name
 
 
 def mean_error(dataset: str, layout: str, test_split: str | None = None) -> PaperFigure | None:

@@ -124,14 +124,11 @@ def recorded_engine(entry: dict) -> dict:
 
 
 def layout_of(run: Path) -> Layout:
-    """The run's layout: its nets' where they are generated, else RUN/run.json's, else its prepared
-    data's (a run folder holding only data can still score predictions files)."""
+    """The run's layout: RUN/run.json's where its nets are generated (it is written with them), else its
+    prepared data's (a run folder holding only data can still score predictions files)."""
     run = Path(run)
-    if (run / "nets" / "deploy.prototxt").exists():
+    if (run / settings.RUN_FILE).exists():
         return run_layout(run)
-    recorded = settings.read(run)
-    if recorded and "layout" in recorded:
-        return get_layout(recorded["layout"])
     data = run / "data" / "manifest.json"
     if data.exists():
         try:
@@ -140,5 +137,5 @@ def layout_of(run: Path) -> Layout:
             raise ValueError(f"{data}: not valid JSON ({exc})") from None
         if layout is not None:
             return get_layout(str(layout))
-    raise ValueError(f"{run}: no nets/deploy.prototxt, run.json or data/manifest.json to tell the run's layout "
+    raise ValueError(f"{run}: no {settings.RUN_FILE} or data/manifest.json to tell the run's layout "
                      "(run `make data` or `make nets`)")

@@ -13,9 +13,8 @@ import json
 from pathlib import Path
 
 from mcl import __version__
+from mcl.caffe.runfiles import RUN_FILE
 from mcl.fileio import atomic_write
-
-RUN_FILE = "run.json"
 
 
 def write(run: Path, settings: dict) -> Path:

@@ -274,14 +274,14 @@ def check_creatable(folder) -> None:
 def check_net_data(run: Path, net_path: Path) -> None:
     """The sources of a train net's data layers (HDF5 list files, LMDBs), relative to the
     run folder Caffe runs in, checked as mcl.data.writers describes them."""
-    from mcl.caffe.netgen import net_layout_name, parse_net
+    from mcl.caffe.netgen import parse_net, shape_points
     from mcl.data.readers import DataError
     from mcl.data.writers import check_hdf5_list, check_lmdb
 
     net = parse_net(net_path.read_text())
     try:
-        n_points = int(net_layout_name(net))
-    except (ValueError, TypeError):
+        n_points = shape_points(net)  # the landmarks its shape layer predicts, which the data must hold
+    except ValueError:
         n_points = None
     try:
         for layer in net.layer:

@@ -119,7 +119,7 @@ def derive(run, stage: str, name: str) -> tuple[str, str]:
     base_net, base_solver = run / "nets" / f"{stage}_train.prototxt", run / "solvers" / f"{stage}_solver.prototxt"
     for p in (base_net, base_solver):
         if not p.exists():
-            raise ValueError(f"{p}: missing (generate the run's nets with `make nets`)")
+            raise ValueError(f"{p}: missing (generate the run's nets: tools/make_nets.py --run RUN, which make runs for RUN/nets/.generated)")
     text = base_solver.read_text()
     header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
     sp = text_format.Parse(text, caffe_pb2.SolverParameter())

@@ -6,11 +6,12 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mcl.caffe import netgen, speed
+from mcl.caffe import speed
 from mcl.caffe.forward import load_net
 from mcl.data.splits import load_split
 from mcl.evaluation import predictions as pf
 from mcl.evaluation.evaluate import EvalError, predict_image, score
+from mcl.method.stages import deploy_output
 from mcl.run import provenance
 
 # ---- an evaluation of several models and predictions files on one split ----------------------
@@ -27,14 +28,14 @@ class ModelSource:
 
 def parse_model(spec: str, run: Path) -> ModelSource:
     """NAME=CAFFEMODEL[:DEPLOY[:OUTPUT]]; paths relative to the run (absolute ones stay as they are).
-    Default deploy nets/deploy.prototxt, default output shape_pred (fc6 for a pre-BM deploy net)."""
+    Default deploy nets/deploy.prototxt, default output the one the stage table gives its deploy net (mcl.method.stages.deploy_output: fc6 for pre-BM's)."""
     name, eq, rest = spec.partition("=")
     if not eq or not name or not rest:
         raise EvalError(f"--model {spec!r}: expected NAME=CAFFEMODEL[:DEPLOY[:OUTPUT]]")
     model, _, tail = rest.partition(":")
     deploy, _, output = tail.partition(":")
     deploy_path = Path(run) / (deploy or "nets/deploy.prototxt")
-    output = output or ("fc6" if "pre_bm" in deploy_path.name else netgen.SHAPE_LAYER)
+    output = output or deploy_output(deploy_path.stem)
     return ModelSource(name, Path(run) / model, deploy_path, output)
 
 

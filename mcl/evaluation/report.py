@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from mcl.caffe import netgen
 from mcl.caffe.forward import load_net
 from mcl.caffe.runfiles import run_layout
 from mcl.data.augment import apply_affine, invert_affine
@@ -29,6 +28,7 @@ from mcl.data.splits import load_split
 from mcl.evaluation.evaluate import ced, predict_image, score
 from mcl.fileio import atomic_write, durable_replace
 from mcl.method.layouts import PIXEL_MEAN, PIXEL_SCALE, Layout
+from mcl.method.stages import deploy_output
 from mcl.run import provenance
 
 GT_COLOUR = (60, 220, 60)  # BGR green: ground truth
@@ -275,7 +275,7 @@ def plot_overlays(run: Path, model: Path, deploy: Path, path: Path, name: str, s
     layout = run_layout(run)
     data = load_split(run, split)
     deploy = Path(deploy)
-    output = output or ("fc6" if "pre_bm" in deploy.name else netgen.SHAPE_LAYER)
+    output = output or deploy_output(deploy.stem)
     pred = predict_image(load_net(deploy, Path(model)), data, layout, output)
     return write_overlays(path, data, pred, np.asarray(score(pred, data, layout)["face_errors"]), name, k)
 

@@ -186,6 +186,13 @@ def resolve(stage: str, name: str | None = None, separate: bool = False) -> Reso
                     row.loss_weights_file, out)
 
 
+def deploy_output(deploy_stem: str) -> str:
+    """The output layer of the deploy net nets/<deploy_stem>.prototxt, as its stage's row says (the
+    shape layer where no row names that deploy net, or where it has one layer per head)."""
+    outputs = {s.output for s in STAGES.values() if s.deploy == deploy_stem and s.output != "heads"}
+    return outputs.pop() if len(outputs) == 1 else SHAPE_LAYER
+
+
 def get_stage(name: str) -> Stage:
     if name not in STAGES:
         raise ValueError(f"unknown stage {name!r}: choose one of {', '.join(STAGES)}")

@@ -21,10 +21,11 @@ from mcl.data.readers import DataError, Sample, check_box, decode_picture, load_
 from mcl.data.writers import network_input
 from mcl.evaluation.evaluate import to_image
 from mcl.fileio import atomic_write, durable_replace
+from mcl.method.datasets import DATASETS
 from mcl.method.layouts import Layout, get_layout
 from mcl.port.detect import CONVENTIONS, DetectError, Detector, convention_of, map_box
 
-DEFAULT_CROP_SCALE = 1.25  # data_prep's default for 300-W and the synthetic set
+DEFAULT_CROP_SCALE = DATASETS["ibug"].crop_scale  # data_prep's default for 300-W and the synthetic set
 
 
 class PredictError(ValueError):

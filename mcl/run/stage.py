@@ -105,7 +105,7 @@ def run_stage(spec: StageSpec, progress: bool = True, stop_after: int | None = N
     if spec.engine not in ENGINES:
         raise StageError(f"unknown engine {spec.engine!r}: choose one of {', '.join(ENGINES)}")
     if not spec.solver_path.exists():
-        raise StageError(f"{spec.solver_path}: solver missing (run `make nets` for this run)")
+        raise StageError(f"{spec.solver_path}: solver missing (generate the run's nets: tools/make_nets.py --run RUN, which make runs for RUN/nets/.generated)")
     if spec.init is not None and not Path(spec.init).exists():
         raise StageError(f"{spec.init}: the model this stage starts from is missing")
     spec.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -233,7 +233,7 @@ def train_one(run: Path, name: str, init: Path | None, out: Path, weights: Path 
     solver_path = run / "solvers" / f"{name}_solver.prototxt"
     for p in (net_path, solver_path):
         if not p.exists():
-            raise StageError(f"{p}: missing (generate the run's nets with `make nets`)")
+            raise StageError(f"{p}: missing (generate the run's nets: tools/make_nets.py --run RUN, which make runs for RUN/nets/.generated)")
     if weights is not None:
         changes = reweight.rewrite_file(net_path, weights)
         print(reweight.change_table(changes, limit=8))

@@ -9,7 +9,7 @@ import numpy as np
 
 from mcl.caffe import netgen
 from mcl.fileio import atomic_write
-from mcl.method.layouts import Layout
+from mcl.method.layouts import LAYOUTS, Layout
 from mcl.method.loss_weights import WeightsError, load, validate
 
 # ---- rewriting a net's loss layers ------------------------------------------------
@@ -50,8 +50,10 @@ def rewrite(net, doc: dict, path="weights") -> tuple[object, list[Change]]:
     except ValueError:
         n_points = None
     if n_points is not None and n_points != layout.n_points:
+        of_net = [name for name, lay in LAYOUTS.items() if lay.n_points == n_points]
         raise WeightsError(f"{path}: weights for layout {layout.name} ({layout.n_points} landmarks), but net "
-                           f"{net.name} predicts {n_points} landmarks")
+                           f"{net.name} predicts {n_points} landmarks"
+                           + (f" (layout {of_net[0]})" if of_net else ""))
     out = type(net)()
     out.CopyFrom(net)
     groups = loss_layers(out, layout)

@@ -2,7 +2,8 @@
 
 Eq. 4 against hand arithmetic and against our Caffe loss layers run in Caffe; Eq. 2-3's assembly
 exact on every layout; the heads' start; Eq. 5 / Eq. 9 against the Caffe pipeline's own tool;
-the schedule against the demo's table; determinism; named errors; tools/audit_model.py end to end
+the schedule against the demo's table; the update against Caffe's SGD written out by hand; the batches
+in a Caffe data layer's order; determinism; named errors; tools/audit_model.py end to end
 (its report, its ONNX export read by tools/predict.py, exit 2 on bad input).
 """
 
@@ -17,7 +18,7 @@ import torch
 from conftest import new_run, tool
 from torch import nn
 
-from mcl.caffe import netgen
+from mcl.caffe import caffemodel, netgen
 from mcl.caffe.proto import caffe_pb2
 from mcl.method.layouts import LAYOUTS, get_layout
 from mcl.method.pytorch import (
@@ -229,6 +230,69 @@ def test_stage2_leaves_the_fixed_layers_alone(one_thread):
     assert not torch.equal(bm["3.weight"], wm["3.weight"])
 
 
+def test_training_is_caffes_sgd_update(one_thread):
+    """Two iterations of stage 1 on a linear model against Caffe's SGD written out by hand (METHOD §5.2):
+    history = lr_mult lr (g + decay_mult weight_decay w) + momentum history, w -= history; a bias at lr_mult 2,
+    decay_mult 0; lr = base_lr gamma^floor(it / stepsize). The batch is the whole training set (B = N), so the
+    gradient does not depend on the order of the rows; gradients by autograd of Eq. 4 written here, in float64."""
+    rng = np.random.default_rng(7)
+    n, points = 12, 5
+    images = rng.normal(size=(n, 1, 4, 4)).astype(np.float32)
+    targets = rng.normal(size=(n, 2 * points)).astype(np.float32)
+    d = rng.uniform(1, 2, n).astype(np.float32)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2 * points))
+    base_lr, gamma, momentum, decay = 0.1, 0.3, 0.9, 0.05
+    idle = StageSchedule(0, 1, base_lr)
+    sch = Schedule({"stage1": StageSchedule(2, 1, base_lr), "stage2": idle, "stage3": idle, "heads": idle,
+                    "equal_budget": idle}, batch_size=n, momentum=momentum, weight_decay=decay, gamma=gamma)
+    res = algorithm1(model, 5, (images, targets, d), (images[:4], targets[:4], d[:4]), sch, fixed_in_stage2=[],
+                     equal_budget=False)
+
+    x, t_, d_ = (torch.from_numpy(a).double() for a in (images.reshape(n, 16), targets, d))
+
+    def grads(w, b):
+        w, b = w.clone().requires_grad_(True), b.clone().requires_grad_(True)
+        loss = (((x @ w.T + b - t_) / d_[:, None]) ** 2).sum(1).mean() / 2  # Eq. 4, u_j = 1
+        loss.backward()
+        return w.grad, b.grad
+
+    w, b = model[1].weight.detach().double(), model[1].bias.detach().double()
+    vw, vb = torch.zeros_like(w), torch.zeros_like(b)
+    for it in range(2):
+        lr = base_lr * gamma ** (it // 1)
+        gw, gb = grads(w, b)
+        vw = momentum * vw + lr * (gw + decay * w)
+        vb = momentum * vb + 2 * lr * gb
+        w, b = w - vw, b - vb
+    got = res.bm[1]
+    assert not torch.allclose(got.weight.double(), model[1].weight.double(), atol=1e-3)  # it did train
+    np.testing.assert_allclose(got.weight.detach().double().numpy(), w.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.bias.detach().double().numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_every_stage_reads_the_rows_as_a_caffe_data_layer(one_thread):
+    """The batches: one seeded order of the training rows; iteration k of every stage takes rows kB .. kB+B-1
+    of it modulo N (Caffe's HDF5Data / Data layers over the once-shuffled split), each stage from batch 0."""
+    n, batch = 20, 8
+    _, targets, d = toy_data(5, n, 1)
+    images = np.broadcast_to((np.arange(n, dtype=np.float32) / 64)[:, None, None, None], (n, 1, 20, 20)).copy()
+    seen: list[list[int]] = []
+    model = small_model(5)
+    model.register_forward_pre_hook(
+        lambda m, inp: seen.append(torch.round(inp[0][:, 0, 0, 0] * 64).long().tolist()) if m.training else None)
+    sch = Schedule(TINY.stages, batch_size=batch)
+    algorithm1(model, 5, (images, targets, d), toy_data(5, 8, 2), sch, fixed_in_stage2=["0", "1"], seed=5)
+    # stage 1, stage 2, stage 3 and the control train the model (the heads train on fixed features)
+    assert len(seen) == 4 * 6 and all(len(rows) == batch for rows in seen)
+    stages = [sum(seen[6 * s:6 * s + 6], []) for s in range(4)]
+    assert stages[1] == stages[0] and stages[2] == stages[0] and stages[3] == stages[0]
+    rows = stages[0]  # 48 rows: 2.4 passes over the 20
+    assert sorted(rows[:n]) == list(range(n))
+    assert rows == [rows[i % n] for i in range(len(rows))]
+    assert rows[:n] != list(range(n))  # a seeded order, not the rows as given
+
+
 class AddsAfterTheShapeLayer(nn.Module):
     def __init__(self):
         super().__init__()
@@ -239,6 +303,8 @@ class AddsAfterTheShapeLayer(nn.Module):
 
 
 def test_bad_input_is_a_named_error():
+    # One ModelError for a caffemodel that does not fit and a PyTorch model that cannot be trained as asked.
+    assert ModelError is caffemodel.ModelError and issubclass(ShapeLayerError, ModelError)
     train, val = toy_data(5, 16, 1), toy_data(5, 8, 2)
     no_linear = nn.Sequential(nn.Conv2d(1, 10, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.ReLU())
     with pytest.raises(ShapeLayerError, match="nn.Linear"):

@@ -386,3 +386,16 @@ def test_port_without_libcaffe_and_every_tool_has_help(tmp_path, good_pair):
         proc = subprocess.run([sys.executable, tool, "--help"], cwd=ROOT, capture_output=True,
                               text=True, timeout=120)
         assert proc.returncode == 0 and "usage" in proc.stdout, (tool, proc.stderr)
+
+
+def test_the_layout_comes_from_the_shape_layer_or_the_run_never_from_the_net_name():
+    net = netgen.deploy_net(get_layout(29))
+    net.name = "mcl_68_deploy"  # a name is a label only
+    assert convert.layout_of(net, {"shape_pred": (1, 58)}) == "29"
+    assert convert.layout_of(net, {"shape_pred": (1, 58)}, "29") == "29"
+    with pytest.raises(convert.PortError, match=r"the run's layout is 68 \(68 landmarks\), but the net predicts 29"):
+        convert.layout_of(net, {"shape_pred": (1, 58)}, "68")
+    heads = netgen.deploy_net(get_layout(5), clusters=get_layout(5).cluster_names)
+    assert convert.layout_of(heads, {}) == "5"
+    foreign = convert.parse_prototxt(V1_NET)  # no shape layer of ours: its outputs' size tells it
+    assert convert.layout_of(foreign, {"out": (1, 10)}) == "5" and convert.layout_of(foreign, {"out": (1, 7)}) is None

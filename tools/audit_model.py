@@ -18,10 +18,10 @@ import sys
 
 from mcl.data.splits import SplitError
 from mcl.evaluation.audit_model import AuditModelError
+from mcl.method.backbones import ARCHITECTURES, BackboneError
 from mcl.method.pytorch import LayoutMismatchError, ModelError
 from mcl.port.reading import PortError
 from mcl.port.torch_export import audit_and_export
-from mcl.torchnet.backbones import ARCHITECTURES, BackboneError
 
 
 def main(argv=None) -> int:

@@ -11,10 +11,7 @@ import numpy as np
 from mcl.caffe.netgen import SHAPE_LAYER, head_layer_name
 from mcl.caffe.proto import caffe_pb2
 from mcl.fileio import atomic_write
-
-
-class ModelError(ValueError):
-    """A caffemodel that is missing, unreadable or does not fit the net it is used with."""
+from mcl.method.errors import ModelError  # here too under this name: a caffemodel missing, unreadable or unfit
 
 
 def load(path) -> object:

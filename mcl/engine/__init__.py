@@ -6,7 +6,8 @@ batches, updates as Caffe's SGD does and writes the same caffemodels and snapsho
 so everything downstream (weights, assembly, evaluation) runs unchanged in Caffe.
 Its equality with Caffe is tested stage by stage (tests/test_engine.py).
 
-  sgd.py      Caffe's SGD update and "step" learning-rate policy
+  sgd.py      a solver file's settings as Caffe reads them; the update itself (Caffe's SGD, the "step"
+              policy, the batch order) is mcl.method.sgd's, which mcl.method.pytorch runs too
   feeds.py    the HDF5Data / LMDB Data layers, in Caffe's order
   fillers.py  iteration-0 weights (Caffe's own where pycaffe is there)
   device.py   the device: checked (named errors), set up (deterministic, TF32 off by default), described

@@ -6,7 +6,8 @@ Data over LMDB (data_layer.cpp, data_transformer.cpp): the records in key order,
 wrapping around; pixels (x - mean_value) * scale in float, float_data as stored.
 Shuffling is off in our nets (HDF5Data's shuffle uses std::random_shuffle, which no
 seed controls), so batch k of a layer is rows k*B .. k*B+B-1 of its split, modulo
-its length: a pure function of the iteration, which makes resuming exact.
+its length: a pure function of the iteration, which makes resuming exact. The rule is
+mcl.method.sgd's (`batch_start`, `batch_rows`), which mcl.method.pytorch batches by too.
 
 The whole split is held in memory, on the training device.
 """
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from mcl.caffe.proto import caffe_pb2
+from mcl.method.sgd import batch_rows, batch_start
 
 
 class FeedError(ValueError):
@@ -38,14 +40,13 @@ class Feed:
 
     def batch(self, index: int) -> dict[str, torch.Tensor]:
         """The tops of batch number `index` (0-based) of this layer."""
-        start = (index * self.batch_size) % self.rows
+        start = batch_start(index, self.batch_size, self.rows)
         out = {}
         for name, rows in self.tops.items():
             if start + self.batch_size <= self.rows:
                 b = rows[start:start + self.batch_size]
             else:
-                idx = (start + torch.arange(self.batch_size, device=rows.device)) % self.rows
-                b = rows.index_select(0, idx)
+                b = rows.index_select(0, batch_rows(index, self.batch_size, self.rows, rows.device))
             out[name] = self.transform(b) if self.transform else b
         return out
 

@@ -3,7 +3,8 @@
 `Solver` is the torch counterpart of pycaffe's SGDSolver: it reads the solver
 prototxt and the train net it names (mcl.torchnet builds the net from the
 NetParameter, so there is no second description of the nets), feeds the net's
-data layers as Caffe does (feeds.py), and updates as sgd_solver.cpp does (sgd.py).
+data layers as Caffe does (feeds.py), and updates as sgd_solver.cpp does (sgd.py: the one
+update of mcl.method.sgd, with the solver file's settings).
 
 Speed (`fast`, the default): each BatchNorm -> Scale -> ReLU chain runs as one fused
 kernel, and each Eq. 4 group of sliced EuclideanLoss layers as one difference and one

@@ -7,10 +7,11 @@
   curves        learning curves of a stage (trained for the curve, or its kept snapshots scored)
   audit         the seven ablations and the equal-budget control (METHOD §10); audit_report: their report
   summary       the run's one-page summary
-  audit_model   Algorithm 1 in PyTorch (mcl.method.pytorch) on a second architecture, with the audit's report
+  audit_model   Algorithm 1 in PyTorch (mcl.method.pytorch) on a second architecture (mcl.method.backbones),
+                with the audit's report
   sweep         the audit across seeds (`make sweep`): per model and claim, mean, sd, 95% interval, verdict
   paper_report  the paper's experiment on real faces beside the paper's table (`make paper`)
 
-May import: `mcl.method`, `mcl.caffe`, `mcl.data`, `mcl.torchnet` (the second architecture's backbones), `mcl.run`
-and `mcl.fileio`; not `mcl.port` or `mcl.engine`. pycaffe only through `mcl.caffe` and inside functions; matplotlib inside the plotting functions.
+May import: `mcl.method`, `mcl.caffe`, `mcl.data`, `mcl.run` and `mcl.fileio`; not `mcl.port` or `mcl.engine`.
+pycaffe only through `mcl.caffe` and inside functions; matplotlib inside the plotting functions.
 """

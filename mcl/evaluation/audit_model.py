@@ -1,7 +1,7 @@
 """The method on a second architecture (Section IV-E): Algorithm 1 in PyTorch on a run's data, scored as the
 audit scores the Caffe net.
 
-`audit` trains a named architecture (mcl.torchnet.backbones) through mcl.method.pytorch.algorithm1 on the
+`audit` trains a named architecture (mcl.method.backbones) through mcl.method.pytorch.algorithm1 on the
 run's training split, takes Eq. 5 and Eq. 9 from its validation errors exactly as the pipeline does (each
 landmark's mean error in image coordinates over d, mcl.evaluation.evaluate.score), and scores BM, WM, AM and
 the equal-budget control on the test split with the evaluation's metrics. Paired per-face comparisons are the
@@ -27,16 +27,16 @@ import h5py
 import numpy as np
 import torch
 
+from mcl.caffe.netgen import SHAPE_LAYER
 from mcl.data.splits import SplitError, load_split, split_files
 from mcl.evaluation import audit
 from mcl.evaluation.evaluate import FAILURE_THRESHOLDS, score, to_image
 from mcl.fileio import atomic_write
-from mcl.method import paper
+from mcl.method import backbones, paper
 from mcl.method.layouts import Layout
 from mcl.method.pytorch import Algorithm1Result, LandmarkData, Schedule, algorithm1, features_of, predict
 from mcl.method.stages import BATCH_SIZE, check_schedule
 from mcl.run import manifest, provenance, settings
-from mcl.torchnet import backbones
 
 OUT_DIR = "audit_model"  # RUN/audit_model/<architecture>/
 MODELS = ("BM", "WM", "AM", "BM + equal budget")
@@ -157,7 +157,7 @@ def audit_model(run, name: str, device: str = "cpu", scale: float | None = None,
         return np.asarray(scored(m, val, val_images, layout)["inter_ocular"]["per_landmark"])
 
     res = algorithm1(model, layout, rows_data(train, device), rows_data(val, device), sch,
-                     fixed_in_stage2=backbones.FIXED_IN_STAGE2, shape_layer="shape_pred", seed=seed, device=device,
+                     fixed_in_stage2=backbones.FIXED_IN_STAGE2, shape_layer=SHAPE_LAYER, seed=seed, device=device,
                      val_errors=val_errors, log=log)
     test_images = rows_data(test, device).images
     products = dict(zip(MODELS, (res.bm, res.wm, res.am, res.equal_budget)))

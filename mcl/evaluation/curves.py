@@ -20,6 +20,7 @@ from mcl.caffe.runfiles import run_layout
 from mcl.data.splits import load_split
 from mcl.evaluation.evaluate import evaluate_model
 from mcl.evaluation.report import save_figure
+from mcl.method.stages import learning_rate
 
 
 def learning_curve(run: Path, stage: str, tmp: Path, max_iter: int, stepsize: int, every: int,
@@ -50,7 +51,7 @@ def learning_curve(run: Path, stage: str, tmp: Path, max_iter: int, stepsize: in
             raw, fixed = tmp / "raw.caffemodel", tmp / "fixed.caffemodel"
             solver.net.save(str(raw))
             bnstats.recompute(run, Path(sp.train_net), raw, fixed, bn_batches)
-            point = {"iter": solver.iter, "lr": sp.base_lr * sp.gamma ** (solver.iter // stepsize),
+            point = {"iter": solver.iter, "lr": _rate(sp, solver.iter),
                      "train_seconds": time.time() - t0}
             for label, model in (("running", raw), ("recomputed", fixed)):
                 r = evaluate_model(load_net(deploy, model), data, layout)["inter_ocular"]
@@ -157,9 +158,8 @@ def snapshot_curve(run: Path, name: str, split: str = "val", bn_batches: int = 2
 
 
 def _rate(sp, it: int) -> float:
-    if sp.lr_policy == "step":
-        return sp.base_lr * sp.gamma ** (it // sp.stepsize)
-    return sp.base_lr
+    """The solver's learning rate at iteration `it` (METHOD §5.2; our solvers are "step" or "fixed")."""
+    return learning_rate(it, sp.base_lr, sp.stepsize, sp.gamma, "step" if sp.lr_policy == "step" else "fixed")
 
 
 def plot_snapshot_curves(docs: dict[str, dict], path: Path, title: str = "learning curves") -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from mcl.caffe.forward import load_net, predict
+from mcl.caffe.netgen import SHAPE_LAYER
 from mcl.data.splits import load_split
 from mcl.method.layouts import Layout
 
@@ -63,7 +64,7 @@ def metrics(errors: np.ndarray, layout: Layout) -> dict:
     return out
 
 
-def predict_image(net, data: dict, layout: Layout, output: str = "shape_pred") -> np.ndarray:
+def predict_image(net, data: dict, layout: Layout, output: str = SHAPE_LAYER) -> np.ndarray:
     """A net's predictions for the split's crops, mapped back to original-image coordinates (N, n, 2)."""
     pred = predict(net, data["data"], [output])[output]
     if pred.ndim != 2 or pred.shape[1] != 2 * layout.n_points:
@@ -84,7 +85,7 @@ def score(pred_img: np.ndarray, data: dict, layout: Layout) -> dict:
     return res
 
 
-def evaluate_model(net, data: dict, layout: Layout, output: str = "shape_pred") -> dict:
+def evaluate_model(net, data: dict, layout: Layout, output: str = SHAPE_LAYER) -> dict:
     """Inter-ocular metrics, and the outer-corner normalisation where the layout has it."""
     return score(predict_image(net, data, layout, output), data, layout)
 

@@ -10,7 +10,9 @@ network "can be replaced with a more powerful one". This module is that, for a P
                     with the feature extractor fixed, the assembly; and the equal-budget control
 
 The Eq. 5/8/9 arithmetic is `mcl.method.loss_weights`' and the splice of Eq. 2-3 is `mcl.method.assembly`'s,
-the code the Caffe pipeline runs; the schedule and solver constants are `mcl.method.stages`'.
+the code the Caffe pipeline runs; the schedule and solver constants are `mcl.method.stages`'. Training is the
+torch engine's: Caffe's SGD update, its "step" learning-rate policy and its data layers' batch order are
+`mcl.method.sgd`'s, the one implementation mcl.engine trains the Caffe nets with (METHOD §5.2).
 
 A model's contract: its output is the output of its shape prediction layer (by default the last module it
 registers), an `nn.Linear(D, 2n)` fed the feature x (N, D); coordinates x1 y1 x2 y2 ... Fixed layers are in
@@ -32,7 +34,9 @@ from torch import nn
 
 from mcl.method import loss_weights
 from mcl.method.assembly import splice
+from mcl.method.errors import ModelError
 from mcl.method.layouts import Layout, get_layout
+from mcl.method.sgd import Blob, CaffeSGD, SGDSettings, batch_rows
 from mcl.method.stages import (
     ALPHA,
     BATCH_SIZE,
@@ -50,10 +54,6 @@ __all__ = ["ALGORITHM1_STAGES", "Algorithm1Result", "LandmarkData", "LandmarkLos
 
 # The stages algorithm1 trains, in order (mcl.method.stages names them; assembly trains nothing).
 ALGORITHM1_STAGES = ("stage1", "stage2", "stage3", "heads", "equal_budget")
-
-
-class ModelError(ValueError):
-    """A model algorithm1 cannot train as asked (a layer named to be fixed that the model does not have)."""
 
 
 class ShapeLayerError(ModelError):
@@ -267,53 +267,48 @@ class Schedule:
                            for k, v in self.stages.items()}}
 
 
-class CaffeSGD:
-    """Caffe's SGD as the pipeline's solvers run it (METHOD §5.2): lr = base_lr gamma^floor(it / stepsize),
-    v = momentum v + lr_mult lr (g + decay_mult weight_decay w), w -= v; a bias gets lr_mult 2, decay_mult 0
-    and every other parameter 1, 1 (the multipliers mcl.caffe.netgen writes)."""
-
-    def __init__(self, named_params: Iterable[tuple[str, torch.Tensor]], stage: StageSchedule, schedule: Schedule):
-        self.params = [(p, *((2.0, 0.0) if n.rsplit(".", 1)[-1] == "bias" else (1.0, 1.0)))
-                       for n, p in named_params if p.requires_grad]
-        self.history = [torch.zeros_like(p) for p, _, _ in self.params]
-        self.stage, self.schedule = stage, schedule
-
-    def rate(self, it: int) -> float:
-        return self.stage.base_lr * self.schedule.gamma ** (it // self.stage.stepsize)
-
-    def step(self, it: int) -> None:
-        lr = self.rate(it)
-        with torch.no_grad():
-            for (p, lr_mult, decay_mult), v in zip(self.params, self.history):
-                g = p.grad if p.grad is not None else torch.zeros_like(p)
-                v.mul_(self.schedule.momentum).add_(g + decay_mult * self.schedule.weight_decay * p, alpha=lr_mult * lr)
-                p.sub_(v)
-                p.grad = None
+def solver_settings(stage: StageSchedule, schedule: Schedule) -> SGDSettings:
+    """A stage's solver as Caffe holds it (every SolverParameter field a float32, METHOD §5.2): lr_policy "step"."""
+    return SGDSettings(base_lr=np.float32(stage.base_lr), lr_policy="step", gamma=np.float32(schedule.gamma),
+                       stepsize=int(stage.stepsize), momentum=np.float32(schedule.momentum),
+                       weight_decay=np.float32(schedule.weight_decay))
 
 
-def _batches(n: int, batch: int, iterations: int, seed: int):
-    """Row indices of each iteration: a seeded permutation of the rows per pass, passes back to back."""
-    rng = np.random.default_rng(seed)
-    order = np.empty(0, dtype=np.int64)
-    for _ in range(iterations):
-        while len(order) < batch:
-            order = np.concatenate([order, rng.permutation(n)])
-        yield torch.from_numpy(order[:batch])
-        order = order[batch:]
+def learnable_blobs(named_params: Iterable[tuple[str, torch.Tensor]]) -> list[Blob]:
+    """The parameters that train (requires_grad) as Caffe's learnable blobs, in the model's order: a bias at
+    lr_mult 2, decay_mult 0, every other parameter 1, 1 (the multipliers mcl.caffe.netgen writes)."""
+    out, seen = [], {}
+    for n, p in named_params:
+        if not p.requires_grad:
+            continue
+        layer, _, attr = n.rpartition(".")
+        mult = (2.0, 0.0) if attr == "bias" else (1.0, 1.0)
+        out.append(Blob(layer, seen.get(layer, 0), p, np.float32(mult[0]), np.float32(mult[1])))
+        seen[layer] = seen.get(layer, 0) + 1
+    return out
+
+
+def batch_order(n: int, seed: int) -> torch.Tensor:
+    """The training rows in the order the batches take them: one seeded permutation, the counterpart of the
+    data preparation's one shuffle of the training crops (a Caffe data layer then reads them in order)."""
+    return torch.from_numpy(np.random.default_rng(seed).permutation(n))
 
 
 def _train(model: nn.Module, forward: Callable, data: LandmarkData, inputs: torch.Tensor, stage: StageSchedule,
-           schedule: Schedule, seed: int, name: str, log: Callable | None) -> dict:
-    """One stage: `forward(inputs[rows], rows)` -> the loss, Caffe's SGD on the model's trainable parameters."""
-    sgd = CaffeSGD(model.named_parameters(), stage, schedule)
+           schedule: Schedule, order: torch.Tensor, name: str, log: Callable | None) -> dict:
+    """One stage: `forward(inputs[rows], rows)` -> the loss, Caffe's SGD (mcl.method.sgd) on the model's
+    trainable parameters; iteration k takes batch k of `order` as a Caffe data layer does (from batch 0)."""
+    sgd = CaffeSGD(solver_settings(stage, schedule), learnable_blobs(model.named_parameters()))
+    order = order.to(data.d.device)
     losses, t0 = [], time.perf_counter()
-    for it, rows in enumerate(_batches(len(data.d), schedule.batch_size, stage.iterations, seed)):
-        loss = forward(inputs[rows.to(inputs.device)], rows.to(data.d.device))
+    for it in range(stage.iterations):
+        rows = order[batch_rows(it, schedule.batch_size, len(order), order.device)]
+        loss = forward(inputs[rows.to(inputs.device)], rows)
         loss.backward()
-        sgd.step(it)
+        rate = sgd.apply_update(it)
         losses.append(float(loss.detach()))
         if log and (it + 1) % max(1, stage.iterations // 10) == 0:
-            log(f"{name}: iteration {it + 1}/{stage.iterations}, lr {sgd.rate(it):g}, loss {losses[-1]:.4f}")
+            log(f"{name}: iteration {it + 1}/{stage.iterations}, lr {float(rate):g}, loss {losses[-1]:.4f}")
     seconds = time.perf_counter() - t0
     return {"iterations": stage.iterations, "seconds": seconds,
             "seconds_per_iteration": seconds / max(1, stage.iterations),
@@ -321,15 +316,15 @@ def _train(model: nn.Module, forward: Callable, data: LandmarkData, inputs: torc
             "base_lr": stage.base_lr, "stepsize": stage.stepsize}
 
 
-def _train_model(model: nn.Module, data: LandmarkData, weights, stage: StageSchedule, schedule: Schedule, seed: int,
-                 name: str, log, fixed: tuple[str, ...] = ()) -> dict:
+def _train_model(model: nn.Module, data: LandmarkData, weights, stage: StageSchedule, schedule: Schedule,
+                 order: torch.Tensor, name: str, log, fixed: tuple[str, ...] = ()) -> dict:
     """A stage that trains the model end to end on Eq. 4 with `weights`, the modules named in `fixed` fixed."""
     model.train()
     for f in fixed:
         model.get_submodule(f).eval().requires_grad_(False)
     loss = LandmarkLoss(weights).to(data.d.device)
     return _train(model, lambda x, rows: loss(model(x), data.targets[rows], data.d[rows]), data, data.images, stage,
-                  schedule, seed, name, log)
+                  schedule, order, name, log)
 
 
 @dataclass
@@ -359,7 +354,8 @@ def algorithm1(model: nn.Module, layout: Layout | str | int, train, val, schedul
     train, val: LandmarkData or (images (N, C, H, W), targets (N, 2n), d (N,)). schedule: e.g.
     Schedule.from_stages(0.01). fixed_in_stage2: names (as in model.named_modules()) of the early layers
     step 2 fixes (the paper: conv11..conv32). val_errors(model) -> (n,): the validation errors b_j / w_j of
-    Eq. 5 and Eq. 9 (default: landmark_errors on `val`, in its coordinates). seed: the order of the batches.
+    Eq. 5 and Eq. 9 (default: landmark_errors on `val`, in its coordinates). seed: the order of the training
+    rows (one permutation), which every stage's batches take in turn from the first, as Caffe's data layers do.
     """
     lay = as_layout(layout)
     base = copy.deepcopy(model).to(device)
@@ -379,10 +375,13 @@ def algorithm1(model: nn.Module, layout: Layout | str | int, train, val, schedul
     errors_of = val_errors or (lambda m: landmark_errors(m, va))
     features_of(base, name, tr.images[:2])  # the contract, checked before any training
     st, stages = schedule.stages, {}
+    # One order of the training rows for every stage, each stage from its batch 0: as the pipeline's stages
+    # read the one shuffled training split through their data layers.
+    order = batch_order(len(tr.d), seed)
 
     # Step 1: BM, u_j = 1.
     bm = base
-    stages["stage1"] = _train_model(bm, tr, None, st["stage1"], schedule, seed, "stage1", log)
+    stages["stage1"] = _train_model(bm, tr, None, st["stage1"], schedule, order, "stage1", log)
     bm.eval()
     # Eq. 5 from BM's validation errors (loss_weights.eq5, the pipeline's arithmetic).
     b = np.asarray(errors_of(bm), dtype=np.float64)
@@ -391,9 +390,9 @@ def algorithm1(model: nn.Module, layout: Layout | str | int, train, val, schedul
     u5 = loss_weights.eq5(b)
     # Steps 2 and 3: weighting fine-tuning, first with the early layers fixed, then all layers -> WM.
     wm = copy.deepcopy(bm)
-    stages["stage2"] = _train_model(wm, tr, u5, st["stage2"], schedule, seed + 2, "stage2", log, fixed)
+    stages["stage2"] = _train_model(wm, tr, u5, st["stage2"], schedule, order, "stage2", log, fixed)
     wm.requires_grad_(True)
-    stages["stage3"] = _train_model(wm, tr, u5, st["stage3"], schedule, seed + 3, "stage3", log)
+    stages["stage3"] = _train_model(wm, tr, u5, st["stage3"], schedule, order, "stage3", log)
     wm.eval()
     # Eq. 9 for every cluster from WM's validation errors.
     w = np.asarray(errors_of(wm), dtype=np.float64)
@@ -409,7 +408,7 @@ def algorithm1(model: nn.Module, layout: Layout | str | int, train, val, schedul
         out = heads(x)
         return sum(losses[c](out[c], tr.targets[rows], tr.d[rows]) for c in lay.cluster_names)
 
-    stages["heads"] = _train(heads, heads_loss, tr, feats, st["heads"], schedule, seed + 4, "heads", log)
+    stages["heads"] = _train(heads, heads_loss, tr, feats, st["heads"], schedule, order, "heads", log)
     heads.eval()
     # Step 3+m+1: AM, WM with its shape prediction layer replaced by the assembled one (Eq. 2-3).
     am = copy.deepcopy(wm)
@@ -419,7 +418,7 @@ def algorithm1(model: nn.Module, layout: Layout | str | int, train, val, schedul
     if equal_budget:
         # The audit's control: BM trained on, u_j = 1, all layers, for as many iterations as steps 2..3+m.
         control = copy.deepcopy(bm)
-        stages["equal_budget"] = _train_model(control, tr, None, st["equal_budget"], schedule, seed + 5,
+        stages["equal_budget"] = _train_model(control, tr, None, st["equal_budget"], schedule, order,
                                               "equal_budget", log)
         control.eval()
     return Algorithm1Result(bm, wm, am, heads, control, {"eq5": u5, "eq9": u9}, {"bm": b, "wm": w}, stages, name,

@@ -11,7 +11,6 @@ module) before any file is written. The names tests and tools use are re-exporte
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +18,14 @@ import numpy as np
 import torch
 
 from mcl.caffe.caffemodel import blob_array
+from mcl.caffe.netgen import shape_points
 from mcl.caffe.proto import caffe_pb2
 from mcl.fileio import atomic_write
-from mcl.method.layouts import LAYOUTS
+from mcl.method.layouts import LAYOUTS, get_layout
 from mcl.port.engines import (
     CHECK_BATCH,
     CHECK_SEED,
+    NORMALISATION,
     caffe_forward,
     check_input,
     onnx_forward,
@@ -58,7 +59,7 @@ from mcl.port.reading import (
 )
 
 __all__ = [
-    "CHECK_BATCH", "CHECK_SEED", "NET_NAME_RE", "OPSET", "RELATIVE", "TOLERANCE", "CaffeModel", "PortError",
+    "CHECK_BATCH", "CHECK_SEED", "OPSET", "RELATIVE", "TOLERANCE", "CaffeModel", "PortError",
     "PortResult", "back_to_caffe", "blob_array", "caffe_forward", "caffe_pb2", "caffemodel_bytes", "check_input",
     "check_pair", "fold_batchnorm", "layer_outputs", "layout_of", "load_torch", "model_blobs", "netgen_text",
     "npz_bytes", "onnx_bytes", "onnx_forward", "opencv_forward", "output_tops", "parse_caffemodel",
@@ -68,18 +69,28 @@ __all__ = [
 
 TOLERANCE = 1e-4  # largest |difference| to the reference engine an export may show ...
 RELATIVE = 2e-6  # ... or this share of the output's largest |value| where larger (float32 resolution)
-NET_NAME_RE = re.compile(r"^mcl_(?P<layout>\d+)_")
 
 
 # ---- the port --------------------------------------------------------------------------------
 
-def layout_of(net_param, outputs_shape: dict[str, tuple]) -> str | None:
-    m = NET_NAME_RE.match(net_param.name or "")
-    if m:
-        return m.group("layout")
-    sizes = {shape[-1] // 2 for shape in outputs_shape.values() if len(shape) == 2 and shape[-1] % 2 == 0}
-    hits = [name for name, lay in LAYOUTS.items() if lay.n_points in sizes]
-    return hits[0] if len(hits) == 1 else None
+def layout_of(net_param, outputs_shape: dict[str, tuple], run_layout: str | None = None) -> str | None:
+    """The layout of a ported net: the run's where the port has one (`run_layout`, as its RUN/run.json
+    records it), checked against the net; else the one whose 2n is the output size of the net's shape
+    layer (mcl.caffe.netgen.shape_points); else, for a net from elsewhere, the one whose 2n is the size
+    of its outputs; None where none fits."""
+    try:
+        n_points = shape_points(net_param)
+    except ValueError:  # no shape layer of ours: a net from elsewhere, told by its outputs' sizes
+        sizes = {shape[-1] // 2 for shape in outputs_shape.values() if len(shape) == 2 and shape[-1] % 2 == 0}
+        n_points = sizes.pop() if len(sizes) == 1 else None
+    if run_layout is not None:
+        layout = get_layout(run_layout)
+        if n_points is not None and n_points != layout.n_points:
+            raise PortError(f"the run's layout is {layout.name} ({layout.n_points} landmarks), but the net "
+                            f"predicts {n_points} landmarks")
+        return layout.name
+    hits = [name for name, lay in LAYOUTS.items() if lay.n_points == n_points]
+    return hits[0] if hits else None
 
 
 @dataclass
@@ -92,8 +103,10 @@ class PortResult:
 
 def port(prototxt, caffemodel, name: str | None = None, formats=("npz", "pt", "onnx"), fold: bool = False,
          reference: str = "auto", allow_zero_bn_factor: bool = False, crop_scale: float | None = None,
-         opset: int = OPSET, tolerance: float = TOLERANCE, test_crop: str | None = None) -> PortResult:
-    """Every export of the pair, in memory, each checked against the reference engine."""
+         opset: int = OPSET, tolerance: float = TOLERANCE, test_crop: str | None = None,
+         layout: str | None = None) -> PortResult:
+    """Every export of the pair, in memory, each checked against the reference engine. `layout`: the run's
+    (its RUN/run.json) where the pair comes from a run; else the deploy net's shape layer tells it."""
     if opset < 13:
         raise PortError(f"ONNX opset {opset}: the port writes opset 13 or later")
     cm, net = read_model(prototxt, caffemodel, allow_zero_bn_factor)
@@ -132,15 +145,14 @@ def port(prototxt, caffemodel, name: str | None = None, formats=("npz", "pt", "o
         diff("torch (folded)", torch_forward(net, x, outputs))
     text = netgen_text(net_param)
     shapes = {o: tuple(net.shapes[o]) for o in outputs}
-    layout = layout_of(cm.net_param, shapes)
+    layout = layout_of(cm.net_param, shapes, layout)
     (in_name,) = net.input_names
     common = {
         "source": cm.sources,
         "layout": layout,
         "input": {"name": in_name, "shape": list(net.input_shapes[in_name]), "batch_axis": 0,
                   "pixels": "grayscale, one channel, rows then columns",
-                  "normalisation": "(p - 128) * 0.0078125, p the 8-bit gray value (Caffe transform_param "
-                                   "mean_value 128, scale 0.0078125)",
+                  "normalisation": NORMALISATION,
                   "crop": crop_text(crop_scale, test_crop)},
         "outputs": [{"name": o, "shape": list(shapes[o]),
                      "order": "x1 y1 x2 y2 ... in crop pixels (0-based pixel centres), landmark j at 2j, 2j+1"}

@@ -13,18 +13,26 @@ import numpy as np
 import torch
 
 from mcl import torchnet
+from mcl.method.layouts import PIXEL_MEAN, PIXEL_SCALE
 from mcl.port.reading import PortError
 
 CHECK_BATCH = 2
 CHECK_SEED = 0
+# The network's input as the model cards state it (METHOD §1): the constants of mcl.method.layouts.
+NORMALISATION = (f"(p - {PIXEL_MEAN:g}) * {PIXEL_SCALE:g}, p the 8-bit gray value (Caffe transform_param "
+                 f"mean_value {PIXEL_MEAN:g}, scale {PIXEL_SCALE:g})")
+
+
+def check_pixels(shape: tuple[int, ...], seed: int = CHECK_SEED) -> np.ndarray:
+    """Seeded uniform random gray pixels of `shape`, normalised as the network's input (METHOD §1)."""
+    pixels = np.random.default_rng(seed).integers(0, 256, size=shape)
+    return ((pixels - PIXEL_MEAN) * PIXEL_SCALE).astype(np.float32)
 
 
 def check_input(net: torchnet.CaffeNet, batch: int = CHECK_BATCH, seed: int = CHECK_SEED) -> np.ndarray:
-    """A seeded batch of normalised gray patches ((p - 128) / 128 of uniform random pixels)."""
+    """A seeded batch of normalised gray patches (check_pixels in the net's input shape)."""
     (name,) = net.input_names
-    shape = (batch,) + tuple(net.input_shapes[name][1:])
-    pixels = np.random.default_rng(seed).integers(0, 256, size=shape)
-    return ((pixels - 128.0) * 0.0078125).astype(np.float32)
+    return check_pixels((batch,) + tuple(net.input_shapes[name][1:]), seed)
 
 
 def torch_forward(net: torchnet.CaffeNet, x: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:

@@ -21,22 +21,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mcl.caffe.netgen import SHAPE_LAYER
 from mcl.evaluation import audit_model
 from mcl.fileio import atomic_write
 from mcl.method.layouts import INPUT_SIZE, Layout
+from mcl.port import engines
 from mcl.port.convert import RELATIVE, TOLERANCE, crop_text
-from mcl.port.engines import CHECK_BATCH, CHECK_SEED, onnx_forward
+from mcl.port.engines import CHECK_BATCH, CHECK_SEED, NORMALISATION, onnx_forward
 from mcl.port.formats import OPSET
 from mcl.port.reading import PortError, sha256
 from mcl.run import provenance
 
-INPUT_NAME, OUTPUT_NAME = "data", "shape_pred"  # the names the Caffe deploy nets' ports carry
+INPUT_NAME, OUTPUT_NAME = "data", SHAPE_LAYER  # the names the Caffe deploy nets' ports carry
 
 
 def check_pixels(batch: int = CHECK_BATCH, seed: int = CHECK_SEED) -> np.ndarray:
     """The port's check input (mcl.port.engines.check_input): seeded uniform gray pixels, normalised."""
-    pixels = np.random.default_rng(seed).integers(0, 256, size=(batch, 1, INPUT_SIZE, INPUT_SIZE))
-    return ((pixels - 128.0) * 0.0078125).astype(np.float32)
+    return engines.check_pixels((batch, 1, INPUT_SIZE, INPUT_SIZE), seed)
 
 
 def onnx_of(module: torch.nn.Module, opset: int = OPSET) -> bytes:
@@ -73,8 +74,7 @@ def export_onnx(module: torch.nn.Module, layout: Layout, out, name: str, archite
         "layout": layout.name, "architecture": architecture,
         "input": {"name": INPUT_NAME, "shape": [1, 1, INPUT_SIZE, INPUT_SIZE], "batch_axis": 0,
                   "pixels": "grayscale, one channel, rows then columns",
-                  "normalisation": "(p - 128) * 0.0078125, p the 8-bit gray value (Caffe transform_param "
-                                   "mean_value 128, scale 0.0078125)",
+                  "normalisation": NORMALISATION,
                   "crop": crop_text(crop_scale, test_crop)},
         "outputs": [{"name": OUTPUT_NAME, "shape": [1, 2 * layout.n_points],
                      "order": "x1 y1 x2 y2 ... in crop pixels (0-based pixel centres), landmark j at 2j, 2j+1"}],

@@ -33,6 +33,7 @@ from pathlib import Path
 from mcl.caffe.caffemodel import ModelError
 from mcl.engine import CUBLAS_WORKSPACE
 from mcl.fileio import DiskFullError, disk_full, durable_replace
+from mcl.method.stages import learning_rate
 from mcl.run.stage import ENGINES, SWITCHES, SnapshotError, StageError, StageSpec, snapshots
 
 
@@ -41,9 +42,10 @@ def emit(**event) -> None:
 
 
 def rate_after(settings, it: int) -> float:
-    """The learning rate of the next iteration, as the progress line reports it."""
-    gamma = float(settings.gamma) ** (it // settings.stepsize) if settings.lr_policy == "step" else 1.0
-    return float(settings.base_lr) * gamma
+    """The learning rate of the next iteration, as the progress line reports it (METHOD §5.2); base_lr for
+    any policy but "step" (our solvers write "step" and "fixed")."""
+    policy = "step" if settings.lr_policy == "step" else "fixed"
+    return learning_rate(it, settings.base_lr, settings.stepsize, settings.gamma, policy)
 
 
 def resume(engine, spec: StageSpec) -> int:

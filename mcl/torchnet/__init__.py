@@ -4,9 +4,8 @@ rules, V1 `layers`, input shapes), layers.py holds Caffe's layers as modules (Co
 BatchNorm, Pooling, the Eq. 4 losses ...), net.py the net (`CaffeNet`, `from_netparameter`,
 Caffe's blobs in and out). May import torch, `mcl.caffe.proto` / `mcl.caffe.caffemodel` (the
 protobuf-only Caffe file layer) and `mcl.method`; never pycaffe, so it runs where no Caffe is
-built. The training engine's fused forward is not here: it is `mcl.engine.fused`.
-backbones.py holds the method's second architecture, MobileNetV2 after torchvision's definition
-adapted to our 50 x 50 gray crops (import it by name; it is not re-exported here).
+built. The training engine's fused forward is not here: it is `mcl.engine.fused`. Nor is the method's
+second architecture (MobileNetV2, a PyTorch model, not a Caffe net): it is `mcl.method.backbones`.
 """
 
 from mcl.torchnet.layers import LAYERS, BatchNorm, InnerProduct, Layer

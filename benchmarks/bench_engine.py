@@ -40,6 +40,14 @@ schedule) at the rate of the benchmarked stage that trains like it: stage 3 trai
 layer, as stage 1 does. Where the leading layers are fixed (stage 2, the heads) the torch
 engine computes them once per training row (mcl/engine/fixed.py): that pass is timed on
 its own and counted for the size of 300-W's training split.
+
+After the table (on the CPU; --no-profile skips it): where a torch-engine step goes, per stage type
+and per layout (--profile-layouts, default 5,68), at the same batch size and threads, in a child
+process of its own: convolutions forward and backward, BatchNorm/Scale/ReLU, pooling, the fully
+connected / shape layers with the loss, the SGD update, the data feed and the rest, each beside its
+floor (FLOPs over the cores' measured fp32 peak, bytes over the measured memory bandwidth) and
+the ratio; the figures also go into --json under `profile` (benchmarks/engine_profile.py says how
+the parts are timed and the floors counted).
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import engine_profile  # benchmarks/: the step's profile beside its floor, printed after the table
 from mcl.caffe.runfiles import run_files
 from mcl.data.augment import AugmentSettings
 from mcl.data.pipeline import PrepareSettings
@@ -200,10 +209,13 @@ def _k(iterations: int) -> str:
 
 
 def compare_engines(layout: str = "68", batch: int = BATCH_SIZE, threads: int = 2, device: str = "cpu", warmup: int = 2,
-                    iters: int = 12, block: int = 4, settle: float = 0.5, json_path: str | None = None) -> dict:
+                    iters: int = 12, block: int = 4, settle: float = 0.5, json_path: str | None = None,
+                    profile_layouts=("5", "68")) -> dict:
     """Time both engines at every benchmarked stage, print the table, the projection of the
-    paper's schedule and the verdict; return the figures (also written to `json_path`). On a
-    device other than the CPU: the torch engine alone (`torch_alone`)."""
+    paper's schedule and the verdict; then, for each of `profile_layouts` (none: skipped), the torch
+    engine's step split into its parts beside their floors (engine_profile.py, `profile` in the
+    figures); return the figures (also written to `json_path`). On a device other than the CPU: the
+    torch engine alone (`torch_alone`), with no profile."""
     if "caffe" not in plan(device)["engines"]:
         return torch_alone(layout, batch, threads, device, warmup, iters, json_path)
     load0 = os.getloadavg()[0]
@@ -251,6 +263,9 @@ def compare_engines(layout: str = "68", batch: int = BATCH_SIZE, threads: int = 
           f"{'met' if speed >= TARGET else 'NOT met'}")
     out = dict(res, layout=layout, batch=batch, threads=threads, device=device, projected_hours=total,
                training_rows_300w=rows, stage1_speedup=speed, load_average=[load0, load1])
+    if profile_layouts:
+        out["profile"] = engine_profile.profile(list(profile_layouts), batch, threads, write_run, warmup=warmup,
+                                                iters=iters)
     if json_path:
         Path(json_path).write_text(json.dumps(out, indent=2))
     return out
@@ -331,9 +346,13 @@ def main(argv=None) -> int:
     ap.add_argument("--block", type=int, default=4, help="timed iterations per turn (default 4)")
     ap.add_argument("--settle", type=float, default=0.5, help="pause before each turn, seconds (default 0.5)")
     ap.add_argument("--json", help="also write the figures to this JSON file")
+    ap.add_argument("--no-profile", action="store_true",
+                    help="skip the torch engine's step profile (its parts beside their floors) after the table")
+    ap.add_argument("--profile-layouts", default="5,68", help="layouts of the profile, comma-separated (default 5,68)")
     args = ap.parse_args(argv)
+    layouts = () if args.no_profile else engine_profile.parse_layouts(args.profile_layouts)
     compare_engines(args.layout, args.batch, args.threads, args.device, args.warmup, args.iters, args.block,
-                    args.settle, json_path=args.json)
+                    args.settle, json_path=args.json, profile_layouts=layouts)
     return 0
 
 

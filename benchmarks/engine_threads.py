@@ -1,0 +1,256 @@
+#!/usr/bin/env python3
+"""`make bench-threads`: the torch engine's CPU training step against the number of threads, in fp32 and,
+where the CPU has bfloat16 instructions, with its convolutions and matrix products autocast to bfloat16.
+
+For each layout and thread count a child process of its own (`--child`, the intra-op threads set before
+the first torch operation, OMP_NUM_THREADS / MKL_NUM_THREADS with them) builds stage 1 (every layer
+trains), stage 2 (the first six convolutions fixed, their pass computed once per training row) and the
+joint heads as `make nets` generates them (batch 64, the paper's), on random rows in the nets' HDF5 form
+(benchmarks/gpu_check.py's Workspace), stage 2 and the heads from the stage-1 model, and times `--iters` iterations after `--warmup` untimed ones:
+the median ms per iteration. Where bf16 is asked for and the CPU has it, the fp32 and bf16 steps of one
+solver take turns of a few iterations each, so both see the same load on a shared machine.
+
+The bf16 figures are the speed of `torch.autocast("cpu", torch.bfloat16)` around the engine's step (the
+convolutions and the fully connected layers in bfloat16, BatchNorm statistics and the SGD update on the
+fp32 master weights); it is a measurement of what the instructions give on this net, not a training mode
+of the engine: a bf16 training path, its manifest and its accuracy on real faces are not part of this.
+A CPU without `avx512_bf16` or `amx_bf16` in /proc/cpuinfo gets no bf16 figures (PyTorch would emulate
+bfloat16 there, slower than fp32), and the table says so.
+
+The speed-up is the 1-thread time over the N-thread time of the same stage in the same run; the
+efficiency is the speed-up over N. docs/BENCHMARKS.md ("How the step scales with cores") gives the figures
+and the number of cores a training job should ask for (docs/CLUSTER.md).
+
+  benchmarks/engine_threads.py                              (1, 2 and every core of this machine, fp32)
+  benchmarks/engine_threads.py --threads 1,2,4,8,16 --precisions fp32,bf16 --json threads.json
+
+Needs Python, NumPy, h5py, protobuf and PyTorch only (no Caffe, no OpenCV, no .venv), as
+benchmarks/gpu_check.py: the project's tree can be carried to another machine and run with PYTHONPATH=.
+Exit status: 0 done, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+STAGES = ("stage1", "stage2", "heads")
+PRECISIONS = ("fp32", "bf16")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+INIT_STEPS = 3  # stage-1 steps before the model stage 2 and the heads start from, where stage 1 is not timed
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as /proc/cpuinfo lists them (empty where there is no such file)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def bf16_support(flags: set[str] | None = None) -> str | None:
+    """The bfloat16 instruction set the CPU has (avx512_bf16 or amx_bf16), or None."""
+    flags = cpu_flags() if flags is None else flags
+    have = [f for f in BF16_FLAGS if f in flags]
+    return "+".join(have) if have else None
+
+
+def parse_list(text: str, what: str, allowed=None, cast=str) -> list:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise ValueError(f"--{what}: empty list")
+    out = []
+    for t in items:
+        try:
+            v = cast(t)
+        except ValueError:
+            raise ValueError(f"--{what}: {t!r} is not a valid value") from None
+        if allowed is not None and v not in allowed:
+            raise ValueError(f"--{what}: {t!r} is not one of {', '.join(map(str, allowed))}")
+        if cast is int and v < 1:
+            raise ValueError(f"--{what}: {t!r} must be at least 1")
+        out.append(v)
+    return out
+
+
+# ---- the child: one layout at one thread count ---------------------------------------------------
+
+def child(spec: dict) -> dict:
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    from gpu_check import Workspace  # benchmarks/: the run folders on random rows, no OpenCV
+
+    ws = Workspace(Path(spec["root"]), spec["layout"], spec["batch"])
+    out = {}
+    # Stage 2 and the heads start from a stage-1 model (real BatchNorm statistics, as Algorithm 1
+    # starts them; from the fillers their fixed BatchNorms would divide by zero variance): stage 1's
+    # solver after its timed steps, or after INIT_STEPS where stage 1 is not timed.
+    init = Path(spec["root"]) / "stage1.caffemodel"
+    for stage in ["stage1"] + [s for s in spec["stages"] if s != "stage1"]:
+        solver = ws.solver(stage, f"t{spec['threads']}", "cpu")
+        if stage != "stage1":
+            solver.copy_from(init)
+        elif stage not in spec["stages"]:
+            for _ in range(INIT_STEPS):
+                solver.step()
+            solver.save(init)
+            continue
+        modes = {"fp32": lambda: solver.step()}
+        if "bf16" in spec["precisions"]:
+            def bf16_step():
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    solver.step()
+            modes["bf16"] = bf16_step
+        times: dict[str, list[float]] = {m: [] for m in modes}
+        for step in modes.values():
+            for _ in range(spec["warmup"]):
+                step()
+        block = max(1, spec["block"])
+        while min(len(t) for t in times.values()) < spec["iters"]:
+            for mode, step in modes.items():
+                for _ in range(min(block, spec["iters"] - len(times[mode]))):
+                    t0 = time.perf_counter()
+                    step()
+                    times[mode].append((time.perf_counter() - t0) * 1000.0)
+        out[stage] = {m: {"ms_per_iter": statistics.median(t), "all_ms": t} for m, t in times.items()}
+        out[stage]["loss_finite"] = bool(torch.isfinite(torch.tensor(solver.loss)))
+        if stage == "stage1":
+            solver.save(init)
+    return out
+
+
+def run_child(spec: dict, timeout: float) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]))
+    here = str(Path(__file__).resolve().parent)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([here, root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    p = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env, capture_output=True,
+                       text=True, timeout=timeout)
+    if p.returncode != 0:
+        raise RuntimeError(f"child ({spec['layout']}, {spec['threads']} threads) failed:\n{p.stderr[-3000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+# ---- the parent ----------------------------------------------------------------------------------
+
+def measure(layouts, threads, stages, precisions, batch, warmup, iters, block, timeout, log=print) -> dict:
+    import torch
+
+    support = bf16_support()
+    want_bf16 = "bf16" in precisions
+    used = [p for p in precisions if p != "bf16" or support]
+    doc = {"cpu": cpu_model(), "cores": os.cpu_count(), "load_average_start": os.getloadavg(),
+           "torch": torch.__version__, "bf16_instructions": support,
+           "bf16": ("measured (autocast)" if support else "not measured: the CPU lists neither "
+                    + " nor ".join(BF16_FLAGS)) if want_bf16 else "not asked for",
+           "batch": batch, "warmup": warmup, "iters": iters, "threads": threads, "stages": stages,
+           "precisions": used, "results": {}}
+    with tempfile.TemporaryDirectory(prefix="mcl-threads-") as tmp:
+        for layout in layouts:
+            doc["results"][layout] = {}
+            for n in threads:
+                log(f"[threads] layout {layout}, {n} thread(s) ...", flush=True)
+                spec = {"root": str(Path(tmp) / f"{layout}-{n}"), "layout": layout, "threads": n,
+                        "stages": stages, "precisions": used, "batch": batch, "warmup": warmup,
+                        "iters": iters, "block": block}
+                doc["results"][layout][str(n)] = run_child(spec, timeout)
+    doc["load_average_end"] = os.getloadavg()
+    return doc
+
+
+def table(doc: dict) -> str:
+    lines = [f"CPU: {doc['cpu']}, {doc['cores']} cores, torch {doc['torch']}; load average "
+             f"{doc['load_average_start'][0]:.2f} at the start, {doc['load_average_end'][0]:.2f} at the end",
+             f"bf16: {doc['bf16']}", ""]
+    bf16 = "bf16" in doc["precisions"]
+    head = "| layout | stage | threads | fp32 ms/iter | speed-up vs 1 | efficiency |"
+    head += " bf16 ms/iter | fp32 / bf16 |" if bf16 else ""
+    lines += [head, "|" + "---|" * (head.count("|") - 1)]
+    for layout, by_n in doc["results"].items():
+        for stage in doc["stages"]:
+            base = by_n.get("1", {}).get(stage, {}).get("fp32", {}).get("ms_per_iter")
+            for n, res in by_n.items():
+                r = res[stage]
+                ms = r["fp32"]["ms_per_iter"]
+                up = base / ms if base else None
+                row = (f"| {layout} | {stage} | {n} | {ms:.1f} | " + (f"{up:.2f}x" if up else "-") + " | "
+                       + (f"{up / int(n):.0%}" if up else "-") + " |")
+                if bf16:
+                    b = r["bf16"]["ms_per_iter"]
+                    row += f" {b:.1f} | {ms / b:.2f}x |"
+                lines.append(row)
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--layouts", default="68", help="layouts, comma-separated (default 68)")
+    ap.add_argument("--threads", default=None,
+                    help="thread counts, comma-separated (default 1,2 and this machine's cores)")
+    ap.add_argument("--stages", default=",".join(STAGES), help=f"stage types (default {','.join(STAGES)})")
+    ap.add_argument("--precisions", default="fp32",
+                    help="fp32 and/or bf16 (bf16: measured where the CPU has bfloat16 instructions)")
+    ap.add_argument("--batch", type=int, default=64, help="batch size (default 64, the paper's)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed iterations per stage (default 2)")
+    ap.add_argument("--iters", type=int, default=8, help="timed iterations per stage and precision (default 8)")
+    ap.add_argument("--block", type=int, default=2, help="iterations per turn of fp32 and bf16 (default 2)")
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds per child before it is stopped")
+    ap.add_argument("--json", help="also write the figures to this JSON file")
+    args = ap.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return 0
+    from mcl.method.layouts import LAYOUTS
+
+    try:
+        layouts = parse_list(args.layouts, "layouts", allowed=tuple(LAYOUTS))
+        cores = os.cpu_count() or 1
+        threads = parse_list(args.threads or ",".join(map(str, sorted({1, 2, cores}))), "threads", cast=int)
+        stages = parse_list(args.stages, "stages", allowed=STAGES)
+        precisions = parse_list(args.precisions, "precisions", allowed=PRECISIONS)
+        for name in ("batch", "iters", "block"):
+            if getattr(args, name) < 1:
+                raise ValueError(f"--{name}: must be at least 1")
+        if args.warmup < 0:
+            raise ValueError("--warmup: must be 0 or more")
+    except ValueError as e:
+        print(f"engine_threads: {e}", file=sys.stderr)
+        return 2
+    doc = measure(layouts, threads, stages, precisions, args.batch, args.warmup, args.iters, args.block,
+                  args.timeout, log=lambda *a, **k: print(*a, file=sys.stderr, **k))
+    print(table(doc))
+    if args.json:
+        from mcl.fileio import atomic_write
+
+        atomic_write(args.json, json.dumps(doc, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,7 +6,8 @@
 #   make setup       install everything (runs by itself before any other target)
 #
 # Variables: DATASET (synth|ibug|cofw|mtfl|generic), DATA_ROOT, LAYOUT (5|29|68),
-# SCALE (schedule scale), SEED, RUN (output folder), WORKERS, ENGINE (caffe|torch), DEVICE (cpu|cuda);
+# SCALE (schedule scale), SEED, RUN (output folder), WORKERS, ENGINE (caffe|torch), DEVICE (cpu|cuda),
+# PRECISION (fp32|bf16: the torch engine's bfloat16 training, opt-in, docs/ENGINE.md);
 # the sweep's SEEDS, DATASETS, SWEEP; launchers LAUNCH_TRAIN and LAUNCH (docs/CLUSTER.md).
 
 SHELL := /bin/bash
@@ -61,6 +62,8 @@ help: | $(SETUP_STAMP)
 	@echo "         sweep (docs/CLUSTER.md), audit-model (docs/METHOD_PYTORCH.md), peers setup-peers bench-port bench-detect (docs/PORT.md)"
 	@echo "         paper: the paper's experiment on real faces, beside its table (docs/REAL_DATA.md)"
 	@echo "         models: the in-box models tools/predict.py uses without --model, from the paper runs (models/)"
+	@echo; echo "training variables (all at the head of the Makefile): ENGINE=caffe|torch DEVICE=cpu|cuda TF32=off|on"
+	@echo "         DETERMINISTIC=on|off PRECISION=fp32|bf16 (the torch engine's opt-in bfloat16 training, docs/ENGINE.md)"
 
 AUDIT_TARGETS := pre_bm perturbation single_head simplified_am weighting_simplified_am occlusion equal_budget
 SOURCE ?= hdf5
@@ -86,15 +89,20 @@ DEVICE ?= cpu
 # algorithms on (the default: two runs, and a resumed run, give the same bits) or off (cuDNN autotunes).
 TF32 ?= off
 DETERMINISTIC ?= on
+# Torch engine: fp32 (the default) or bf16, bfloat16 autocast (convolutions and matrix products in bfloat16;
+# weights, update, BatchNorm statistics and losses in float32), refused where the device has no bfloat16 and
+# with ENGINE=caffe (docs/ENGINE.md). Part of the train settings: changing it trains again.
+PRECISION ?= fp32
 # Make's record of the settings, one file per group under RUN/.settings/: a group's file changes
 # only when its settings do, so a changed setting re-runs exactly what depends on it.
 # nets: what the generated nets and solvers depend on (RUN/run.json holds them as data);
-# train: what every stage is trained with, not the nets (the engine, the warm-up); DEVICE, TF32 and
+# train: what every stage is trained with, not the nets (the engine, the precision, the warm-up); DEVICE, TF32 and
 # DETERMINISTIC are not in it: a finished stage is kept, recorded as it was trained (docs/GPU.md);
 # bn: the statistics step of every stage.
 data_settings := dataset=$(DATASET) data_root=$(DATA_ROOT) layout=$(LAYOUT) seed=$(SEED) opts=$(DATA_OPTS)
 nets_settings := layout=$(LAYOUT) scale=$(SCALE) schedule=$(SCHEDULE) seed=$(SEED) source=$(SOURCE) batch=$(BATCH) frozen_bn=$(FROZEN_BN_STAGE2),$(FROZEN_BN_HEADS)
-train_settings := warmup=$(WARMUP) engine=$(ENGINE)
+# (precision only where it is not fp32: a run made before PRECISION existed keeps its record)
+train_settings := warmup=$(WARMUP) engine=$(ENGINE)$(if $(filter-out fp32,$(PRECISION)), precision=$(PRECISION))
 bn_settings := bn_stats=$(BN_STATS) bn_batches=$(BN_BATCHES)
 SETTINGS_GROUPS := data nets train bn
 PIPELINE_GOALS := data stage1 weights-bm stage2 stage3 weights-wm heads assemble evaluate demo \
@@ -175,7 +183,8 @@ $(NETS): $(RUN)/.settings/nets | $(SETUP_STAMP)
 # is kept as models/<name>.raw.caffemodel beside the stage's product.
 # A changed BN_STATS re-runs only that step where Caffe's model is still current.
 STAGE_OPTS := --bn-stats $(BN_STATS) --bn-batches $(BN_BATCHES) --engine $(ENGINE) --device $(DEVICE) \
-  --tf32 $(TF32) --deterministic $(DETERMINISTIC) $(if $(filter on,$(KEEP_SNAPSHOTS)),--keep-snapshots)
+  --tf32 $(TF32) --deterministic $(DETERMINISTIC) --precision $(PRECISION) \
+  $(if $(filter on,$(KEEP_SNAPSHOTS)),--keep-snapshots)
 # What every stage's recipe depends on beside its inputs: its training and statistics settings.
 BN := $(RUN)/.settings/train $(RUN)/.settings/bn
 M := $(RUN)/models

@@ -22,7 +22,7 @@ from pathlib import Path
 from mcl.caffe import bnstats
 from mcl.method.stages import STAGES, table
 from mcl.run.lock import writer
-from mcl.run.stage import ENGINES, SWITCHES, StageError, train
+from mcl.run.stage import ENGINES, PRECISIONS, SWITCHES, StageError, train
 
 
 def main(argv=None) -> int:
@@ -56,6 +56,10 @@ def main(argv=None) -> int:
     ap.add_argument("--deterministic", choices=SWITCHES, default="on",
                     help="torch engine on cuda: deterministic algorithms, so that runs and resumed runs give "
                          "the same bits (default on; off lets cuDNN pick its fastest kernels)")
+    ap.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                    help="torch engine: fp32 (default) or bf16: convolutions and matrix products in bfloat16 "
+                         "under autocast, the weights, their update, BatchNorm statistics and the losses in float32 "
+                         "(opt-in; refused where the device has no bfloat16, and with --engine caffe)")
     ap.add_argument("--keep-snapshots", action="store_true",
                     help="keep the model of every periodic snapshot (a tenth of the stage apart) in "
                          "snapshots/NAME_curve/, for the learning curve (tools/curve.py); by default a finished "
@@ -68,8 +72,8 @@ def main(argv=None) -> int:
                   out=Path(args.out) if args.out else None, name=args.name, separate=args.separate,
                   warmup=args.warmup, bn_stats=args.bn_stats, bn_batches=args.bn_batches, engine=args.engine,
                   device=args.device, tf32=args.tf32 == "on", deterministic=args.deterministic == "on",
-                  keep_snapshots=args.keep_snapshots)
-    except (StageError, ValueError, OSError) as exc:  # bnstats.StatsError and ModelError are ValueErrors
+                  keep_snapshots=args.keep_snapshots, precision=args.precision)
+    except (StageError, ValueError, OSError) as exc:  # bnstats.StatsError, ModelError, PrecisionError: ValueErrors
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

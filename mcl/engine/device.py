@@ -13,7 +13,8 @@ process's CPU state alone. `device_facts` is what the manifest records of the de
 that trained a stage. `pick_gpu` is the GPU a job takes under `--device cuda` (docs/GPU.md,
 "Parallel jobs"): the one device a scheduler left visible to it, else the first visible GPU no
 other job holds (an flock per GPU, which the kernel lets go when the job ends, however it
-ends), else round robin by the job's slot.
+ends), else round robin by the job's slot. `check_precision` refuses `bf16` (PrecisionError) where
+the device has no bfloat16 (`bf16_support`) or the engine is Caffe's.
 """
 
 from __future__ import annotations
@@ -35,6 +36,58 @@ DEVICE_RE = re.compile(r"cpu|cuda(?::(\d+))?")
 
 class DeviceError(ValueError):
     """A device this machine or this PyTorch cannot train on."""
+
+
+PRECISIONS = ("fp32", "bf16")  # the torch engine's training precision: fp32 (the default) or bfloat16 autocast
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of a CPU with bfloat16 instructions
+
+
+class PrecisionError(ValueError):
+    """A training precision this engine or this device cannot train in."""
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
+    """The CPU's feature flags (the first `flags` line of /proc/cpuinfo; empty where it cannot be read)."""
+    try:
+        with open(path) as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def bf16_support(device="cpu") -> str | None:
+    """What gives `device` bfloat16, in words (the CPU's flags, the GPU), or None where it has none."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        try:
+            ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        except (RuntimeError, AssertionError):
+            ok = False
+        return f"{device} (torch.cuda.is_bf16_supported)" if ok else None
+    found = [f for f in CPU_BF16_FLAGS if f in cpu_flags()]
+    return f"CPU flags {', '.join(found)}" if found else None
+
+
+def check_precision(precision: str, device="cpu", engine: str = "torch") -> str:
+    """`precision` where `engine` on `device` can train in it, else PrecisionError naming what is missing
+    (`device` None: the precision and the engine only, not the device's instructions)."""
+    if precision not in PRECISIONS:
+        raise PrecisionError(f"--precision {precision!r}: not a precision (choose one of {', '.join(PRECISIONS)})")
+    if precision == "fp32":
+        return precision
+    if engine != "torch":
+        raise PrecisionError(f"--precision {precision}: the {engine} engine trains in float32 only (Caffe has no "
+                             "bfloat16): use --engine torch, or PRECISION=fp32 (--precision fp32)")
+    if device is not None and bf16_support(device) is None:
+        what = ("torch.cuda.is_bf16_supported() is false for this GPU" if torch.device(device).type == "cuda"
+                else f"this CPU has no bfloat16 instructions (neither {' nor '.join(CPU_BF16_FLAGS)} among the "
+                     "flags of /proc/cpuinfo)")
+        raise PrecisionError(f"--precision {precision} on {device}: {what}; train in float32 with PRECISION=fp32 "
+                             "(--precision fp32)")
+    return precision
 
 
 def _visible() -> str:

@@ -5,6 +5,8 @@ sliced EuclideanLoss layers as one difference and one reduction, its losses one 
 (FusedNet.loss_vector). The layers keep their blobs; only where float32 results are
 rounded changes (tests/test_engine.py holds the fused net to the layer-by-layer one).
 Layers in `skip` are left out: the fixed prefix's (fixed.py), whose tops the caller gives.
+Under bfloat16 autocast (Solver's precision "bf16") each loss group casts its inputs to float32,
+and BatchNorm its input (layers.py), so losses and statistics are float32 sums.
 """
 
 from __future__ import annotations
@@ -81,6 +83,8 @@ class FusedNet:
                 net.run_layer(what, blobs)
             elif kind == "losses":
                 a, b = blobs[what["a"]], blobs[what["b"]]
+                if a.dtype == torch.bfloat16 or b.dtype == torch.bfloat16:  # bf16 training: losses in float32
+                    a, b = a.float(), b.float()
                 d = a - b
                 n = a.shape[0]
                 vec = (d * d).view(n, what["k"], what["m"]).sum(dim=(0, 2)) / n / 2.0

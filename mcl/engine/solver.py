@@ -16,6 +16,14 @@ Channels-last maps were measured and refused: PyTorch's channels-last BatchNorm
 sums in one pass (E[x^2] - E[x]^2 style), and its gradients lose up to all their
 digits where they cancel (the scale's gradient at initialisation).
 
+Precision (`precision`): "fp32" (the default, Caffe's numerics) or "bf16", opt-in where the
+device has bfloat16 (device.check_precision, else PrecisionError): the forward pass of each step
+runs under torch.autocast with bfloat16, so convolutions and matrix products compute in bfloat16,
+while the parameters (the master weights), their gradients, the SGD update and its history stay
+float32 tensors; BatchNorm casts its input back to float32, so the batch statistics and the
+running-statistics blobs are float32 sums, and the Eq. 4 losses are float32. The snapshots are
+the same float32 Caffe files.
+
 Snapshots are Caffe's own files: `<prefix>_iter_<N>.caffemodel` (a NetParameter
 with the blobs) and `<prefix>_iter_<N>.solverstate` (a SolverState with one
 history blob per learnable blob, in Caffe's order), so the next stage, the
@@ -24,6 +32,7 @@ assembly and the evaluation read them unchanged, and Caffe can resume from them.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +44,7 @@ from mcl.caffe import caffemodel
 from mcl.caffe.proto import caffe_pb2
 from mcl.engine import feeds as feeding
 from mcl.engine import fixed as fixed_cache
-from mcl.engine.device import configure_device
+from mcl.engine.device import check_precision, configure_device
 from mcl.engine.fillers import caffe_initial_blobs
 from mcl.engine.fused import FusedNet
 from mcl.engine.sgd import Blob, CaffeSGD, Settings
@@ -46,7 +55,9 @@ class Solver:
     """SGD over one train net, iteration by iteration, as Caffe's SGDSolver::Step(1)."""
 
     def __init__(self, run, solver_path, device: str = "cpu", tf32: bool = False, fillers: str = "auto",
-                 fast: bool = True, deterministic: bool = True):
+                 fast: bool = True, deterministic: bool = True, precision: str = "fp32"):
+        self.device = torch.device(device)
+        self.precision = check_precision(precision, self.device)  # PrecisionError before anything is built
         self.run = Path(run).resolve()
         self.solver_path = Path(solver_path)
         if not self.solver_path.is_absolute():
@@ -55,7 +66,6 @@ class Solver:
         self.settings = Settings.from_proto(sp, str(self.solver_path))
         net_path = self.run / self.settings.train_net
         self.net_param = text_format.Parse(net_path.read_text(), caffe_pb2.NetParameter())
-        self.device = torch.device(device)
         configure_device(self.device, tf32, deterministic)  # before the first CUDA operation
         self.feeds = feeding.feeds(self.run, self.net_param, self.device)
         shapes = {top: tuple(t.shape) for top, t in feeding.batch(self.feeds, 0).items()}
@@ -156,12 +166,21 @@ class Solver:
         inputs = feeding.batch(self.feeds, self.iter)
         if self.fixed_prefix is not None:
             inputs.update(self.fixed_prefix.batch(self.iter))
-        out = self.fused(inputs)
+        with self._autocast():
+            out = self.fused(inputs)
         losses = self.fused.loss_vector(out, self.loss_tops)
+        if losses.dtype != torch.float32:  # (bf16: the fused groups and BatchNorm already give float32)
+            losses = losses.float()
         (losses * self._w).sum().backward()
         self.last_rate = self.sgd.apply_update(self.iter)
         self.last_losses = losses.detach()
         self.iter += 1
+
+    def _autocast(self):
+        """The forward's precision: bf16 runs it under autocast (module docstring); fp32 changes nothing."""
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     @property
     def loss(self) -> float:

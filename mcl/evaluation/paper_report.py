@@ -220,6 +220,8 @@ def schedule_of(run: Path) -> dict:
                      "training_s": raw.get("wall_time_s"), "with_statistics_step_s": entry.get("wall_time_s"),
                      "engine": entry.get("engine"), "threads": raw.get("threads") or entry.get("threads"),
                      "finished": entry.get("finished")}
+        if entry.get("precision", "fp32") != "fp32":  # the torch engine's bfloat16 training (PRECISION=bf16)
+            out[name]["precision"] = entry["precision"]
     return out
 
 
@@ -406,7 +408,8 @@ def write(run: Path, splits: list[str], out: Path, sweep: Path | None = None, sp
         evals[split] = ev
     stages = schedule_of(run)
     manifest_settings = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
-    engines = {s["engine"] for s in stages.values() if s.get("engine")}
+    engines = {s["engine"] + (f" ({s['precision']})" if s.get("precision") else "") for s in stages.values()
+               if s.get("engine")}
     doc = {"run": str(run), "written": time.strftime("%Y-%m-%d %H:%M:%S %z"), "dataset": dataset,
            "layout": layout.name, "engine": ", ".join(sorted(engines)) or "?",
            "seed": data_man["settings"].get("seed"), "schedule": manifest_settings.get("schedule") or "?",

@@ -2,7 +2,8 @@
 
 `<run>/manifest.json` maps each artifact (path relative to the run) to its
 stage, settings, the checksums of its inputs and of itself, the Caffe version,
-schedule scale, seed and wall time.
+schedule scale, seed and wall time; a trained stage's entry also says what trained it (engine,
+device, and `precision`: fp32, or bf16 for the torch engine's bfloat16 training).
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 tools/make_nets.py writes it beside nets/ and solvers/; everything that needs a
 run's layout, schedule, scale, seed, input or batch reads it here (the comment
 headers of the generated files say the same for people; nothing parses them).
-What each stage was trained with (engine, device, BatchNorm statistics, warm-up)
-is per stage, in the run manifest.
+What each stage was trained with (engine, device, precision, BatchNorm statistics,
+warm-up) is per stage, in the run manifest.
 """
 
 from __future__ import annotations

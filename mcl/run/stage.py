@@ -42,6 +42,7 @@ SNAPSHOT_RE = re.compile(r"_iter_(\d+)\.solverstate$")
 ENGINES = ("caffe", "torch")
 DEVICE_RE = re.compile(r"cpu|cuda(:\d+)?")  # the worker checks what the machine has (mcl.engine.device)
 SWITCHES = ("on", "off")  # --tf32, --deterministic
+PRECISIONS = ("fp32", "bf16")  # --precision (mcl.engine.device.PRECISIONS: this module leaves torch unloaded)
 ROOT = Path(__file__).resolve().parents[2]
 DISK_FULL_BYTES = 1 << 20  # less free than this after a failed stage: the disk filled up
 
@@ -65,6 +66,7 @@ class StageSpec:
     tf32: bool = False  # torch engine on cuda: TF32 matmuls and convolutions (opt-in; off: full float32)
     deterministic: bool = True  # torch engine on cuda: deterministic algorithms (the default; off: opt-out)
     keep_snapshots: bool = False  # keep every periodic snapshot's model in curve_dir (the learning curve)
+    precision: str = "fp32"  # torch engine: fp32 (the default) or bf16 (bfloat16 autocast, opt-in; engine/solver.py)
 
     @property
     def solver_path(self) -> Path:
@@ -112,7 +114,8 @@ def run_stage(spec: StageSpec, progress: bool = True, stop_after: int | None = N
     spec.snapshot_prefix.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "mcl.run.worker", "--engine", spec.engine, "--run", str(spec.run),
            "--name", spec.name, "--out", str(spec.out), "--device", spec.device,
-           "--tf32", "on" if spec.tf32 else "off", "--deterministic", "on" if spec.deterministic else "off"]
+           "--tf32", "on" if spec.tf32 else "off", "--deterministic", "on" if spec.deterministic else "off",
+           "--precision", spec.precision]
     if spec.init is not None:
         cmd += ["--init", str(Path(spec.init).resolve())]
     if stop_after is not None:
@@ -203,6 +206,7 @@ def prepare_snapshots(spec: StageSpec, inputs: list[Path]) -> None:
     """Snapshots made from other inputs (another init model, other weights) are discarded."""
     fp = fingerprint(inputs) + ("" if spec.engine == "caffe" else f" engine={spec.engine} device={spec.device}")
     fp += " tf32=on" if spec.tf32 else ""  # TF32 rounds otherwise: a stage is not resumed across it
+    fp += f" precision={spec.precision}" if spec.precision != "fp32" else ""  # nor across bfloat16
     stamp = spec.snapshot_prefix.parent / f"{spec.name}.inputs"
     if stamp.exists() and stamp.read_text() != fp:
         for _, state in snapshots(spec):
@@ -222,12 +226,14 @@ def fillers_stamp(spec: StageSpec) -> Path:
 def train_one(run: Path, name: str, init: Path | None, out: Path, weights: Path | None, stage: str,
               bn_stats: str = bnstats.DEFAULT, bn_batches: int = bnstats.DEFAULT_BATCHES,
               engine: str = "caffe", device: str = "cpu", warmup: Path | None = None, tf32: bool = False,
-              deterministic: bool = True, keep_snapshots: bool = False, record: dict | None = None) -> dict:
+              deterministic: bool = True, keep_snapshots: bool = False, record: dict | None = None,
+              precision: str = "fp32") -> dict:
     """Train the net `name` (a stage or a named copy of one) into `out`, then its statistics step.
 
     A finished stage is kept when its inputs are unchanged and the engine is the same, whatever the
     device: its manifest entries keep what the training process recorded (device, GPU, TF32,
     determinism), which a later run with another DEVICE, TF32 or DETERMINISTIC does not rewrite.
+    Another precision (PRECISION, fp32 or bf16) trains it again, as another engine does.
     """
     net_path = run / "nets" / f"{name}_train.prototxt"
     solver_path = run / "solvers" / f"{name}_solver.prototxt"
@@ -240,17 +246,19 @@ def train_one(run: Path, name: str, init: Path | None, out: Path, weights: Path 
         print(f"loss weights of {net_path.name} set from {weights}")
     # The engine's model goes to <out>.raw.caffemodel; the statistics step makes <out> from it.
     raw = bnstats.raw_path(out)
-    spec = StageSpec(run, name, init, raw, engine, device, tf32, deterministic, keep_snapshots)
+    spec = StageSpec(run, name, init, raw, engine, device, tf32, deterministic, keep_snapshots, precision)
     inputs = [solver_path, net_path] + ([init] if init else []) + ([warmup, warmup.with_suffix(".caffemodel")]
                                                                     if warmup else [])
     settings = manifest.solver_settings(solver_path)
     data_manifest = run / "data" / "manifest.json"  # the training data, where data_prep wrote them
     raw_inputs = inputs + ([weights] if weights else []) + ([data_manifest] if data_manifest.exists() else [])
-    if manifest.is_current(run, raw, raw_inputs) and \
-            (manifest.entry(run, raw) or {}).get("engine", "caffe") == engine:  # only the statistics step again
+    known = manifest.entry(run, raw) or {}
+    if manifest.is_current(run, raw, raw_inputs) and known.get("engine", "caffe") == engine and \
+            known.get("precision", "fp32") == precision:  # only the statistics step again
         e = manifest.entry(run, raw)
         summary, wall = {"resumed_from": e.get("resumed_from_iter", 0), "last": {"loss": e.get("final_loss")}}, 0.0
-        trained_by = recorded_engine(e)  # what trained it, not what is asked now
+        # what trained it, not what is asked now
+        trained_by = recorded_engine(e) | {"precision": e.get("precision", "fp32")}
         asked = engine_record(engine, device) | ({"tf32": tf32} if engine == "torch" else {})
         other = {k: v for k, v in asked.items() if k in ("device", "tf32") and trained_by.get(k, v) != v}
         print(f"[{name}] the engine's model {raw.name} is current for these inputs: training skipped"
@@ -263,7 +271,7 @@ def train_one(run: Path, name: str, init: Path | None, out: Path, weights: Path 
         t0 = time.time()
         summary = run_stage(spec)
         wall = time.time() - t0
-        trained_by = engine_record(engine, device, summary.get("engine"))
+        trained_by = engine_record(engine, device, summary.get("engine")) | {"precision": precision}
         manifest.record(run, raw, stage, settings, raw_inputs, wall, resumed_from_iter=summary["resumed_from"],
                         final_loss=(summary["last"] or {}).get("loss"), log=str(spec.log_path.relative_to(run)),
                         bn_stats="running", **trained_by, **({"warmup": str(warmup.relative_to(run))} if warmup else {}))
@@ -297,7 +305,7 @@ def no_caffe_for_stats(name: str, raw: Path | None, exc: BaseException | None = 
 
 
 def check_engine_options(engine: str = "caffe", device: str = "cpu", tf32: bool = False, deterministic: bool = True,
-                         bn_stats: str = bnstats.DEFAULT, **_) -> None:
+                         bn_stats: str = bnstats.DEFAULT, precision: str = "fp32", **_) -> None:
     """The engine options that cannot work together, named before anything is trained."""
     if engine not in ENGINES:
         raise StageError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
@@ -308,6 +316,9 @@ def check_engine_options(engine: str = "caffe", device: str = "cpu", tf32: bool 
     if tf32 and (engine != "torch" or device == "cpu"):
         raise StageError(f"--tf32 on: TF32 exists only on a CUDA device in the torch engine "
                          f"(here --engine {engine} --device {device})")
+    if precision != "fp32":  # bfloat16: the torch engine on a device that has it (PrecisionError, a ValueError)
+        from mcl.engine.device import check_precision
+        check_precision(precision, device if device == "cpu" else None, engine)  # a GPU's: in the worker
     if engine == "torch" and bn_stats == "recomputed" and importlib.util.find_spec("caffe") is None:
         raise StageError(no_caffe_for_stats("the stage", None))
 
@@ -381,7 +392,7 @@ def train(run: Path, stage: str, init: Path | None = None, weights: Path | str |
     said on stderr and recorded. `name` trains a named copy of the stage's net and solver: an
     audit row of the table (its own start, loss weights and product) or an ablation of one's own;
     `separate` trains each head alone (head_<cluster>), listed in models/heads_separate.json.
-    `opts`: bn_stats, bn_batches, engine, device. Returns the product (or the listing of separate heads).
+    `opts`: bn_stats, bn_batches, engine, device, precision. Returns the product (or the listing of separate heads).
     """
     run = Path(run).resolve()
     if stage not in STAGES:

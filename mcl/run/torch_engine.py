@@ -2,7 +2,8 @@
 
 It logs Caffe-style lines on stderr ("Iteration N, loss = ..."), writes the same
 snapshot files and resumes with no data replay: batch k is a function of k. The device
-is checked first (a named error for a PyTorch without CUDA or a GPU index past the last);
+is checked first (a named error for a PyTorch without CUDA or a GPU index past the last), and
+the precision with it (bf16 where the device has no bfloat16: PrecisionError's message);
 `facts` is what the manifest records of it, and whose fillers drew the iteration-0
 weights of a stage started from them (kept beside the snapshots for the run that resumes).
 """
@@ -16,7 +17,8 @@ from pathlib import Path
 import torch
 
 from mcl.caffe.caffemodel import ModelError
-from mcl.engine.device import DeviceError, check_device, device_facts, gpu_lock_dir, pick_gpu
+from mcl.engine.device import (DeviceError, PrecisionError, check_device, check_precision, device_facts, gpu_lock_dir,
+                               pick_gpu)
 from mcl.engine.solver import Solver
 from mcl.fileio import atomic_write
 from mcl.run.stage import SnapshotError, StageError, StageSpec, fillers_stamp
@@ -29,19 +31,21 @@ class TorchStage:
             check_device(self.device)
             if self.device == "cuda":  # one GPU per job where there are several (docs/GPU.md, "Parallel jobs")
                 self.device, self.gpu_lock = pick_gpu(lock_dir=gpu_lock_dir())
-        except DeviceError as exc:
+            check_precision(spec.precision, self.device)  # bf16 where the device has bfloat16
+        except (DeviceError, PrecisionError) as exc:
             raise StageError(f"{spec.name}: {exc}") from None
         self.facts: dict = {}
         self.resumed = False
         self.log(f"torch {torch.__version__}, device {self.device}, {torch.get_num_threads()} threads, "
-                 f"tf32 {'on' if spec.tf32 else 'off'}, deterministic {'on' if spec.deterministic else 'off'}")
+                 f"tf32 {'on' if spec.tf32 else 'off'}, deterministic {'on' if spec.deterministic else 'off'}, "
+                 f"precision {spec.precision}")
         self.reset()
         self.log(f"Solving {self.solver.net_param.name} ({spec.solver_path.name}), initial weights from "
                  f"{self.solver.init_source}'s fillers (seed {self.settings.random_seed})")
 
     def reset(self) -> None:
         self.solver = Solver(self.spec.run, self.spec.solver_path, device=self.device, tf32=self.spec.tf32,
-                             deterministic=self.spec.deterministic)
+                             deterministic=self.spec.deterministic, precision=self.spec.precision)
         self.settings = self.solver.settings
         self.resumed = False
 
@@ -69,6 +73,7 @@ class TorchStage:
     def prepare(self) -> None:
         self.facts = device_facts(self.solver.device, self.spec.tf32, self.spec.deterministic)
         self.facts["device"] = self.spec.device  # as asked (`cuda`); gpu_index says which one it took
+        self.facts["precision"] = self.spec.precision
         if self.spec.init is None:  # iteration 0 came from the fillers: whose, from the run that started it
             stamp = fillers_stamp(self.spec)
             if not self.resumed:

@@ -34,7 +34,7 @@ from mcl.caffe.caffemodel import ModelError
 from mcl.engine import CUBLAS_WORKSPACE
 from mcl.fileio import DiskFullError, disk_full, durable_replace
 from mcl.method.stages import learning_rate
-from mcl.run.stage import ENGINES, SWITCHES, SnapshotError, StageError, StageSpec, snapshots
+from mcl.run.stage import ENGINES, PRECISIONS, SWITCHES, SnapshotError, StageError, StageSpec, snapshots
 
 
 def emit(**event) -> None:
@@ -161,17 +161,20 @@ def main(argv=None) -> int:
     ap.add_argument("--tf32", choices=SWITCHES, default="off", help="torch engine on cuda: TF32 (default off)")
     ap.add_argument("--deterministic", choices=SWITCHES, default="on",
                     help="torch engine on cuda: deterministic algorithms (default on)")
+    ap.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                    help="torch engine: fp32 (default) or bf16 (bfloat16 autocast where the device has it)")
     ap.add_argument("--stop-after", type=int, help="exit abruptly after this iteration (tests of resuming)")
     a = ap.parse_args(argv)
     spec = StageSpec(Path(a.run).resolve(), a.name, Path(a.init) if a.init else None, Path(a.out).resolve(),
-                     engine=a.engine, device=a.device, tf32=a.tf32 == "on", deterministic=a.deterministic == "on")
+                     engine=a.engine, device=a.device, tf32=a.tf32 == "on", deterministic=a.deterministic == "on",
+                     precision=a.precision)
     if spec.device.startswith("cuda") and spec.deterministic:  # read when cuBLAS starts: before torch loads
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     stop_with_parent()
     os.chdir(spec.run)
     try:
         engine = open_engine(spec)
-    except StageError as exc:  # a device this machine does not have
+    except StageError as exc:  # a device this machine does not have, or a precision it lacks
         emit(event="error", message=str(exc))
         return 3
     return work(engine, spec, a.stop_after)

@@ -209,7 +209,10 @@ class BatchNorm(Layer):
         """PyTorch's fused batch_norm kernels (forward and backward, several times faster in
         training), with an optional Scale (weight, bias over axis 1) folded in. With momentum 1
         its running buffers receive the batch mean and the m/(m-1)-corrected variance, which
-        Caffe's running sums take in."""
+        Caffe's running sums take in. A bfloat16 input (the engine's bf16 autocast) is cast to
+        float32 first: the statistics and the blobs stay float32."""
+        if x.dtype == torch.bfloat16:
+            x = x.float()
         if self.use_global_stats:
             mean, var = (self.frozen_mean, self.frozen_var) if self.frozen else self.stored_stats()
             return F.batch_norm(x, mean, var, weight, bias, False, 0.0, self.eps)
@@ -222,6 +225,8 @@ class BatchNorm(Layer):
         return y
 
     def forward(self, x):
+        if x.dtype == torch.bfloat16:  # bf16 autocast: statistics in float32 (native())
+            x = x.float()
         if x.dim() >= 2 and (self.use_global_stats or x.numel() > x.shape[1]):
             return self.native(x)
         if self.use_global_stats:
@@ -516,6 +521,8 @@ class EuclideanLoss(Layer):
         return [()]
 
     def forward(self, a, b):
+        if a.dtype == torch.bfloat16 or b.dtype == torch.bfloat16:  # bf16 autocast: the loss in float32
+            a, b = a.float(), b.float()
         d = a.reshape(a.shape[0], -1) - b.reshape(b.shape[0], -1)
         return (d * d).sum() / a.shape[0] / 2.0
 

@@ -1,21 +1,18 @@
 #!/usr/bin/env python3
 """`make bench-threads`: the torch engine's CPU training step against the number of threads, in fp32 and,
-where the CPU has bfloat16 instructions, with its convolutions and matrix products autocast to bfloat16.
+where the CPU has bfloat16 instructions, in the engine's opt-in bfloat16 (PRECISION=bf16).
 
 For each layout and thread count a child process of its own (`--child`, the intra-op threads set before
 the first torch operation, OMP_NUM_THREADS / MKL_NUM_THREADS with them) builds stage 1 (every layer
 trains), stage 2 (the first six convolutions fixed, their pass computed once per training row) and the
 joint heads as `make nets` generates them (batch 64, the paper's), on random rows in the nets' HDF5 form
-(benchmarks/gpu_check.py's Workspace), stage 2 and the heads from the stage-1 model, and times `--iters` iterations after `--warmup` untimed ones:
-the median ms per iteration. Where bf16 is asked for and the CPU has it, the fp32 and bf16 steps of one
-solver take turns of a few iterations each, so both see the same load on a shared machine.
-
-The bf16 figures are the speed of `torch.autocast("cpu", torch.bfloat16)` around the engine's step (the
-convolutions and the fully connected layers in bfloat16, BatchNorm statistics and the SGD update on the
-fp32 master weights); it is a measurement of what the instructions give on this net, not a training mode
-of the engine: a bf16 training path, its manifest and its accuracy on real faces are not part of this.
-A CPU without `avx512_bf16` or `amx_bf16` in /proc/cpuinfo gets no bf16 figures (PyTorch would emulate
-bfloat16 there, slower than fp32), and the table says so.
+(benchmarks/gpu_check.py's Workspace), stage 2 and the heads from the stage-1 model, and times `--iters`
+iterations after `--warmup` untimed ones: the median ms per iteration. Where bf16 is asked for and the
+CPU has it, an fp32 solver and a bf16 solver (mcl.engine.solver.Solver(precision="bf16"): the forward
+pass under bfloat16 autocast, BatchNorm statistics, losses, master weights and the SGD update in fp32,
+docs/ENGINE.md) of the same stage take turns of a few iterations each, so both see the same load on a
+shared machine. A CPU without bfloat16 instructions (mcl.engine.device.bf16_support: `avx512_bf16` or
+`amx_bf16` in /proc/cpuinfo) gets no bf16 figures, and the table says so.
 
 The speed-up is the 1-thread time over the N-thread time of the same stage in the same run; the
 efficiency is the speed-up over N. docs/BENCHMARKS.md ("How the step scales with cores") gives the figures
@@ -44,20 +41,7 @@ from pathlib import Path
 
 STAGES = ("stage1", "stage2", "heads")
 PRECISIONS = ("fp32", "bf16")
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 INIT_STEPS = 3  # stage-1 steps before the model stage 2 and the heads start from, where stage 1 is not timed
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags as /proc/cpuinfo lists them (empty where there is no such file)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
 
 
 def cpu_model() -> str:
@@ -70,11 +54,11 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def bf16_support(flags: set[str] | None = None) -> str | None:
-    """The bfloat16 instruction set the CPU has (avx512_bf16 or amx_bf16), or None."""
-    flags = cpu_flags() if flags is None else flags
-    have = [f for f in BF16_FLAGS if f in flags]
-    return "+".join(have) if have else None
+def bf16_support() -> str | None:
+    """What gives this CPU bfloat16 (mcl.engine.device.bf16_support: its /proc/cpuinfo flags), or None."""
+    from mcl.engine.device import bf16_support as engine_support
+
+    return engine_support("cpu")
 
 
 def parse_list(text: str, what: str, allowed=None, cast=str) -> list:
@@ -102,6 +86,7 @@ def child(spec: dict) -> dict:
 
     torch.set_num_threads(spec["threads"])
     from gpu_check import Workspace  # benchmarks/: the run folders on random rows, no OpenCV
+    from mcl.engine.solver import Solver
 
     ws = Workspace(Path(spec["root"]), spec["layout"], spec["batch"])
     out = {}
@@ -110,20 +95,19 @@ def child(spec: dict) -> dict:
     # solver after its timed steps, or after INIT_STEPS where stage 1 is not timed.
     init = Path(spec["root"]) / "stage1.caffemodel"
     for stage in ["stage1"] + [s for s in spec["stages"] if s != "stage1"]:
-        solver = ws.solver(stage, f"t{spec['threads']}", "cpu")
-        if stage != "stage1":
-            solver.copy_from(init)
-        elif stage not in spec["stages"]:
+        solvers = {}
+        for p in ["fp32"] + [p for p in spec["precisions"] if p != "fp32"]:
+            solvers[p] = Solver(ws.folder(f"t{spec['threads']}-{p}"), f"solvers/{stage}_solver.prototxt",
+                                device="cpu", fillers="torch", precision=p)
+            if stage != "stage1":
+                solvers[p].copy_from(init)
+        solver = solvers["fp32"]
+        if stage == "stage1" and stage not in spec["stages"]:
             for _ in range(INIT_STEPS):
                 solver.step()
             solver.save(init)
             continue
-        modes = {"fp32": lambda: solver.step()}
-        if "bf16" in spec["precisions"]:
-            def bf16_step():
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    solver.step()
-            modes["bf16"] = bf16_step
+        modes = {p: sv.step for p, sv in solvers.items()}
         times: dict[str, list[float]] = {m: [] for m in modes}
         for step in modes.values():
             for _ in range(spec["warmup"]):
@@ -136,7 +120,7 @@ def child(spec: dict) -> dict:
                     step()
                     times[mode].append((time.perf_counter() - t0) * 1000.0)
         out[stage] = {m: {"ms_per_iter": statistics.median(t), "all_ms": t} for m, t in times.items()}
-        out[stage]["loss_finite"] = bool(torch.isfinite(torch.tensor(solver.loss)))
+        out[stage]["loss_finite"] = all(bool(torch.isfinite(torch.tensor(sv.loss))) for sv in solvers.values())
         if stage == "stage1":
             solver.save(init)
     return out
@@ -159,13 +143,15 @@ def run_child(spec: dict, timeout: float) -> dict:
 def measure(layouts, threads, stages, precisions, batch, warmup, iters, block, timeout, log=print) -> dict:
     import torch
 
+    from mcl.engine.device import CPU_BF16_FLAGS
+
     support = bf16_support()
     want_bf16 = "bf16" in precisions
     used = [p for p in precisions if p != "bf16" or support]
     doc = {"cpu": cpu_model(), "cores": os.cpu_count(), "load_average_start": os.getloadavg(),
            "torch": torch.__version__, "bf16_instructions": support,
-           "bf16": ("measured (autocast)" if support else "not measured: the CPU lists neither "
-                    + " nor ".join(BF16_FLAGS)) if want_bf16 else "not asked for",
+           "bf16": (f"measured (the engine's PRECISION=bf16; {support})" if support else "not measured: the CPU "
+                    "lists neither " + " nor ".join(CPU_BF16_FLAGS)) if want_bf16 else "not asked for",
            "batch": batch, "warmup": warmup, "iters": iters, "threads": threads, "stages": stages,
            "precisions": used, "results": {}}
     with tempfile.TemporaryDirectory(prefix="mcl-threads-") as tmp:

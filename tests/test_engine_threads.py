@@ -1,5 +1,5 @@
 """benchmarks/engine_threads.py (`make bench-threads`): the torch engine's step against the thread count,
-fp32 and bf16 (autocast) side by side, on a tiny setting (layout 5, batch 8, 1 and 2 threads, two
+fp32 and bf16 (the engine's PRECISION=bf16) side by side, on a tiny setting (layout 5, batch 8, 1 and 2 threads, two
 timed steps). What is checked: every (layout, threads, stage, precision) is measured in a child of its
 own and lands in the JSON and the table; bf16 is measured only where the CPU lists bfloat16
 instructions, and said so where not; the speed-up and efficiency columns are the arithmetic worked out
@@ -19,12 +19,6 @@ from conftest import ROOT
 
 TINY = ["--layouts", "5", "--threads", "1,2", "--stages", "stage1,heads", "--batch", "8", "--iters", "2",
         "--warmup", "1", "--block", "1"]
-
-
-def test_bf16_support_reads_the_cpu_flags():
-    assert et.bf16_support({"avx2", "avx512f"}) is None
-    assert et.bf16_support({"avx512_bf16"}) == "avx512_bf16"
-    assert et.bf16_support({"avx512_bf16", "amx_bf16"}) == "avx512_bf16+amx_bf16"
 
 
 def test_the_table_does_the_arithmetic():
@@ -71,7 +65,9 @@ def test_every_setting_is_measured_and_recorded(measured):
 
 
 def test_bf16_is_not_measured_where_the_cpu_lacks_it(monkeypatch):
-    monkeypatch.setattr(et, "cpu_flags", lambda: {"avx2", "fma"})
+    from mcl.engine import device
+
+    monkeypatch.setattr(device, "cpu_flags", lambda path="/proc/cpuinfo": {"avx2", "fma"})
     doc = et.measure(["5"], [1], ["heads"], ["fp32", "bf16"], batch=8, warmup=0, iters=1, block=1, timeout=300,
                      log=lambda *a, **k: None)
     assert doc["precisions"] == ["fp32"]

@@ -58,7 +58,9 @@ test: | $(SETUP_STAMP)
 # Algorithm 1 as the stage table says it (mcl/method/stages.py), with the targets that run it.
 help: | $(SETUP_STAMP)
 	@$(PY) -m mcl.method.stages
-	@echo; echo "targets: data stage1 weights-bm stage2 stage3 weights-wm heads assemble evaluate audit demo verify port"
+	@echo; echo "targets: setup test demo clean-run (docs/SETUP.md, docs/TESTS.md)"
+	@echo "         data stage1 weights-bm stage2 stage3 weights-wm heads assemble evaluate audit verify port"
+	@echo "         bench-engine bench-threads bench-nets bench-data (docs/BENCHMARKS.md, docs/ENGINE.md), gpu-check (docs/GPU.md)"
 	@echo "         sweep (docs/CLUSTER.md), audit-model (docs/METHOD_PYTORCH.md), peers setup-peers bench-port bench-detect (docs/PORT.md)"
 	@echo "         paper: the paper's experiment on real faces, beside its table (docs/REAL_DATA.md)"
 	@echo "         models: the in-box models tools/predict.py uses without --model, from the paper runs (models/)"
@@ -420,6 +422,13 @@ gpu-check:
 .PHONY: bench-engine
 bench-engine: | $(SETUP_STAMP)
 	$(PY) benchmarks/bench_engine.py --device $(DEVICE)
+
+# The torch engine's CPU step against the thread count, fp32 and (where the CPU has bfloat16) PRECISION=bf16
+# side by side (docs/BENCHMARKS.md, "How the step scales with cores"). BENCH_THREADS: default 1, 2, all cores.
+BENCH_THREADS ?=
+.PHONY: bench-threads
+bench-threads: | $(SETUP_STAMP)
+	$(PY) benchmarks/engine_threads.py --layouts 68,5 --precisions fp32,bf16 $(if $(BENCH_THREADS),--threads $(BENCH_THREADS))
 
 # The demo: Algorithm 1, the evaluation, the audit's controls, the port of AM to ONNX
 # (checked against Caffe), a real photo aligned by the in-box model, then one summary table.

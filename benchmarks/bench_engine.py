@@ -47,7 +47,10 @@ process of its own: convolutions forward and backward, BatchNorm/Scale/ReLU, poo
 connected / shape layers with the loss, the SGD update, the data feed and the rest, each beside its
 floor (FLOPs over the cores' measured fp32 peak, bytes over the measured memory bandwidth) and
 the ratio; the figures also go into --json under `profile` (benchmarks/engine_profile.py says how
-the parts are timed and the floors counted).
+the parts are timed and the floors counted). Then (--no-precision skips it) the torch engine's step in
+fp32 and in its opt-in bfloat16 (PRECISION=bf16) side by side, per stage type and layout, at the same
+threads and batch (benchmarks/engine_threads.py; bf16 only where the CPU has bfloat16 instructions),
+under `precision` in --json.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ import time
 from pathlib import Path
 
 import engine_profile  # benchmarks/: the step's profile beside its floor, printed after the table
+import engine_threads  # benchmarks/: fp32 and bf16 side by side, printed after the profile
 from mcl.caffe.runfiles import run_files
 from mcl.data.augment import AugmentSettings
 from mcl.data.pipeline import PrepareSettings
@@ -210,7 +214,7 @@ def _k(iterations: int) -> str:
 
 def compare_engines(layout: str = "68", batch: int = BATCH_SIZE, threads: int = 2, device: str = "cpu", warmup: int = 2,
                     iters: int = 12, block: int = 4, settle: float = 0.5, json_path: str | None = None,
-                    profile_layouts=("5", "68")) -> dict:
+                    profile_layouts=("5", "68"), precision_layouts=("5", "68")) -> dict:
     """Time both engines at every benchmarked stage, print the table, the projection of the
     paper's schedule and the verdict; then, for each of `profile_layouts` (none: skipped), the torch
     engine's step split into its parts beside their floors (engine_profile.py, `profile` in the
@@ -266,6 +270,15 @@ def compare_engines(layout: str = "68", batch: int = BATCH_SIZE, threads: int = 
     if profile_layouts:
         out["profile"] = engine_profile.profile(list(profile_layouts), batch, threads, write_run, warmup=warmup,
                                                 iters=iters)
+    if precision_layouts:
+        # fp32 and the engine's PRECISION=bf16 side by side, per stage type and layout, at these threads
+        # (engine_threads.py; bf16 only where the CPU has bfloat16 instructions, else said).
+        print(f"\nthe torch engine in fp32 and bf16 (PRECISION=bf16), {threads} threads, batch {batch}, median of "
+              f"{iters} iterations after {warmup} untimed, the two in turns:", flush=True)
+        out["precision"] = engine_threads.measure(list(precision_layouts), [threads], list(BENCHED),
+                                                  ["fp32", "bf16"], batch, warmup, iters, block=2, timeout=1800,
+                                                  log=lambda *a, **k: None)
+        print(engine_threads.table(out["precision"]), flush=True)
     if json_path:
         Path(json_path).write_text(json.dumps(out, indent=2))
     return out
@@ -349,10 +362,13 @@ def main(argv=None) -> int:
     ap.add_argument("--no-profile", action="store_true",
                     help="skip the torch engine's step profile (its parts beside their floors) after the table")
     ap.add_argument("--profile-layouts", default="5,68", help="layouts of the profile, comma-separated (default 5,68)")
+    ap.add_argument("--no-precision", action="store_true",
+                    help="skip the torch engine's fp32 and bf16 (PRECISION=bf16) side by side after the profile")
     args = ap.parse_args(argv)
     layouts = () if args.no_profile else engine_profile.parse_layouts(args.profile_layouts)
     compare_engines(args.layout, args.batch, args.threads, args.device, args.warmup, args.iters, args.block,
-                    args.settle, json_path=args.json, profile_layouts=layouts)
+                    args.settle, json_path=args.json, profile_layouts=layouts,
+                    precision_layouts=() if args.no_precision else engine_profile.parse_layouts(args.profile_layouts))
     return 0
 
 

@@ -442,6 +442,15 @@ def test_bench_engine_prints_both_engines_and_the_projection(tmp_path, caffe):
     assert res["stage1"]["fixed_ms_per_row"] is None
     assert res["training_rows_300w"] == 28330  # 3,148 faces (Sec. IV-A-1), 10% validation, 10 copies
     assert res["stage1_speedup"] == pytest.approx(res["stage1"]["caffe"] / res["stage1"]["torch"])
+    # fp32 and the engine's bf16 side by side per stage type and layout (bf16 where the CPU has it).
+    from mcl.engine.device import bf16_support
+    assert "the torch engine in fp32 and bf16" in proc.stdout and "| layout | stage | threads |" in proc.stdout
+    prec = res["precision"]
+    assert set(prec["results"]) == {"5", "68"} and prec["batch"] == 8 and prec["threads"] == [1]
+    want = {"fp32", "bf16"} if bf16_support("cpu") else {"fp32"}
+    for layout in ("5", "68"):
+        for stage in ("stage1", "stage2", "heads"):
+            assert set(prec["results"][layout]["1"][stage]) - {"loss_finite"} == want, (layout, stage)
 
 
 # ---- the whole pipeline: ENGINE=torch against ENGINE=caffe --------------------------------------------------

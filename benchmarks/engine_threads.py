@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -39,19 +38,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from mcl.caffe.speed import cpu_name
+from mcl.engine import PRECISIONS  # torch-free: the parent loads no torch before it must
+
 STAGES = ("stage1", "stage2", "heads")
-PRECISIONS = ("fp32", "bf16")
 INIT_STEPS = 3  # stage-1 steps before the model stage 2 and the heads start from, where stage 1 is not timed
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def bf16_support() -> str | None:
@@ -148,7 +139,7 @@ def measure(layouts, threads, stages, precisions, batch, warmup, iters, block, t
     support = bf16_support()
     want_bf16 = "bf16" in precisions
     used = [p for p in precisions if p != "bf16" or support]
-    doc = {"cpu": cpu_model(), "cores": os.cpu_count(), "load_average_start": os.getloadavg(),
+    doc = {"cpu": cpu_name(), "cores": os.cpu_count(), "load_average_start": os.getloadavg(),
            "torch": torch.__version__, "bf16_instructions": support,
            "bf16": (f"measured (the engine's PRECISION=bf16; {support})" if support else "not measured: the CPU "
                     "lists neither " + " nor ".join(CPU_BF16_FLAGS)) if want_bf16 else "not asked for",

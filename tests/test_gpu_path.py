@@ -230,9 +230,10 @@ def test_every_tensor_of_a_step_follows_the_device(small_run, stage):
 def test_the_worker_sets_cublas_workspace_before_torch_loads(small_run, deterministic):
     """CUBLAS_WORKSPACE_CONFIG is read when cuBLAS starts: the cuda worker sets it before torch is imported
     (here it then stops at the missing GPU, exit 3, with the variable set only under determinism)."""
+    spec = StageSpec(small_run, "stage1", None, small_run / "x.caffemodel", "torch", "cuda:0",
+                     deterministic=deterministic == "on").to_json()
     code = ("import os, sys; from mcl.run import worker; assert 'torch' not in sys.modules; "
-            f"rc = worker.main(['--engine', 'torch', '--run', {str(small_run)!r}, '--name', 'stage1', '--out', "
-            f"'x.caffemodel', '--device', 'cuda:0', '--deterministic', {deterministic!r}]); "
+            f"rc = worker.main(['--spec', {spec!r}]); "
             "print(rc, os.environ.get('CUBLAS_WORKSPACE_CONFIG'))")
     env = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,

@@ -127,7 +127,8 @@ def test_the_manifest_of_a_bf16_stage_says_bf16(small_run):
     for key in ("models/bm.raw.caffemodel", "models/bm.caffemodel"):
         assert (doc[key]["engine"], doc[key]["device"], doc[key]["precision"]) == ("torch", "cpu", "bf16")
     log = (small_run / "logs" / "stage1.log").read_text()
-    assert "--precision bf16" in log and "precision bf16" in log
+    # the worker's specification (one JSON object on its command line) and the engine's own line
+    assert '"precision": "bf16"' in log and "precision bf16" in log
     # another precision is another training, as another engine is
     proc = tool(STAGE, "--run", small_run, "--stage", "stage1", "--engine", "torch", "--bn-stats", "running")
     assert "training skipped" not in proc.stdout, proc.stdout

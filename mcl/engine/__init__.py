@@ -28,3 +28,8 @@ the stage's child process (mcl.run.torch_engine) and the harnesses import this p
 # cuBLAS's reproducible workspace (CUDA's reproducibility notes), here so that the worker can set
 # CUBLAS_WORKSPACE_CONFIG before torch loads (importing this package imports nothing).
 CUBLAS_WORKSPACE = ":4096:8"
+# The engine's options as words, defined once here so that the stage runner and its worker check them
+# without loading torch: a device (`cpu`, `cuda`, `cuda:N`; device.check_device then checks the machine
+# has it) and a training precision (fp32, the default, or the opt-in bf16; device.check_precision).
+DEVICE_PATTERN = r"cpu|cuda(?::(\d+))?"
+PRECISIONS = ("fp32", "bf16")

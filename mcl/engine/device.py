@@ -29,16 +29,15 @@ from pathlib import Path
 
 import torch
 
-from mcl.engine import CUBLAS_WORKSPACE
+from mcl.engine import CUBLAS_WORKSPACE, DEVICE_PATTERN, PRECISIONS
 
-DEVICE_RE = re.compile(r"cpu|cuda(?::(\d+))?")
+DEVICE_RE = re.compile(DEVICE_PATTERN)
 
 
 class DeviceError(ValueError):
     """A device this machine or this PyTorch cannot train on."""
 
 
-PRECISIONS = ("fp32", "bf16")  # the torch engine's training precision: fp32 (the default) or bfloat16 autocast
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of a CPU with bfloat16 instructions
 
 

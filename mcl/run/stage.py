@@ -26,12 +26,14 @@ import signal
 import subprocess
 import sys
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 from mcl.caffe import bnstats, caffemodel, reweight
 from mcl.caffe.proto import caffe_pb2
 from mcl.caffe.runfiles import derive, run_layout
+from mcl.engine import DEVICE_PATTERN, PRECISIONS  # torch-free: this module leaves torch unloaded
 from mcl.fileio import atomic_write
 from mcl.method.stages import STAGES, Resolved, resolve
 from mcl.run import manifest
@@ -40,9 +42,8 @@ from mcl.run.verify import check_stage_inputs
 
 SNAPSHOT_RE = re.compile(r"_iter_(\d+)\.solverstate$")
 ENGINES = ("caffe", "torch")
-DEVICE_RE = re.compile(r"cpu|cuda(:\d+)?")  # the worker checks what the machine has (mcl.engine.device)
+DEVICE_RE = re.compile(DEVICE_PATTERN)  # the worker checks what the machine has (mcl.engine.device)
 SWITCHES = ("on", "off")  # --tf32, --deterministic
-PRECISIONS = ("fp32", "bf16")  # --precision (mcl.engine.device.PRECISIONS: this module leaves torch unloaded)
 ROOT = Path(__file__).resolve().parents[2]
 DISK_FULL_BYTES = 1 << 20  # less free than this after a failed stage: the disk filled up
 
@@ -67,6 +68,44 @@ class StageSpec:
     deterministic: bool = True  # torch engine on cuda: deterministic algorithms (the default; off: opt-out)
     keep_snapshots: bool = False  # keep every periodic snapshot's model in curve_dir (the learning curve)
     precision: str = "fp32"  # torch engine: fp32 (the default) or bf16 (bfloat16 autocast, opt-in; engine/solver.py)
+
+    # The specification crosses into the stage's child process (mcl.run.worker) as one JSON object,
+    # written by to_json and read back, checked once, by from_json.
+    PATHS = ("run", "init", "out")
+    FLAGS = ("tf32", "deterministic", "keep_snapshots")
+
+    def validate(self) -> "StageSpec":
+        """The options checked together, before anything is trained (check_training_options); self."""
+        for name in self.FLAGS:
+            if not isinstance(getattr(self, name), bool):
+                raise StageError(f"stage {self.name}: {name} must be true or false, not {getattr(self, name)!r}")
+        check_training_options(self.engine, self.device, self.tf32, self.precision)
+        return self
+
+    def to_json(self) -> str:
+        doc = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        for name in self.PATHS:
+            doc[name] = None if doc[name] is None else str(doc[name])
+        return json.dumps(doc, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, validate: bool = True) -> "StageSpec":
+        """The specification to_json wrote; StageError naming what is wrong (not JSON, a field missing or
+        unknown, an option check_training_options refuses). `validate` False: the caller checks it later."""
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise StageError(f"stage specification: not JSON ({exc})") from None
+        fields = set(cls.__dataclass_fields__)
+        if not isinstance(doc, dict) or set(doc) != fields:
+            got = set(doc) if isinstance(doc, dict) else set()
+            raise StageError(f"stage specification: fields {sorted(fields)} expected; missing "
+                             f"{sorted(fields - got)}, unknown {sorted(got - fields)}")
+        for name in cls.PATHS:
+            if doc[name] is not None:
+                doc[name] = Path(doc[name])
+        spec = cls(**doc)
+        return spec.validate() if validate else spec
 
     @property
     def solver_path(self) -> Path:
@@ -104,20 +143,16 @@ def snapshots(spec: StageSpec) -> list[tuple[int, Path]]:
 
 def run_stage(spec: StageSpec, progress: bool = True, stop_after: int | None = None) -> dict:
     """Train `spec` in a child process; returns a summary. Raises StageError on failure."""
-    if spec.engine not in ENGINES:
-        raise StageError(f"unknown engine {spec.engine!r}: choose one of {', '.join(ENGINES)}")
+    spec.validate()
     if not spec.solver_path.exists():
         raise StageError(f"{spec.solver_path}: solver missing (generate the run's nets: tools/make_nets.py --run RUN, which make runs for RUN/nets/.generated)")
     if spec.init is not None and not Path(spec.init).exists():
         raise StageError(f"{spec.init}: the model this stage starts from is missing")
     spec.log_path.parent.mkdir(parents=True, exist_ok=True)
     spec.snapshot_prefix.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "mcl.run.worker", "--engine", spec.engine, "--run", str(spec.run),
-           "--name", spec.name, "--out", str(spec.out), "--device", spec.device,
-           "--tf32", "on" if spec.tf32 else "off", "--deterministic", "on" if spec.deterministic else "off",
-           "--precision", spec.precision]
     if spec.init is not None:
-        cmd += ["--init", str(Path(spec.init).resolve())]
+        spec = dataclasses.replace(spec, init=Path(spec.init).resolve())
+    cmd = [sys.executable, "-m", "mcl.run.worker", "--spec", spec.to_json()]
     if stop_after is not None:
         cmd += ["--stop-after", str(stop_after)]
     env = dict(os.environ, GLOG_minloglevel="0", GLOG_logtostderr="1",
@@ -306,7 +341,16 @@ def no_caffe_for_stats(name: str, raw: Path | None, exc: BaseException | None = 
 
 def check_engine_options(engine: str = "caffe", device: str = "cpu", tf32: bool = False, deterministic: bool = True,
                          bn_stats: str = bnstats.DEFAULT, precision: str = "fp32", **_) -> None:
-    """The engine options that cannot work together, named before anything is trained."""
+    """The engine options that cannot work together, named before anything is trained: the stage's own
+    (check_training_options, which StageSpec.validate runs too) and the statistics step's."""
+    check_training_options(engine, device, tf32, precision)
+    if engine == "torch" and bn_stats == "recomputed" and importlib.util.find_spec("caffe") is None:
+        raise StageError(no_caffe_for_stats("the stage", None))
+
+
+def check_training_options(engine: str, device: str, tf32: bool, precision: str) -> None:
+    """Engine, device, TF32 and precision: each one known, and the combination one that can train
+    (the machine's own GPUs and bfloat16 are checked where the stage runs: mcl.engine.device)."""
     if engine not in ENGINES:
         raise StageError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
     if not DEVICE_RE.fullmatch(str(device)):
@@ -316,11 +360,11 @@ def check_engine_options(engine: str = "caffe", device: str = "cpu", tf32: bool 
     if tf32 and (engine != "torch" or device == "cpu"):
         raise StageError(f"--tf32 on: TF32 exists only on a CUDA device in the torch engine "
                          f"(here --engine {engine} --device {device})")
+    if precision not in PRECISIONS:
+        raise StageError(f"--precision {precision!r}: not a precision (choose one of {', '.join(PRECISIONS)})")
     if precision != "fp32":  # bfloat16: the torch engine on a device that has it (PrecisionError, a ValueError)
         from mcl.engine.device import check_precision
         check_precision(precision, device if device == "cpu" else None, engine)  # a GPU's: in the worker
-    if engine == "torch" and bn_stats == "recomputed" and importlib.util.find_spec("caffe") is None:
-        raise StageError(no_caffe_for_stats("the stage", None))
 
 
 def seed_from_warmup(spec: StageSpec, state: Path) -> None:

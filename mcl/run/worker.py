@@ -15,7 +15,8 @@ An engine is a small object (`mcl.run.caffe_engine.CaffeStage`, `mcl.run.torch_e
   loss                      Eq. 4's total of the last iteration
   snapshot() / save(path)   a snapshot now / the final caffemodel
 
-The loop speaks to `mcl.run.stage.run_stage` as JSON lines on stdout ({"event": "iter", ...},
+The stage comes as one argument, `--spec`: the StageSpec as one JSON object (StageSpec.to_json), read
+back and checked once here (StageSpec.from_json, validate). The loop speaks to `mcl.run.stage.run_stage` as JSON lines on stdout ({"event": "iter", ...},
 "resumed", "init", "engine", "error", "interrupted", "done"); the engine's log goes to stderr. Exit
 codes: 0 done, 3 cannot start, 130 interrupted with a snapshot written, 137 for --stop-after.
 """
@@ -23,6 +24,7 @@ codes: 0 done, 3 cannot start, 130 interrupted with a snapshot written, 137 for 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -34,7 +36,7 @@ from mcl.caffe.caffemodel import ModelError
 from mcl.engine import CUBLAS_WORKSPACE
 from mcl.fileio import DiskFullError, disk_full, durable_replace
 from mcl.method.stages import learning_rate
-from mcl.run.stage import ENGINES, PRECISIONS, SWITCHES, SnapshotError, StageError, StageSpec, snapshots
+from mcl.run.stage import SnapshotError, StageError, StageSpec, snapshots
 
 
 def emit(**event) -> None:
@@ -152,24 +154,19 @@ def main(argv=None) -> int:
     # spinning, 0.76 s sleeping, under a load average of 4 on 2 cores). Read when torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     ap = argparse.ArgumentParser(description="Worker process of one training stage (used by tools/run_stage.py).")
-    ap.add_argument("--engine", choices=ENGINES, default="caffe")
-    ap.add_argument("--run", required=True)
-    ap.add_argument("--name", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--init")
-    ap.add_argument("--device", default="cpu", help="torch engine: cpu, cuda or cuda:N")
-    ap.add_argument("--tf32", choices=SWITCHES, default="off", help="torch engine on cuda: TF32 (default off)")
-    ap.add_argument("--deterministic", choices=SWITCHES, default="on",
-                    help="torch engine on cuda: deterministic algorithms (default on)")
-    ap.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                    help="torch engine: fp32 (default) or bf16 (bfloat16 autocast where the device has it)")
+    ap.add_argument("--spec", required=True,
+                    help="the stage's specification, one JSON object (mcl.run.stage.StageSpec.to_json)")
     ap.add_argument("--stop-after", type=int, help="exit abruptly after this iteration (tests of resuming)")
     a = ap.parse_args(argv)
-    spec = StageSpec(Path(a.run).resolve(), a.name, Path(a.init) if a.init else None, Path(a.out).resolve(),
-                     engine=a.engine, device=a.device, tf32=a.tf32 == "on", deterministic=a.deterministic == "on",
-                     precision=a.precision)
-    if spec.device.startswith("cuda") and spec.deterministic:  # read when cuBLAS starts: before torch loads
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    try:
+        spec = StageSpec.from_json(a.spec, validate=False)  # checked below, once CUBLAS's variable is set
+        spec = dataclasses.replace(spec, run=spec.run.resolve(), out=spec.out.resolve())
+        if spec.device.startswith("cuda") and spec.deterministic:  # read when cuBLAS starts: before torch loads
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+        spec.validate()
+    except (StageError, ValueError, TypeError, AttributeError) as exc:  # a specification the runner did not write
+        emit(event="error", message=f"{type(exc).__name__}: {exc}" if not isinstance(exc, StageError) else str(exc))
+        return 3
     stop_with_parent()
     os.chdir(spec.run)
     try:

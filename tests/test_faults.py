@@ -29,23 +29,35 @@ KILLS = 10  # per tool, each one catching the tool running
 SEED = 2024
 
 
-def moments(seconds: float, seed: int):
-    """(trial, when, whom) of each kill: uniform over the reference run's wall time, the
-    whole group or the tool alone. Trials go on until KILLS of them caught the tool
-    running (a moment past its end just lets it finish), at most 3 x KILLS."""
-    rng = random.Random(seed)
-    for trial in range(3 * KILLS):
-        yield trial, rng.uniform(0.02, 1.0) * seconds, rng.choice(("group", "tool"))
+class Moments:
+    """(trial, when, whom) of each kill: uniform over the tool's wall time, the whole group or the
+    tool alone. Trials go on until KILLS of them caught the tool running (a moment past its end just
+    lets it finish), at most 4 x KILLS. The wall time is the reference run's, and shrinks to any
+    shorter full run start_and_kill sees (a run that ended before its moment): on a shared machine
+    whose load falls during the test, the moments follow the tool's speed now, not at the start."""
+
+    def __init__(self, seconds: float, seed: int):
+        self.seconds, self.rng = seconds, random.Random(seed)
+
+    def __iter__(self):
+        for trial in range(4 * KILLS):
+            yield trial, self.rng.uniform(0.02, 1.0) * self.seconds, self.rng.choice(("group", "tool"))
+
+    def finished_in(self, seconds: float) -> None:
+        self.seconds = min(self.seconds, seconds)
 
 
-def start_and_kill(cmd: list, when: float, whom: str) -> bool:
+def start_and_kill(cmd: list, when: float, whom: str, schedule: Moments | None = None) -> bool:
     """Start `cmd` in its own process group and kill -9 it (or its group) after `when`
     seconds; True if it was still running then. Returns once every process it started
-    has ended."""
+    has ended. A run that ended first tells `schedule` how long a whole run takes now."""
+    t0 = time.time()
     proc = subprocess.Popen([sys.executable, *map(str, cmd)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
         proc.wait(when)
+        if schedule is not None:
+            schedule.finished_in(time.time() - t0)
         return False
     except subprocess.TimeoutExpired:
         pass
@@ -72,10 +84,10 @@ def test_killed_data_preparation_reruns_to_identical_bytes(tiny_run, tmp_path):
     want = tree(str(base / "data"))
     killed = 0
     wall = wall_time([ROOT / "data_prep/prepare.py", *PREPARE, "--out", tmp_path / "ref" / "data"])
-    for k, when, whom in moments(wall, SEED):
+    for k, when, whom in (schedule := Moments(wall, SEED)):
         folder = tmp_path / f"k{k}"
         cmd = [ROOT / "data_prep/prepare.py", *PREPARE, "--out", folder / "data"]
-        killed += start_and_kill(cmd, when, whom)
+        killed += start_and_kill(cmd, when, whom, schedule)
         tool(*map(str, cmd))
         got = tree(str(folder / "data"))
         assert sorted(got) == sorted(want), f"kill {k} at {when:.2f} s ({whom})"
@@ -93,11 +105,11 @@ def test_killed_stage_reruns_to_identical_weights(tiny_run, tmp_path):
     killed = 0
     shutil.copytree(base, tmp_path / "ref")
     wall = wall_time([ROOT / "tools/run_stage.py", "--run", tmp_path / "ref", "--stage", "stage1"])
-    for k, when, whom in moments(wall, SEED + 1):
+    for k, when, whom in (schedule := Moments(wall, SEED + 1)):
         folder = tmp_path / f"k{k}"
         shutil.copytree(base, folder)
         cmd = [ROOT / "tools/run_stage.py", "--run", folder, "--stage", "stage1"]
-        killed += start_and_kill(cmd, when, whom)
+        killed += start_and_kill(cmd, when, whom, schedule)
         tool(*map(str, cmd))
         for m, data in want.items():
             assert (folder / "models" / m).read_bytes() == data, f"{m} after kill {k} at {when:.2f} s ({whom})"
@@ -186,10 +198,10 @@ def test_every_stage_type_killed_reruns_to_identical_weights(tiny_run, tmp_path,
     want = {m: (ref / "models" / m).read_bytes() for m in names}
     killed = 0
     seed = SEED + 100 + sorted(STAGE_TYPES).index(kind) * 2 + (engine == "torch")
-    for k, when, whom in moments(wall, seed):
+    for k, when, whom in (schedule := Moments(wall, seed)):
         folder = tmp_path / f"k{k}"
         stage_copy(run, folder, products)
-        killed += start_and_kill(cmd(folder), when, whom)
+        killed += start_and_kill(cmd(folder), when, whom, schedule)
         tool(*map(str, cmd(folder)))
         for m, data in want.items():
             assert (folder / "models" / m).read_bytes() == data, f"{m} after kill {k} at {when:.2f} s ({whom})"
@@ -209,10 +221,10 @@ def test_assembly_killed_reruns_to_identical_bytes(tiny_run, tmp_path):
     wall = wall_time(cmd(ref))
     want = {m: (ref / "models" / m).read_bytes() for m in ("am.caffemodel", "am_deploy.prototxt")}
     killed = 0
-    for k, when, whom in moments(wall, SEED + 200):
+    for k, when, whom in (schedule := Moments(wall, SEED + 200)):
         folder = tmp_path / f"k{k}"
         shutil.copytree(run, folder)
-        killed += start_and_kill(cmd(folder), when, whom)
+        killed += start_and_kill(cmd(folder), when, whom, schedule)
         tool(*map(str, cmd(folder)))
         for m, data in want.items():
             assert (folder / "models" / m).read_bytes() == data, f"{m} after kill {k} at {when:.2f} s ({whom})"
@@ -238,10 +250,10 @@ def test_killed_mtfl_preparation_reruns_to_identical_bytes(real_data, tmp_path):
     wall = wall_time(mtfl_prepare(mtfl, ref))
     want = tree(str(ref))
     killed = 0
-    for k, when, whom in moments(wall, SEED + 300):
+    for k, when, whom in (schedule := Moments(wall, SEED + 300)):
         folder = tmp_path / f"k{k}"
         cmd = mtfl_prepare(mtfl, folder / "data")
-        killed += start_and_kill(cmd, when, whom)
+        killed += start_and_kill(cmd, when, whom, schedule)
         # Nothing that looks finished: the dataset is whole under its name, or not there at all.
         if (folder / "data").exists():
             assert tree(str(folder / "data")) == want, f"a partial dataset under data/ after kill {k} ({whom})"

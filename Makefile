@@ -122,20 +122,20 @@ endif
 endif
 ifeq ($(DRY_RUN),)
 # One writer per run folder: this make holds RUN/.lock until it ends (its recipes share it); a
-# second make, or a tool by hand, on the same folder stops at once naming this one (mcl/run/lock.py).
-# mcl/run/lock.py needs the standard library only: before `make setup` the system's python3 runs it.
+# second make, or a tool by hand, on the same folder stops at once naming this one (mcl/records/lock.py).
+# mcl/records/lock.py needs the standard library only: before `make setup` the system's python3 runs it.
 ifeq ($(filter $(abspath $(RUN)),$(subst :, ,$(MCL_RUN_LOCK))),)
-lock_message := $(shell $(if $(wildcard $(PY)),$(PY),python3) -m mcl.run.lock hold $(RUN) --for $$PPID 2>&1)
+lock_message := $(shell $(if $(wildcard $(PY)),$(PY),python3) -m mcl.records.lock hold $(RUN) --for $$PPID 2>&1)
 ifneq ($(.SHELLSTATUS),0)
 $(error $(lock_message))
 endif
 export MCL_RUN_LOCK := $(abspath $(RUN))
 endif
 # Before make plans: a product whose bytes are not those its manifest recorded (torn by a crash
-# after its rename) is set aside as <name>.torn, so its rule runs again (mcl/run/verify.py).
+# after its rename) is set aside as <name>.torn, so its rule runs again (mcl/records/verify.py).
 ifneq ($(wildcard $(PY)),)
 ifneq ($(wildcard $(RUN)/manifest.json $(RUN)/data/manifest.json),)
-torn_check := $(shell $(PY) -m mcl.run.verify --set-aside-torn $(RUN) >&2)
+torn_check := $(shell $(PY) -m mcl.records.verify --set-aside-torn $(RUN) >&2)
 endif
 endif
 endif

@@ -20,7 +20,7 @@ from pathlib import Path
 from mcl.data.extra import parse_spec, prepare_extra
 from mcl.data.pool import WorkerError
 from mcl.data.readers import DataError
-from mcl.run.lock import writer
+from mcl.records.lock import writer
 
 
 def main(argv=None) -> int:

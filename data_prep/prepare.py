@@ -20,7 +20,7 @@ from mcl.data.pipeline import DEFAULT_CROP_SCALE, FORMATS, PrepareSettings, prep
 from mcl.data.pool import WorkerError
 from mcl.data.readers import DATASETS, OUTSIDE_TOLERANCE, DataError
 from mcl.data.synth import SynthSettings
-from mcl.run.lock import writer
+from mcl.records.lock import writer
 
 
 def floats(text: str) -> tuple[float, ...]:
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     # is removed. A second signal during that clean-up is ignored, so the clean-up ends.
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    run = Path(args.out).resolve().parent  # RUN/data: one writer in the run folder (mcl/run/lock.py)
+    run = Path(args.out).resolve().parent  # RUN/data: one writer in the run folder (mcl/records/lock.py)
     try:
         with writer(run) if Path(args.out).name == "data" and run.is_dir() else nullcontext():
             manifest = prepare(settings)

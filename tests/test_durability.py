@@ -22,7 +22,7 @@ import pytest
 from conftest import MAKE_TINY, NETS, PREPARE, ROOT, make, tool
 
 from mcl.fileio import atomic_write
-from mcl.run import lock, verify
+from mcl.records import lock, verify
 
 
 def _strace() -> str:
@@ -91,7 +91,7 @@ def test_data_preparation_and_a_stage_write_durably(tmp_path):
 def test_a_second_writer_stops_at_once_naming_the_holder(tmp_path):
     run = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", f"import sys, time; sys.path.insert(0, {str(ROOT)!r}); "
-                               "from mcl.run.lock import writer; from pathlib import Path\n"
+                               "from mcl.records.lock import writer; from pathlib import Path\n"
                                f"with writer(Path({str(run)!r})):\n    print('held', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -144,7 +144,7 @@ def test_two_make_on_one_run_the_second_refused_the_first_unharmed(tmp_path):
     for full in (False, True):
         bm.write_bytes(whole[: len(whole) // 3])
         if full:
-            r = subprocess.run([sys.executable, "-m", "mcl.run.verify", "--set-aside-torn", str(run), "--full"],
+            r = subprocess.run([sys.executable, "-m", "mcl.records.verify", "--set-aside-torn", str(run), "--full"],
                                cwd=ROOT, capture_output=True, text=True, timeout=300)
             assert r.returncode == 0 and "bm.caffemodel: not the file its manifest recorded" in r.stderr, r.stderr
         again = make("stage2", f"RUN={run}", *MAKE_TINY)
@@ -158,7 +158,7 @@ def test_two_make_on_one_run_the_second_refused_the_first_unharmed(tmp_path):
 def hand_made_run(run: Path) -> Path:
     """A run folder whose manifests record what it holds: a model made from the data manifest, and the
     data files (bytes of no format: the check reads checksums only)."""
-    from mcl.run.manifest import sha256
+    from mcl.records.manifest import sha256
     files = {"train_000.h5": os.urandom(300_000), "train.txt": b"data/train_000.h5\n", "test_000.h5": os.urandom(9_000)}
     (run / "data").mkdir(parents=True)
     for name, data in files.items():
@@ -177,7 +177,7 @@ def test_a_torn_product_is_set_aside_by_either_check(tmp_path, monkeypatch, full
     """make's check (incremental: a file whose size, mtime, ctime and inode are those of the check
     before keeps its digest) sets aside what the full check does: a model cut short, and a data file
     changed in place with its size kept and its mtime set back (only its ctime tells)."""
-    from mcl.run import manifest
+    from mcl.records import manifest
     run = hand_made_run(tmp_path / "run")
     bm, h5 = run / "models" / "bm.caffemodel", run / "data" / "train_000.h5"
     reads = []
@@ -208,7 +208,7 @@ def test_a_torn_product_is_set_aside_by_either_check(tmp_path, monkeypatch, full
 
 
 def test_an_unreadable_verify_cache_reads_every_file_again(tmp_path, monkeypatch):
-    from mcl.run import manifest
+    from mcl.records import manifest
     run = hand_made_run(tmp_path / "run")
     time.sleep(verify.RACY_S)
     verify.set_aside_torn(run)

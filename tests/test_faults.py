@@ -23,7 +23,7 @@ from conftest import PREPARE, ROOT, descendants, tool, tree, wait_ended
 from test_durability import fill, small_disk  # noqa: F401 - the fixture, shared
 from test_real_data import real_data, small_mtfl  # noqa: F401 - the fixture, shared
 
-from mcl.run.verify import check_run
+from mcl.records.verify import check_run
 
 KILLS = 10  # per tool, each one catching the tool running
 SEED = 2024

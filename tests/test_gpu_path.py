@@ -26,7 +26,7 @@ from mcl.engine import device as dev
 from mcl.engine.device import DeviceError, check_device, configure_device, device_facts
 from mcl.engine.solver import Solver
 from mcl.run import stage as stage_mod
-from mcl.run.provenance import engine_record
+from mcl.records.provenance import engine_record
 from mcl.run.stage import StageError, StageSpec
 from mcl.run.torch_engine import TorchStage
 

@@ -18,8 +18,10 @@ MAX_ENTRY_LINES = 150
 MAX_TOP_MODULES = 10
 # The floors of the house (docs/LAYOUT.md; README, "How the code is laid out"): a package may import only packages on
 # the floors below its own. `mcl` is mcl/fileio.py (and mcl/__init__.py).
-FLOORS = [["mcl"], ["mcl.method"], ["mcl.caffe"], ["mcl.data", "mcl.torchnet"], ["mcl.engine"], ["mcl.run"],
-          ["mcl.evaluation"], ["mcl.port"]]
+# The run folder's records stand below the torch engine, the runner, the evaluation and the port; the
+# evaluation and the port stand on the records, not on the engine or the runner.
+FLOORS = [["mcl"], ["mcl.method"], ["mcl.caffe"], ["mcl.data", "mcl.torchnet"], ["mcl.records"],
+          ["mcl.engine", "mcl.evaluation"], ["mcl.run", "mcl.port"]]
 ENTRY_FOLDERS = ("tools", "data_prep", "benchmarks")
 
 

@@ -17,7 +17,7 @@ from conftest import synthetic_batch, tool, write_hdf5
 from mcl.caffe import caffemodel
 from mcl.evaluation import summary
 from mcl.method.layouts import get_layout
-from mcl.run import manifest
+from mcl.records import manifest
 
 METRIC_KEYS = ("mean_error", "failure_rate", "auc", "per_cluster", "per_landmark")
 

@@ -18,7 +18,7 @@ from mcl.caffe.caffemodel import ModelError
 from mcl.evaluation.evaluate import EvalError
 from mcl.method.stages import ASSEMBLED_MODEL
 from mcl.run.assemble import assemble_run
-from mcl.run.lock import writer
+from mcl.records.lock import writer
 
 
 def main(argv=None) -> int:

@@ -23,7 +23,7 @@ from pathlib import Path
 from mcl.caffe.caffemodel import ModelError
 from mcl.evaluation import audit, audit_report
 from mcl.evaluation.evaluate import EvalError
-from mcl.run.lock import writer
+from mcl.records.lock import writer
 
 
 def cmd_perturb(args, run: Path) -> None:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from mcl.evaluation.weighting import write_weights
 from mcl.method.stages import ALPHA
-from mcl.run.lock import writer
-from mcl.run.verify import check_creatable
+from mcl.records.lock import writer
+from mcl.records.verify import check_creatable
 
 
 def main(argv=None) -> int:

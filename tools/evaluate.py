@@ -31,8 +31,8 @@ from mcl.evaluation.evaluate import EvalError
 from mcl.evaluation.job import parse_model, parse_named_file, run_evaluation
 from mcl.evaluation.predictions import write_predictions
 from mcl.method.layouts import get_layout
-from mcl.run import manifest
-from mcl.run.verify import check_creatable
+from mcl.records import manifest
+from mcl.records.verify import check_creatable
 
 
 def main(argv=None) -> int:

@@ -4,7 +4,7 @@
 Default: the committed reference copies under prototxt/<layout>/ and
 solvers/<layout>/ (schedule scale 1, seed 0, HDF5 input, uniform loss weights).
 With --run DIR: the files of one run, under DIR/nets and DIR/solvers, and its settings as
-DIR/run.json (mcl/run/settings.py).
+DIR/run.json (mcl/records/settings.py).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from mcl.caffe.runfiles import reference_files, run_files, run_settings
 from mcl.fileio import atomic_write
 from mcl.method.layouts import LAYOUTS, get_layout
 from mcl.method.stages import BATCH_SIZE, SCHEDULES
-from mcl.run import settings
-from mcl.run.lock import writer
+from mcl.records import settings
+from mcl.records.lock import writer
 
 
 def main(argv=None) -> int:

@@ -22,7 +22,7 @@ from pathlib import Path
 from mcl import torchnet
 from mcl.fileio import atomic_write
 from mcl.port import convert
-from mcl.run.verify import check_creatable
+from mcl.records.verify import check_creatable
 
 
 def run_crop(run: str | None) -> tuple[float | None, str | None]:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from mcl.caffe import bnstats
 from mcl.method.stages import STAGES, table
-from mcl.run.lock import writer
+from mcl.records.lock import writer
 from mcl.run.stage import ENGINES, PRECISIONS, SWITCHES, StageError, train
 
 

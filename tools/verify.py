@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mcl.run.verify import VerifyError, check_run
+from mcl.records.verify import VerifyError, check_run
 
 
 def main(argv=None) -> int:

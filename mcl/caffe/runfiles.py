@@ -5,7 +5,7 @@ Caffe runs with the run folder as its working directory. The committed
 reference copies (prototxt/<layout>/, solvers/<layout>/) are these files at
 schedule scale 1, seed 0, HDF5 input and uniform loss weights. Beside them, RUN/run.json holds the
 settings they were generated with (`run_settings`; written by tools/make_nets.py through
-mcl.run.settings): a run's layout is read there (`run_layout`), never from a net.
+mcl.records.settings): a run's layout is read there (`run_layout`), never from a net.
 """
 
 from __future__ import annotations
@@ -22,6 +22,11 @@ from mcl.method.layouts import Layout, get_layout
 from mcl.method.stages import BATCH_SIZE, STAGES, check_schedule, stage_iterations
 
 RUN_FILE = "run.json"  # RUN/run.json: run_settings as JSON
+
+
+def curve_dir(run, name: str) -> Path:
+    """Where KEEP_SNAPSHOTS=on keeps the model of every periodic snapshot of stage `name` (the learning curve)."""
+    return Path(run) / "snapshots" / f"{name}_curve"
 
 
 def _header(what: str, settings: dict, frozen_bn: str | None = None) -> str:

@@ -12,6 +12,7 @@
   sweep         the audit across seeds (`make sweep`): per model and claim, mean, sd, 95% interval, verdict
   paper_report  the paper's experiment on real faces beside the paper's table (`make paper`)
 
-May import: `mcl.method`, `mcl.caffe`, `mcl.data`, `mcl.run` and `mcl.fileio`; not `mcl.port` or `mcl.engine`.
+May import: `mcl.method`, `mcl.caffe`, `mcl.data`, `mcl.records` and `mcl.fileio`; not `mcl.port`, `mcl.run`
+or `mcl.engine` (the evaluation reads a run's records, never its runner or the torch engine).
 pycaffe only through `mcl.caffe` and inside functions; matplotlib inside the plotting functions.
 """

@@ -27,7 +27,7 @@ from mcl.fileio import atomic_write
 from mcl.method import loss_weights, paper
 from mcl.method.layouts import Layout
 from mcl.method.stages import ASSEMBLIES, DERIVED, PERTURBATION_DELTAS, STAGES, Assembly, Stage
-from mcl.run import manifest, provenance
+from mcl.records import manifest, provenance
 
 ABLATIONS = ("pre_bm", "perturbation", "single_head", "simplified_am", "weighting_simplified_am", "occlusion",
              "equal_budget")

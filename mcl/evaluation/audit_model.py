@@ -36,7 +36,7 @@ from mcl.method import backbones, paper
 from mcl.method.layouts import Layout
 from mcl.method.pytorch import Algorithm1Result, LandmarkData, Schedule, algorithm1, features_of, predict
 from mcl.method.stages import BATCH_SIZE, check_schedule
-from mcl.run import manifest, provenance, settings
+from mcl.records import manifest, provenance, settings
 
 OUT_DIR = "audit_model"  # RUN/audit_model/<architecture>/
 MODELS = ("BM", "WM", "AM", "BM + equal budget")

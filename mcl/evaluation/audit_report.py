@@ -18,7 +18,7 @@ from mcl.caffe.runfiles import run_layout
 from mcl.evaluation import audit, report
 from mcl.fileio import atomic_write
 from mcl.method import paper
-from mcl.run import provenance
+from mcl.records import provenance
 
 TITLES = {
     "pre_bm": "pre-BM vs BM (Section IV-C-1: global average pooling vs full connection)",
@@ -204,7 +204,7 @@ def ced_curves(run: Path, doc: dict) -> dict[str, dict]:
 
 def with_provenance(run: Path, result: dict, protocol: dict) -> dict:
     """A result of the audit (which records only the model's path and BatchNorm setting) with the
-    schedule scale, seed, engine and statistics its model was trained with (mcl.run.provenance:
+    schedule scale, seed, engine and statistics its model was trained with (mcl.records.provenance:
     the manifest, not the defaults, so a model of the torch engine is labelled torch) and the
     split's test-crop protocol."""
     out = dict(result)

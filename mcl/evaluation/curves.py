@@ -127,7 +127,7 @@ def snapshot_curve(run: Path, name: str, split: str = "val", bn_batches: int = 2
     (tools/run_stage.py --keep-snapshots) scored on `split` with its BatchNorm statistics recomputed
     over `bn_batches` training batches, as the stage's product would have them at that length.
     Scored on the validation split (settings are chosen there, never on a test set)."""
-    from mcl.run.stage import curve_dir
+    from mcl.caffe.runfiles import curve_dir
 
     run = Path(run).resolve()
     folder = curve_dir(run, name)

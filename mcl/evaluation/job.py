@@ -12,7 +12,7 @@ from mcl.data.splits import load_split
 from mcl.evaluation import predictions as pf
 from mcl.evaluation.evaluate import EvalError, predict_image, score
 from mcl.method.stages import deploy_output
-from mcl.run import provenance
+from mcl.records import provenance
 
 # ---- an evaluation of several models and predictions files on one split ----------------------
 

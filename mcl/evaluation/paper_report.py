@@ -38,7 +38,7 @@ from mcl.evaluation.report import plot_ced
 from mcl.fileio import atomic_write
 from mcl.method import paper
 from mcl.method.stages import ASSEMBLED_DEPLOY, ASSEMBLED_MODEL, STAGES
-from mcl.run import provenance
+from mcl.records import provenance
 
 CONTROL = STAGES["equal_budget"].label  # "BM + equal budget"
 # The models of the chain, from the stage table (Algorithm 1) and its assembly step.

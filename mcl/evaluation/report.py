@@ -2,8 +2,8 @@
 
 Every number of a report is tied to what produced it: for a model, the schedule
 scale, seed, engine and BatchNorm-statistics setting its run's manifest records
-(`mcl.run.provenance.trained_with`); for every number, the test-crop protocol of the split's
-crops (`mcl.run.provenance.data_protocol`). An evaluation document (the JSON tools/evaluate.py writes)
+(`mcl.records.provenance.trained_with`); for every number, the test-crop protocol of the split's
+crops (`mcl.records.provenance.data_protocol`). An evaluation document (the JSON tools/evaluate.py writes)
 holds all of it, and the markdown is rebuilt from that document alone.
 
 Overlays are drawn on the split's own 50 x 50 network inputs (the HDF5 `data`
@@ -29,7 +29,7 @@ from mcl.evaluation.evaluate import ced, predict_image, score
 from mcl.fileio import atomic_write, durable_replace
 from mcl.method.layouts import PIXEL_MEAN, PIXEL_SCALE, Layout
 from mcl.method.stages import deploy_output
-from mcl.run import provenance
+from mcl.records import provenance
 
 GT_COLOUR = (60, 220, 60)  # BGR green: ground truth
 PRED_COLOUR = (40, 40, 255)  # BGR red: prediction

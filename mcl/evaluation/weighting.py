@@ -16,7 +16,7 @@ from mcl.evaluation.evaluate import validation_errors
 from mcl.fileio import atomic_write
 from mcl.method import loss_weights
 from mcl.method.stages import ALPHA
-from mcl.run import manifest, provenance
+from mcl.records import manifest, provenance
 
 
 def write_weights(run: Path, model: Path, eq: int, out: Path, alpha: float = ALPHA, split: str = "val"):

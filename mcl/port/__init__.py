@@ -18,7 +18,7 @@ Modules (import them by name; this package imports nothing by itself):
 The forward-speed benchmark (`make bench-port`) is a harness outside the package: benchmarks/bench_port.py.
 
 May import: `mcl.method`, `mcl.caffe` (Caffe files are read with protobuf only), `mcl.torchnet`,
-`mcl.data` (the crops), `mcl.evaluation` (its metrics), `mcl.run` (a run's records) and `mcl.fileio`.
+`mcl.data` (the crops), `mcl.evaluation` (its metrics), `mcl.records` (a run's records) and `mcl.fileio`.
 pycaffe, OpenCV dnn and ONNX Runtime only inside the functions that run them; dlib (optional, `make
 setup-peers`) at module top inside try/except ImportError.
 """

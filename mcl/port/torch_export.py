@@ -30,7 +30,7 @@ from mcl.port.convert import RELATIVE, TOLERANCE, crop_text
 from mcl.port.engines import CHECK_BATCH, CHECK_SEED, NORMALISATION, onnx_forward
 from mcl.port.formats import OPSET
 from mcl.port.reading import PortError, sha256
-from mcl.run import provenance
+from mcl.records import provenance
 
 INPUT_NAME, OUTPUT_NAME = "data", SHAPE_LAYER  # the names the Caffe deploy nets' ports carry
 

@@ -12,7 +12,7 @@ from mcl.caffe.forward import load_net
 from mcl.caffe.runfiles import run_layout
 from mcl.data.splits import load_split
 from mcl.fileio import atomic_write, durable_replace
-from mcl.run import manifest
+from mcl.records import manifest
 
 
 def assemble_run(run: Path, heads_path: Path, out: Path, check_samples: int = 64) -> dict:

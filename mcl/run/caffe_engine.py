@@ -19,7 +19,7 @@ from mcl.caffe.caffemodel import check_fits, load
 from mcl.caffe.netgen import DATA_LAYER_TYPES, loss_weights_of
 from mcl.caffe.proto import caffe_pb2
 from mcl.run.stage import SnapshotError, StageError, StageSpec
-from mcl.run.verify import snapshot_intact
+from mcl.records.verify import snapshot_intact
 
 
 class CaffeStage:

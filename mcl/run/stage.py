@@ -32,13 +32,13 @@ from pathlib import Path
 
 from mcl.caffe import bnstats, caffemodel, reweight
 from mcl.caffe.proto import caffe_pb2
-from mcl.caffe.runfiles import derive, run_layout
+from mcl.caffe.runfiles import curve_dir, derive, run_layout
 from mcl.engine import DEVICE_PATTERN, PRECISIONS  # torch-free: this module leaves torch unloaded
 from mcl.fileio import atomic_write
 from mcl.method.stages import STAGES, Resolved, resolve
-from mcl.run import manifest
-from mcl.run.provenance import engine_record, recorded_engine
-from mcl.run.verify import check_stage_inputs
+from mcl.records import manifest
+from mcl.records.provenance import engine_record, recorded_engine
+from mcl.records.verify import check_stage_inputs
 
 SNAPSHOT_RE = re.compile(r"_iter_(\d+)\.solverstate$")
 ENGINES = ("caffe", "torch")
@@ -123,10 +123,6 @@ class StageSpec:
     def curve_dir(self) -> Path:
         """Where KEEP_SNAPSHOTS=on keeps the model of every periodic snapshot (tools/curve.py scores them)."""
         return curve_dir(self.run, self.name)
-
-
-def curve_dir(run: Path, name: str) -> Path:
-    return Path(run) / "snapshots" / f"{name}_curve"
 
 
 def snapshots(spec: StageSpec) -> list[tuple[int, Path]]:

@@ -1,6 +1,6 @@
 """One writer per run folder: an flock on RUN/.lock, which the kernel releases when its holder dies.
 
-`make` takes it once for its whole run (`python -m mcl.run.lock hold RUN --for MAKE_PID`: a
+`make` takes it once for its whole run (`python -m mcl.records.lock hold RUN --for MAKE_PID`: a
 small process that holds the lock until make is gone, even killed with -9), so the
 recipes of one make, in parallel under -j, share it, and exports MCL_RUN_LOCK=RUN to them.
 A tool run by hand takes it for its own work (`writer`). A second writer stops at once

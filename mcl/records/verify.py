@@ -7,7 +7,7 @@ Two manifests record checksums:
 `check_run` recomputes all of them and names each file that is missing or differs.
 `refuse_tampered` is the check a stage makes of its inputs before it trains: an input
 that the run itself produced must still be the file the manifest recorded.
-`set_aside_torn` is what `make` does first (`python -m mcl.run.verify --set-aside-torn RUN`):
+`set_aside_torn` is what `make` does first (`python -m mcl.records.verify --set-aside-torn RUN`):
 a product whose bytes are not the ones its manifest recorded (a file torn by a crash
 after its rename) is renamed to `<name>.torn`, so that make makes it again.
 
@@ -104,7 +104,7 @@ class _Hasher:
         return digest
 
     def _hash(self, path: Path) -> str:
-        from mcl.run.manifest import sha256
+        from mcl.records.manifest import sha256
         return sha256(path)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mcl.caffe.runfiles import run_layout
 from mcl.method.layouts import Layout, get_layout
-from mcl.run import manifest, settings
+from mcl.records import manifest, settings
 
 DEFAULT_ENGINE = "caffe"
 DEFAULT_TEST_CROP = "ours"  # data prepared before the test-crop setting existed used our box crops

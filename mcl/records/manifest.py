@@ -20,7 +20,7 @@ from mcl import __version__
 from mcl.caffe import check
 from mcl.caffe.proto import caffe_pb2
 from mcl.fileio import atomic_write
-from mcl.run import settings
+from mcl.records import settings
 
 
 def sha256(path) -> str:

@@ -129,6 +129,12 @@ def test_the_manifest_of_a_bf16_stage_says_bf16(small_run):
     log = (small_run / "logs" / "stage1.log").read_text()
     # the worker's specification (one JSON object on its command line) and the engine's own line
     assert '"precision": "bf16"' in log and "precision bf16" in log
+    # the reports' provenance (mcl.records.provenance) says it, for the model and what is made from it
+    from mcl.records import provenance
+    made = provenance.trained_with(small_run, small_run / "models/bm.caffemodel")
+    assert (made["engine"], made["precision"]) == ("torch", "bf16")
+    assert provenance.engine_label(made) == "torch (bf16)"
+    assert provenance.engine_label({"engine": "torch", "precision": "fp32"}) == "torch"
     # another precision is another training, as another engine is
     proc = tool(STAGE, "--run", small_run, "--stage", "stage1", "--engine", "torch", "--bn-stats", "running")
     assert "training skipped" not in proc.stdout, proc.stdout

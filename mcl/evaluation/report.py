@@ -101,7 +101,8 @@ def evaluation_markdown(doc: dict, layout: Layout) -> str:
         what = (f"predictions `{Path(src).name}` ({r.get('coords_base')}-based)" if r.get("source") == "predictions"
                 else f"model `{Path(src).name}`" if src else "-")
         lines.append(f"| {name} | {what} | {_fmt(r.get('schedule_scale'), 'g')} | {_fmt(r.get('seed'), 'd')} | "
-                     f"{_fmt(r.get('engine'))} | {_fmt(r.get('bn_stats'))} | {_fmt(r.get('test_crop'))} |")
+                     f"{provenance.engine_label(r) if r.get('engine') else '-'} | {_fmt(r.get('bn_stats'))} | "
+                     f"{_fmt(r.get('test_crop'))} |")
     lines += ["", "Per-cluster mean error (%):", "",
               "| model | " + " | ".join(layout.cluster_names) + " |", "|---" * (layout.m + 1) + "|"]
     for name, r in results.items():
@@ -155,7 +156,7 @@ def provenance_label(r: dict) -> str:
     if r.get("source") == "predictions":
         return f"predictions file, {r.get('coords_base')}-based"
     return (f"scale {_fmt(r.get('schedule_scale'), 'g', '?')}, seed {_fmt(r.get('seed'), 'd', '?')}, "
-            f"{r.get('engine') or provenance.DEFAULT_ENGINE}, BN {r.get('bn_stats') or '?'}, "
+            f"{provenance.engine_label(r)}, BN {r.get('bn_stats') or '?'}, "
             f"crop {r.get('test_crop') or '?'}")
 
 

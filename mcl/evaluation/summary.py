@@ -17,6 +17,7 @@ import numpy as np
 from mcl.evaluation.report import DIVERGED, diverged
 from mcl.fileio import atomic_write
 from mcl.method.stages import ASSEMBLED_MODEL, STAGES
+from mcl.records import provenance
 
 # The pipeline's products in Algorithm 1's order, with the data before and the evaluation after.
 PIPELINE = (("data", "data/manifest.json"), ("stage 1 (BM)", STAGES["stage1"].model),
@@ -83,6 +84,7 @@ def build(run: Path, onnx_path: Path | None, photo: Path | None = None) -> dict:
     doc = {
         "run": str(run.resolve()), "layout": ev["layout"], "split": ev["split"],
         "schedule_scale": first.get("schedule_scale"), "seed": first.get("seed"), "engine": first.get("engine"),
+        "precision": first.get("precision"),
         "schedule": (audit.get("settings") or {}).get("schedule"),
         "models": models,
         "onnx": onnx_ms(onnx_path) if onnx_path and Path(onnx_path).exists() else None,
@@ -103,7 +105,7 @@ def build(run: Path, onnx_path: Path | None, photo: Path | None = None) -> dict:
 
 def markdown(doc: dict) -> str:
     lines = [f"# Summary of {doc['run']}", "",
-             f"Layout {doc['layout']}, split {doc['split']}, engine {doc['engine']}, schedule scale "
+             f"Layout {doc['layout']}, split {doc['split']}, engine {provenance.engine_label(doc)}, schedule scale "
              f"{doc['schedule_scale']:.6g}, seed {doc['seed']}.", "",
              "| model | mean error (% of d) | failure > 10% (%) | AUC@0.10 | BatchNorm statistics | Caffe ms/face |",
              "|---|---|---|---|---|---|"]

@@ -19,14 +19,17 @@ from mcl.records import manifest, settings
 
 DEFAULT_ENGINE = "caffe"
 DEFAULT_TEST_CROP = "ours"  # data prepared before the test-crop setting existed used our box crops
-KEYS = ("schedule_scale", "seed", "engine", "stage", "bn_stats")
+KEYS = ("schedule_scale", "seed", "engine", "precision", "stage", "bn_stats")
+DEFAULT_PRECISION = "fp32"  # a trained stage's entry from before the precision was recorded: fp32
 
 
 def trained_with(run: Path, model: Path) -> dict:
-    """Schedule scale, seed, engine, stage and BatchNorm statistics of a run's model, from its manifest."""
+    """Schedule scale, seed, engine, training precision, stage and BatchNorm statistics of a run's model,
+    from its manifest."""
     found = _walk(Path(run), Path(model), set())
-    out = {k: _agree(found[k]) for k in ("schedule_scale", "seed", "engine", "stage")}
+    out = {k: _agree(found[k]) for k in ("schedule_scale", "seed", "engine", "precision", "stage")}
     out["engine"] = out["engine"] or DEFAULT_ENGINE
+    out["precision"] = out["precision"] or DEFAULT_PRECISION
     out["bn_stats"] = found["bn_stats"].pop() if len(found["bn_stats"]) == 1 else None
     return out
 
@@ -50,6 +53,7 @@ def _walk(run: Path, model: Path, seen: set) -> dict[str, set]:
     engine = e.get("engine") or s.get("engine")
     if engine:
         found["engine"].add(engine)
+        found["precision"].add(e.get("precision") or DEFAULT_PRECISION)
     if e.get("stage"):
         found["stage"].add(e["stage"])
     own_schedule = "schedule_scale" in s
@@ -65,11 +69,18 @@ def _walk(run: Path, model: Path, seen: set) -> dict[str, set]:
         if name.endswith(".caffemodel"):
             sub = _walk(run, Path(run) / name if not os.path.isabs(name) else Path(name), seen)
             if not own_schedule:
-                for k in ("schedule_scale", "seed", "engine"):
+                for k in ("schedule_scale", "seed", "engine", "precision"):
                     found[k] |= sub[k]
             if "bn_stats" not in e:
                 found["bn_stats"] |= sub["bn_stats"]
     return found
+
+
+def engine_label(r: dict) -> str:
+    """The engine a result's model was trained with, and its precision where not fp32: "torch (bf16)"."""
+    engine = r.get("engine") or DEFAULT_ENGINE
+    precision = r.get("precision") or DEFAULT_PRECISION
+    return engine if precision == DEFAULT_PRECISION else f"{engine} ({precision})"
 
 
 def _agree(values: set):

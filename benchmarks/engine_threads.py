@@ -23,7 +23,7 @@ and the number of cores a training job should ask for (docs/CLUSTER.md).
 
 Needs Python, NumPy, h5py, protobuf and PyTorch only (no Caffe, no OpenCV, no .venv), as
 benchmarks/gpu_check.py: the project's tree can be carried to another machine and run with PYTHONPATH=.
-Exit status: 0 done, 2 bad input.
+Exit status: 0 done, 2 bad input, 143 ended by SIGTERM (its child ended with it, nothing written).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -73,6 +74,9 @@ def parse_list(text: str, what: str, allowed=None, cast=str) -> list:
 # ---- the child: one layout at one thread count ---------------------------------------------------
 
 def child(spec: dict) -> dict:
+    from mcl.run.worker import stop_with_parent  # torch-free: ends this child when the parent dies, even by -9
+
+    stop_with_parent()
     import torch
 
     torch.set_num_threads(spec["threads"])
@@ -200,6 +204,9 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per child before it is stopped")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
+    # SIGTERM ends the run like Ctrl-C: the child is killed (subprocess.run kills it on any exception) and
+    # the scratch folder removed; nothing is written.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return 0

@@ -9,13 +9,15 @@ by hand; bad input exits with status 2 and a message naming the option.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 import engine_threads as et  # benchmarks/ (pyproject.toml: pytest's pythonpath)
-from conftest import ROOT
+from conftest import ROOT, descendants, wait_ended
 
 TINY = ["--layouts", "5", "--threads", "1,2", "--stages", "stage1,heads", "--batch", "8", "--iters", "2",
         "--warmup", "1", "--block", "1"]
@@ -84,3 +86,23 @@ def test_bad_input_is_named(args, named):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2, p.stderr
     assert named in p.stderr
+
+
+def test_sigterm_ends_the_benchmark_and_its_child(tmp_path):
+    """SIGTERM while a child trains: the parent exits 143, the child ends with it, no JSON is written."""
+    out = tmp_path / "t.json"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks/engine_threads.py"), "--layouts", "5",
+                             "--threads", "1", "--batch", "8", "--iters", "100000", "--warmup", "0",
+                             "--json", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    kids = {}
+    for _ in range(600):  # until the child is there (at most a minute)
+        kids = descendants(proc.pid)
+        if kids:
+            break
+        time.sleep(0.1)
+    assert kids, "no child process started"
+    time.sleep(2)  # the child is training now
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 143
+    assert wait_ended(kids, 30) == [], "the child outlived the benchmark"
+    assert not out.exists()

@@ -408,8 +408,7 @@ def write(run: Path, splits: list[str], out: Path, sweep: Path | None = None, sp
         evals[split] = ev
     stages = schedule_of(run)
     manifest_settings = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
-    engines = {s["engine"] + (f" ({s['precision']})" if s.get("precision") else "") for s in stages.values()
-               if s.get("engine")}
+    engines = {provenance.engine_label(s) for s in stages.values() if s.get("engine")}
     doc = {"run": str(run), "written": time.strftime("%Y-%m-%d %H:%M:%S %z"), "dataset": dataset,
            "layout": layout.name, "engine": ", ".join(sorted(engines)) or "?",
            "seed": data_man["settings"].get("seed"), "schedule": manifest_settings.get("schedule") or "?",

@@ -18,15 +18,12 @@ from google.protobuf import text_format
 from mcl.caffe.caffemodel import check_fits, load
 from mcl.caffe.netgen import DATA_LAYER_TYPES, loss_weights_of
 from mcl.caffe.proto import caffe_pb2
-from mcl.run.stage import SnapshotError, StageError, StageSpec
+from mcl.run.stage import SnapshotError, StageSpec
 from mcl.records.verify import snapshot_intact
 
 
 class CaffeStage:
     def __init__(self, spec: StageSpec):
-        if spec.precision != "fp32":  # the stage runner refuses it first (mcl.engine.device.check_precision)
-            raise StageError(f"{spec.name}: --precision {spec.precision}: Caffe trains in float32 only (it has no "
-                             "bfloat16): use --engine torch, or PRECISION=fp32 (--precision fp32)")
         caffe.set_mode_cpu()
         self.spec = spec
         self.settings = text_format.Parse(spec.solver_path.read_text(), caffe_pb2.SolverParameter())

@@ -10,10 +10,13 @@ import sys
 
 import numpy as np
 import pytest
+from google.protobuf import text_format
 from conftest import ROOT, run_caffe, synthetic_batch, write_hdf5, write_lmdb
 
 from mcl.caffe import caffemodel, netgen, reweight
-from mcl.caffe.runfiles import net_files, reference_files, run_files, run_layout, run_settings
+from mcl.caffe.proto import caffe_pb2
+from mcl.caffe.runfiles import (net_files, reference_files, run_files, run_layout, run_settings, stage_file_paths,
+                                stage_files)
 from mcl.method import loss_weights
 from mcl.method.layouts import LAYOUTS, get_layout
 from mcl.method.stages import ALL_CONVS, FIRST_SIX, STAGES
@@ -340,6 +343,43 @@ def test_set_loss_weights_tool(tmp_path):
     (tmp_path / "bad.json").write_text('{"layout": "68", "n_points": 68, "weights": []}')
     bad = subprocess.run(tool + [str(net_path), str(tmp_path / "bad.json")], capture_output=True, text=True)
     assert bad.returncode == 2 and "bad.json" in bad.stderr and "0 values" in bad.stderr
+
+
+def test_stages_write_their_loss_weights_into_copies_and_leave_the_generated_nets_as_they_are(tmp_path):
+    layout = get_layout(5)
+    for rel, text in run_files(layout, 0.001, 3).items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    generated = {p: p.read_text() for p in tmp_path.rglob("*.prototxt")}
+    w = tmp_path / "loss_weights" / "bm_eq5.json"
+    w.parent.mkdir()
+    w.write_text(json.dumps(loss_weights.document(layout, "eq5", weights=[0.5, 1.5, 1, 1, 1])))
+    # A stage of the table at u_j = 1 trains the generated files themselves.
+    assert stage_files(tmp_path, "stage1") == (tmp_path / "nets/stage1_train.prototxt",
+                                               tmp_path / "solvers/stage1_solver.prototxt", [])
+    net, solver, changes = stage_files(tmp_path, "stage3", weights=w)
+    assert net == tmp_path / "stage_nets/stage3.bm_eq5_train.prototxt" and len(changes) == 5
+    assert (net, solver) == stage_file_paths(tmp_path, "stage3", weights=w)
+    np.testing.assert_array_equal(reweight.read_back(netgen.parse_net(net.read_text()), layout)[None],
+                                  np.float32([0.5, 1.5, 1, 1, 1]))
+    sp = text_format.Parse(solver.read_text(), caffe_pb2.SolverParameter())
+    assert (sp.train_net, sp.snapshot_prefix) == ("stage_nets/stage3.bm_eq5_train.prototxt", "snapshots/stage3")
+    assert sp.base_lr == pytest.approx(0.001) and solver.read_text().startswith("# MCL-Caffe solver")
+    # A named row trains a copy of its stage's files with its own snapshots; a head of its own files' copy.
+    net, solver, _ = stage_files(tmp_path, "stage2", "wsam_stage2")
+    assert net.read_text() == (tmp_path / "nets/stage2_train.prototxt").read_text()
+    assert text_format.Parse(solver.read_text(), caffe_pb2.SolverParameter()).snapshot_prefix == "snapshots/wsam_stage2"
+    c = layout.cluster_names[0]
+    eq9 = tmp_path / "loss_weights" / "wm_eq9.json"
+    eq9.write_text(json.dumps(loss_weights.document(layout, "eq9", clusters=loss_weights.eq9(np.full(5, .1), layout))))
+    net, _, changes = stage_files(tmp_path, "heads", f"head_{c}", eq9)
+    assert net.name == f"head_{c}.wm_eq9_train.prototxt" and len(changes) == layout.n_points
+    # Written once: a second call leaves the copy untouched, and nets/ and solvers/ are as generated.
+    before = net.stat().st_mtime_ns
+    assert stage_files(tmp_path, "heads", f"head_{c}", eq9)[0].stat().st_mtime_ns == before
+    assert {p: p.read_text() for p in generated} == generated
+    with pytest.raises(reweight.WeightsError, match="bm_eq5.json"):
+        stage_files(tmp_path, "heads", weights=w)  # Eq. 5's single vector for a net of heads
 
 
 def test_a_runs_layout_is_its_run_json_and_a_nets_shape_layer_tells_its_landmarks(tmp_path):

@@ -81,10 +81,16 @@ def test_chain_writes_every_artifact_with_a_complete_manifest(chained):
     assert doc["models/bm.caffemodel"]["settings"]["base_lr"] == 0.02
     assert doc["models/wm.caffemodel"]["settings"]["base_lr"] == 0.001
     assert (run / "logs" / "stage1.log").read_text().count("Iteration") > 0  # Caffe's own log
-    # The nets trained with the weights the tools computed.
+    # The nets trained with the weights the tools computed: copies named after them, which the stages'
+    # solvers train; the generated nets keep u_j = 1 (nets/ is make_nets' alone).
     u = json.loads((run / "loss_weights/bm_eq5.json").read_text())["weights"]
-    net = netgen.parse_net((run / "nets/stage3_train.prototxt").read_text())
+    net = netgen.parse_net((run / "stage_nets/stage3.bm_eq5_train.prototxt").read_text())
     np.testing.assert_array_equal(reweight.read_back(net, layout)[None], np.float32(u))
+    solver = (run / "stage_nets/stage3.bm_eq5_solver.prototxt").read_text()
+    assert 'train_net: "stage_nets/stage3.bm_eq5_train.prototxt"' in solver and 'snapshot_prefix: "snapshots/stage3"' in solver
+    generated = netgen.parse_net((run / "nets/stage3_train.prototxt").read_text())
+    np.testing.assert_array_equal(reweight.read_back(generated, layout)[None], np.ones(layout.n_points, np.float32))
+    assert doc["models/wm.caffemodel"]["inputs"].get("stage_nets/stage3.bm_eq5_train.prototxt")
 
 
 def test_am_is_the_splice_of_the_heads_and_costs_what_bm_costs(chained, caffe):

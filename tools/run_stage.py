@@ -37,8 +37,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", action="store_true",
                     help="stage1: start from the warm-up's final solverstate (METHOD §5.5's optional warm-up; train "
                          "--stage warmup first)")
-    ap.add_argument("--name", help="train the stage on a named copy of its net and solver (nets/NAME_train.prototxt, "
-                                   "snapshots/NAME): an ablation with its own loss weights and snapshots")
+    ap.add_argument("--name", help="train the stage on a named copy of its net and solver (stage_nets/NAME*_train."
+                                   "prototxt, snapshots/NAME): an ablation with its own loss weights and snapshots")
     ap.add_argument("--out", help="output caffemodel (default: the table's product, e.g. models/wm.caffemodel)")
     ap.add_argument("--bn-stats", choices=bnstats.SETTINGS, default=bnstats.DEFAULT,
                     help="BatchNorm statistics of the product: recomputed with the final weights over training "

@@ -1,7 +1,8 @@
 """The nets and solvers of one run, as text files keyed by their path in the run folder.
 
-A run folder holds `nets/<net>.prototxt` and `solvers/<stage>_solver.prototxt`;
-Caffe runs with the run folder as its working directory. The committed
+A run folder holds `nets/<net>.prototxt` and `solvers/<stage>_solver.prototxt`, written once by
+tools/make_nets.py, and `stage_nets/`: the copies a stage writes for itself (its loss weights, a
+derived row's own snapshots; `stage_files`). Caffe runs with the run folder as its working directory. The committed
 reference copies (prototxt/<layout>/, solvers/<layout>/) are these files at
 schedule scale 1, seed 0, HDF5 input and uniform loss weights. Beside them, RUN/run.json holds the
 settings they were generated with (`run_settings`; written by tools/make_nets.py through
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from mcl.caffe import netgen, solvers
+from mcl.caffe import netgen, reweight, solvers
 from mcl.caffe.proto import caffe_pb2
 from mcl.fileio import atomic_write
 from mcl.method.layouts import Layout, get_layout
@@ -112,29 +113,67 @@ def run_files(layout: Layout, scale: float = 1.0, seed: int = 0, source: str = "
     return files
 
 
-def derive(run, stage: str, name: str) -> tuple[str, str]:
-    """A named copy of `stage`'s train net and solver in a run (an ablation's own files).
+# RUN/stage_nets/: the nets and solvers a stage writes for itself: a derived row's copy of its stage's
+# files, a net with its Eq. 4 loss weights. nets/ and solvers/ are tools/make_nets.py's alone, written once.
+STAGE_NETS = "stage_nets"
 
-    The copy trains exactly like the stage but keeps its own loss weights and
-    snapshots, so ablations can run side by side with the main stages. Returns the
-    paths (relative to the run) of the net and the solver; files already equal are
-    left untouched.
+
+def stage_file_paths(run, stage: str, name: str | None = None, weights=None) -> tuple[Path, Path]:
+    """The train net and solver `stage` trains `name` with (stage_files), without writing them.
+
+    The generated ones (nets/<name>_train.prototxt, solvers/<name>_solver.prototxt) where `name` is
+    a net make_nets wrote for the stage and no loss weights are given; otherwise RUN/stage_nets/,
+    named after the row and its weights: <name>.<weights' stem>_train.prototxt and _solver.prototxt
+    (<name>_train.prototxt and _solver.prototxt for a copy at u_j = 1).
     """
-    run = Path(run)
-    base_net, base_solver = run / "nets" / f"{stage}_train.prototxt", run / "solvers" / f"{stage}_solver.prototxt"
+    run, name = Path(run), name or stage
+    if weights is None and solver_stage_of(f"{name}_train") == stage:
+        return run / "nets" / f"{name}_train.prototxt", run / "solvers" / f"{name}_solver.prototxt"
+    tag = f".{Path(weights).stem}" if weights is not None else ""
+    return run / STAGE_NETS / f"{name}{tag}_train.prototxt", run / STAGE_NETS / f"{name}{tag}_solver.prototxt"
+
+
+def stage_files(run, stage: str, name: str | None = None, weights=None) -> tuple[Path, Path, list]:
+    """The train net and solver `stage` trains `name` with, written where they are not already there as
+    they should be: (net, solver, the loss-weight changes made, as mcl.caffe.reweight.Change rows).
+
+    A named copy (an audit row, an ablation) trains exactly like the stage but keeps its own
+    snapshots (snapshots/<name>); loss weights are written into a copy of the net (Eq. 4), never
+    into the generated one, so nets/ depends only on the run's settings, not on what has run.
+    """
+    run, name = Path(run), name or stage
+    own = solver_stage_of(f"{name}_train") == stage  # make_nets wrote this net for the stage (head_<c> too)
+    base_net, base_solver = (run / "nets" / f"{name if own else stage}_train.prototxt",
+                             run / "solvers" / f"{name if own else stage}_solver.prototxt")
     for p in (base_net, base_solver):
         if not p.exists():
             raise ValueError(f"{p}: missing (generate the run's nets: tools/make_nets.py --run RUN, which make runs for RUN/nets/.generated)")
-    text = base_solver.read_text()
-    header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
-    sp = text_format.Parse(text, caffe_pb2.SolverParameter())
-    sp.train_net = f"nets/{name}_train.prototxt"
+    net_path, solver_path = stage_file_paths(run, stage, name, weights)
+    if net_path == base_net:
+        return net_path, solver_path, []
+    text = base_net.read_text()
+    changes = []
+    if weights is not None:
+        header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
+        try:
+            net = netgen.parse_net(text)
+        except Exception as exc:
+            raise reweight.WeightsError(f"{base_net}: not a net prototxt ({exc})") from None
+        try:
+            net, changes = reweight.rewrite(net, reweight.load(weights), weights)
+        except ValueError as exc:  # the weights file's faults name it; the net's get the net's path
+            msg = str(exc)
+            raise reweight.WeightsError(msg if msg.startswith(f"{weights}:") else f"{base_net}: {msg}") from None
+        text = header + netgen.to_text(net)
+    solver_text = base_solver.read_text()
+    header = "".join(line + "\n" for line in solver_text.splitlines() if line.startswith("#"))
+    sp = text_format.Parse(solver_text, caffe_pb2.SolverParameter())
+    sp.train_net = str(net_path.relative_to(run))
     sp.snapshot_prefix = f"snapshots/{name}"
-    files = {sp.train_net: base_net.read_text(), f"solvers/{name}_solver.prototxt": header + netgen.to_text(sp)}
-    for rel, content in files.items():
-        if not (run / rel).exists() or (run / rel).read_text() != content:
-            atomic_write(run / rel, content)
-    return tuple(files)
+    for path, content in ((net_path, text), (solver_path, header + netgen.to_text(sp))):
+        if not path.exists() or path.read_text() != content:
+            atomic_write(path, content)
+    return net_path, solver_path, changes
 
 
 def run_layout(run) -> Layout:

@@ -19,7 +19,7 @@ import numpy as np
 
 from mcl.caffe import bnstats, netgen
 from mcl.caffe.forward import load_net
-from mcl.caffe.runfiles import run_layout
+from mcl.caffe.runfiles import run_layout, stage_file_paths
 from mcl.data.splits import load_split, split_files
 from mcl.data.writers import network_input
 from mcl.evaluation.evaluate import EvalError, evaluate_model
@@ -434,7 +434,10 @@ def compare_bn_statistics(run: Path, stage: str, model: Path, batches: int, spli
     """Caffe's raw model beside the stage's product: the Eq. 4 loss in the TRAIN and TEST phases on the
     first training batches, and the mean error on `split` (tools/bn_stats.py --compare)."""
     layout = run_layout(run)
-    net = run / "nets" / f"{stage}_train.prototxt"
+    # the net the stage trained with: the generated one, or its copy with the table's loss weights
+    weights = STAGES[stage].loss_weights_file
+    net = stage_file_paths(run, stage, weights=run / weights if weights else None)[0]
+    net = net if net.exists() else run / "nets" / f"{stage}_train.prototxt"
     deploy = run / "nets" / f"{STAGES[stage].deploy}.prototxt"
     output = ("fc6" if stage == "pre_bm" else netgen.head_layer_name(layout.cluster_names[0]) if stage == "heads"
               else netgen.SHAPE_LAYER)

@@ -88,18 +88,19 @@ def is_current(run: Path, artifact: Path, inputs: list[Path]) -> bool:
             and e["inputs"] == input_checksums(run, inputs))
 
 
-def solver_settings(solver_path: Path) -> dict:
-    """The settings a stage ran with: its solver's, and the run's from RUN/run.json."""
+def solver_settings(solver_path: Path, stage: str | None = None) -> dict:
+    """The settings a stage ran with: its solver's, and the run's from RUN/run.json. `stage`: the row of
+    Algorithm 1 it trains as (default: the solver's name, solvers/<stage>_solver.prototxt)."""
     solver_path = Path(solver_path)
     s = text_format.Parse(solver_path.read_text(), caffe_pb2.SolverParameter())
     out = {k: float(f"{getattr(s, k):.7g}") if isinstance(getattr(s, k), float) else getattr(s, k)
            for k in ("base_lr", "max_iter", "stepsize", "gamma", "momentum", "weight_decay", "random_seed", "snapshot")}
     out["lr_policy"] = s.lr_policy
-    run = settings.read(solver_path.parent.parent)  # RUN/solvers/<stage>_solver.prototxt
+    run = settings.read(solver_path.parent.parent)  # RUN/solvers/<stage>_solver.prototxt, RUN/stage_nets/...
     if run:
         out.update(layout=run["layout"], schedule_scale=run["schedule_scale"], seed=run["seed"], input=run["input"],
                    batch_size=run["batch_size"], schedule=run["schedule"])
-        stage = solver_path.name[: -len("_solver.prototxt")]
+        stage = stage or solver_path.name[: -len("_solver.prototxt")]
         stage = "heads" if stage.startswith("head") else stage
         if stage in run["frozen_bn"]:
             out["frozen_bn"] = run["frozen_bn"][stage]

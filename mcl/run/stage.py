@@ -32,7 +32,7 @@ from pathlib import Path
 
 from mcl.caffe import bnstats, caffemodel, reweight
 from mcl.caffe.proto import caffe_pb2
-from mcl.caffe.runfiles import curve_dir, derive, run_layout
+from mcl.caffe.runfiles import curve_dir, run_layout, stage_files
 from mcl.engine import DEVICE_PATTERN, PRECISIONS  # torch-free: this module leaves torch unloaded
 from mcl.fileio import atomic_write
 from mcl.method.stages import STAGES, Resolved, resolve
@@ -68,10 +68,11 @@ class StageSpec:
     deterministic: bool = True  # torch engine on cuda: deterministic algorithms (the default; off: opt-out)
     keep_snapshots: bool = False  # keep every periodic snapshot's model in curve_dir (the learning curve)
     precision: str = "fp32"  # torch engine: fp32 (the default) or bf16 (bfloat16 autocast, opt-in; engine/solver.py)
+    solver: Path | None = None  # its solver (mcl.caffe.runfiles.stage_files); None: solvers/<name>_solver.prototxt
 
     # The specification crosses into the stage's child process (mcl.run.worker) as one JSON object,
     # written by to_json and read back, checked once, by from_json.
-    PATHS = ("run", "init", "out")
+    PATHS = ("run", "init", "out", "solver")
     FLAGS = ("tf32", "deterministic", "keep_snapshots")
 
     def validate(self) -> "StageSpec":
@@ -109,7 +110,7 @@ class StageSpec:
 
     @property
     def solver_path(self) -> Path:
-        return self.run / "solvers" / f"{self.name}_solver.prototxt"
+        return self.solver or self.run / "solvers" / f"{self.name}_solver.prototxt"
 
     @property
     def log_path(self) -> Path:
@@ -266,21 +267,20 @@ def train_one(run: Path, name: str, init: Path | None, out: Path, weights: Path 
     determinism), which a later run with another DEVICE, TF32 or DETERMINISTIC does not rewrite.
     Another precision (PRECISION, fp32 or bf16) trains it again, as another engine does.
     """
-    net_path = run / "nets" / f"{name}_train.prototxt"
-    solver_path = run / "solvers" / f"{name}_solver.prototxt"
-    for p in (net_path, solver_path):
-        if not p.exists():
-            raise StageError(f"{p}: missing (generate the run's nets: tools/make_nets.py --run RUN, which make runs for RUN/nets/.generated)")
+    try:  # the generated net and solver, or the stage's own copies (its loss weights; a named row's snapshots)
+        net_path, solver_path, changes = stage_files(run, stage, name, weights)
+    except ValueError as exc:
+        raise StageError(str(exc)) from None
     if weights is not None:
-        changes = reweight.rewrite_file(net_path, weights)
         print(reweight.change_table(changes, limit=8))
-        print(f"loss weights of {net_path.name} set from {weights}")
+        print(f"loss weights from {weights} -> {net_path.relative_to(run)} (nets/ is left as generated)")
     # The engine's model goes to <out>.raw.caffemodel; the statistics step makes <out> from it.
     raw = bnstats.raw_path(out)
-    spec = StageSpec(run, name, init, raw, engine, device, tf32, deterministic, keep_snapshots, precision)
+    spec = StageSpec(run, name, init, raw, engine, device, tf32, deterministic, keep_snapshots, precision,
+                     solver_path)
     inputs = [solver_path, net_path] + ([init] if init else []) + ([warmup, warmup.with_suffix(".caffemodel")]
                                                                     if warmup else [])
-    settings = manifest.solver_settings(solver_path)
+    settings = manifest.solver_settings(solver_path, stage)
     data_manifest = run / "data" / "manifest.json"  # the training data, where data_prep wrote them
     raw_inputs = inputs + ([weights] if weights else []) + ([data_manifest] if data_manifest.exists() else [])
     known = manifest.entry(run, raw) or {}
@@ -453,8 +453,6 @@ def train(run: Path, stage: str, init: Path | None = None, weights: Path | str |
         raise StageError(f"{init}: the model this stage starts from is missing")
     check_stage_inputs(run, run / "nets" / f"{stage}_train.prototxt", [p for p in (init, weights) if p and p.exists()],
                        out)
-    if name:
-        derive(run, stage, name)
     if warmup and stage != "stage1":
         raise StageError("--warmup: only step 1 (stage1) starts from the warm-up")
     if weights is not None and not weights.exists():

@@ -97,3 +97,16 @@ def test_the_audit_scores_the_tables_products():
     assert (pre.model, pre.deploy, pre.output) == ("models/pre_bm.caffemodel", "nets/pre_bm_deploy.prototxt", "fc6")
     assert audit.of_derived("wsam_stage3").model == "audit/models/wsam.caffemodel"
     assert audit.DELTAS == PERTURBATION_DELTAS
+
+
+def test_the_pytorch_algorithm1_trains_the_tables_chain(monkeypatch):
+    """mcl.method.pytorch.algorithm1 trains the rows after step 1 in the order the paper gives them (stated
+    here), each after the rows it starts from; a row added to the table joins the chain."""
+    from mcl.method import pytorch
+
+    chain = stages.algorithm1_chain()
+    assert chain == ("stage1", "stage2", "stage3", "heads", "equal_budget") == pytorch.ALGORITHM1_STAGES
+    assert "pre_bm" not in chain and "warmup" not in chain  # step 1's alternatives, not rows after it
+    extra = stages.Stage("more", "x", 0.001, 100, (), "eq9", start="heads", weights_from="stage3", product="more")
+    monkeypatch.setitem(STAGES, "more", extra)
+    assert stages.algorithm1_chain() == chain + ("more",)

@@ -44,6 +44,7 @@ from mcl.method.stages import (
     MOMENTUM,
     STAGES,
     WEIGHT_DECAY,
+    algorithm1_chain,
     stage_iterations,
     stage_stepsize,
 )
@@ -52,8 +53,8 @@ __all__ = ["ALGORITHM1_STAGES", "Algorithm1Result", "LandmarkData", "LandmarkLos
            "ModelError", "MultiCenterHeads", "Schedule", "ShapeLayerError", "StageSchedule", "algorithm1",
            "as_layout", "assemble_heads", "features_of", "landmark_errors", "predict", "shape_layer_of"]
 
-# The stages algorithm1 trains, in order (mcl.method.stages names them; assembly trains nothing).
-ALGORITHM1_STAGES = ("stage1", "stage2", "stage3", "heads", "equal_budget")
+# The stages algorithm1 trains, in order: the stage table's chain from step 1 (assembly trains nothing).
+ALGORITHM1_STAGES = algorithm1_chain()
 
 
 class ShapeLayerError(ModelError):
@@ -379,47 +380,60 @@ def algorithm1(model: nn.Module, layout: Layout | str | int, train, val, schedul
     # read the one shuffled training split through their data layers.
     order = batch_order(len(tr.d), seed)
 
-    # Step 1: BM, u_j = 1.
-    bm = base
-    stages["stage1"] = _train_model(bm, tr, None, st["stage1"], schedule, order, "stage1", log)
-    bm.eval()
-    # Eq. 5 from BM's validation errors (loss_weights.eq5, the pipeline's arithmetic).
-    b = np.asarray(errors_of(bm), dtype=np.float64)
-    if b.shape != (lay.n_points,):
-        raise LayoutMismatchError(f"val_errors gave shape {b.shape}; layout {lay.name} has {lay.n_points} landmarks")
-    u5 = loss_weights.eq5(b)
-    # Steps 2 and 3: weighting fine-tuning, first with the early layers fixed, then all layers -> WM.
-    wm = copy.deepcopy(bm)
-    stages["stage2"] = _train_model(wm, tr, u5, st["stage2"], schedule, order, "stage2", log, fixed)
-    wm.requires_grad_(True)
-    stages["stage3"] = _train_model(wm, tr, u5, st["stage3"], schedule, order, "stage3", log)
-    wm.eval()
-    # Eq. 9 for every cluster from WM's validation errors.
-    w = np.asarray(errors_of(wm), dtype=np.float64)
-    u9 = loss_weights.eq9(w, lay, alpha)
-    # Steps 4..3+m: the heads from WM's shape prediction layer, the feature extractor fixed (eval mode): its
-    # features are computed once per training row, and the heads train jointly on the same batches, each on
-    # its own Eq. 9 loss (joint = separate: no parameter is shared).
-    heads = MultiCenterHeads(wm.get_submodule(name), lay).to(device)
-    feats = features_of(wm, name, tr.images)
-    losses = {c: LandmarkLoss(u9[c]).to(device) for c in lay.cluster_names}
+    # The table's rows in order (mcl.method.stages.algorithm1_chain): each starts from a copy of its start's
+    # product (step 1 from the model), trains with the loss weights of its row (u_j = 1, or Eq. 5 / Eq. 9 from
+    # the validation errors of the product its row names) and the layers its row fixes (stage 2's: the model's
+    # `fixed_in_stage2`); the heads' row builds its start from that product's shape layer (METHOD §5.1).
+    products: dict[str, nn.Module] = {}
+    weights: dict[str, object] = {}
+    errors: dict[str, np.ndarray] = {}
 
-    def heads_loss(x, rows):
-        out = heads(x)
-        return sum(losses[c](out[c], tr.targets[rows], tr.d[rows]) for c in lay.cluster_names)
+    def weights_of(row) -> object:
+        if row.weights == "uniform":
+            return None
+        source = STAGES[row.weights_from]
+        if source.product not in errors:
+            e = np.asarray(errors_of(products[source.name]), dtype=np.float64)
+            if e.shape != (lay.n_points,):
+                raise LayoutMismatchError(f"val_errors gave shape {e.shape}; layout {lay.name} has "
+                                          f"{lay.n_points} landmarks")
+            errors[source.product] = e
+        if row.weights not in weights:  # Eq. 5 for every landmark; Eq. 9 for every cluster
+            e = errors[source.product]
+            weights[row.weights] = loss_weights.eq5(e) if row.weights == "eq5" else loss_weights.eq9(e, lay, alpha)
+        return weights[row.weights]
 
-    stages["heads"] = _train(heads, heads_loss, tr, feats, st["heads"], schedule, order, "heads", log)
-    heads.eval()
-    # Step 3+m+1: AM, WM with its shape prediction layer replaced by the assembled one (Eq. 2-3).
-    am = copy.deepcopy(wm)
-    _replace(am, name, assemble_heads(heads))
+    for s in ALGORITHM1_STAGES:
+        row = STAGES[s]
+        if s == "equal_budget" and not equal_budget:
+            continue
+        u = weights_of(row)
+        start = base if row.start is None else products[row.start]
+        if row.init_build == "heads":
+            # Steps 4..3+m: the feature extractor fixed (eval mode): its features are computed once per training
+            # row, and the heads train jointly on the same batches, each on its own Eq. 9 loss (joint = separate:
+            # no parameter is shared).
+            heads = MultiCenterHeads(start.get_submodule(name), lay).to(device)
+            feats = features_of(start, name, tr.images)
+            losses = {c: LandmarkLoss(u[c]).to(device) for c in lay.cluster_names}
+
+            def heads_loss(x, rows, heads=heads, losses=losses):
+                out = heads(x)
+                return sum(losses[c](out[c], tr.targets[rows], tr.d[rows]) for c in lay.cluster_names)
+
+            stages[s] = _train(heads, heads_loss, tr, feats, st[s], schedule, order, s, log)
+            product = heads
+        else:
+            product = start if row.start is None else copy.deepcopy(start)
+            stages[s] = _train_model(product, tr, u, st[s], schedule, order, s, log, fixed if row.frozen else ())
+            product.requires_grad_(True)
+        product.eval()
+        products[s] = product
+    # Step 3+m+1: AM, the heads' start with its shape prediction layer replaced by the assembled one (Eq. 2-3).
+    heads_row = STAGES["heads"]
+    am = copy.deepcopy(products[heads_row.start])
+    _replace(am, name, assemble_heads(products["heads"]))
     am.eval()
-    control = None
-    if equal_budget:
-        # The audit's control: BM trained on, u_j = 1, all layers, for as many iterations as steps 2..3+m.
-        control = copy.deepcopy(bm)
-        stages["equal_budget"] = _train_model(control, tr, None, st["equal_budget"], schedule, order,
-                                              "equal_budget", log)
-        control.eval()
-    return Algorithm1Result(bm, wm, am, heads, control, {"eq5": u5, "eq9": u9}, {"bm": b, "wm": w}, stages, name,
-                            fixed)
+    by_product = {STAGES[s].product: m for s, m in products.items()}
+    return Algorithm1Result(by_product["bm"], by_product["wm"], am, by_product["heads"],
+                            by_product.get("equal_budget"), weights, errors, stages, name, fixed)

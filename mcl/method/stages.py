@@ -94,6 +94,25 @@ STAGES = {
                           budget_of=("stage2", "stage3", "heads"), product="equal_budget", start="stage1",
                           label="BM + equal budget"),
 }
+
+
+def algorithm1_chain(first: str = "stage1") -> tuple[str, ...]:
+    """The rows that train after step 1, in table order, each after the rows it starts from and takes its
+    weights' errors from: stage1, stage2, stage3, heads and the control. Pre-BM and the warm-up are
+    alternatives to step 1's start, not rows after it. mcl.method.pytorch.algorithm1 trains this chain."""
+    chain: list[str] = [first]
+    grown = True
+    while grown:
+        grown = False
+        for row in STAGES.values():
+            needs = {x for x in (row.start, row.weights_from) if x}
+            if row.name not in chain and row.start in chain and needs <= set(chain):
+                chain.append(row.name)
+                grown = True
+                break  # the next row again from the table's top: table order among the rows that can train
+    return tuple(chain)
+
+
 # Algorithm 1's last step (3+m+1) trains nothing: the heads are assembled into AM (Eq. 2-3).
 ASSEMBLED_MODEL = "models/am.caffemodel"
 ASSEMBLED_DEPLOY = "models/am_deploy.prototxt"

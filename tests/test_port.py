@@ -399,3 +399,14 @@ def test_the_layout_comes_from_the_shape_layer_or_the_run_never_from_the_net_nam
     assert convert.layout_of(heads, {}) == "5"
     foreign = convert.parse_prototxt(V1_NET)  # no shape layer of ours: its outputs' size tells it
     assert convert.layout_of(foreign, {"out": (1, 10)}) == "5" and convert.layout_of(foreign, {"out": (1, 7)}) is None
+
+
+def test_bench_port_refuses_a_model_and_faces_of_other_layouts():
+    """A 5-point model against the built-in 68-point faces: a named error (exit 2), not a reshape failure."""
+    model = ROOT / "models" / "mcl-5-mtfl"
+    proc = subprocess.run([sys.executable, "benchmarks/bench_port.py", "--prototxt", str(model / "deploy.prototxt"),
+                           "--caffemodel", str(model / "mcl-5-mtfl.caffemodel"), "--engines", "ort_int8",
+                           "--rounds", "1", "--block", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "mcl-5-mtfl.caffemodel: a model of 5 landmarks" in proc.stderr and "have 68" in proc.stderr
+    assert "give --run" in proc.stderr and "Traceback" not in proc.stderr

@@ -257,13 +257,19 @@ def augment_face(image: np.ndarray, sample: Sample, layout: Layout, settings: Au
     return _finish(A, flipped, images, sample, layout, ids)
 
 
+def box_crop(image: np.ndarray, box, crop_scale: float, protocol: str = DEFAULT_TEST_CROP) -> tuple[np.ndarray, np.ndarray]:
+    """(the 50 x 50 uint8 crop, picture -> crop matrix (2, 3)) of the face in `box`: the val/test crop
+    (crop_face's pixels; the predictor's whole cost per face, without a CropSet's landmark arithmetic)."""
+    A = box_crop_affine(box, crop_scale, protocol)
+    source, to_source = _source_for_scale(image, float(A[0, 0]))
+    return _warp(source, _compose(A, invert_affine(to_source)), AUTHORS_GRAY if protocol == "authors" else None), A
+
+
 def crop_face(image: np.ndarray, sample: Sample, layout: Layout, crop_scale: float,
               protocol: str = DEFAULT_TEST_CROP) -> CropSet:
     """The val/test crop of one face: its box, no augmentation, under a test-crop protocol."""
-    A = box_crop_affine(sample.box, crop_scale, protocol)[None]
-    source, to_source = _source_for_scale(image, float(A[0, 0, 0]))
-    crop = _warp(source, _compose(A, invert_affine(to_source))[0], AUTHORS_GRAY if protocol == "authors" else None)
-    return _finish(A, np.zeros(1, bool), crop[None], sample, layout, [sample.sample_id])
+    crop, A = box_crop(image, sample.box, crop_scale, protocol)
+    return _finish(A[None], np.zeros(1, bool), crop[None], sample, layout, [sample.sample_id])
 
 
 # ---- many faces, in parallel -----------------------------------------------------------

@@ -1,7 +1,7 @@
 """Landmarks from a ported ONNX model, without Caffe: the evaluation's crop, its normalisation,
 its mapping back to the picture; the faces found by a detector (mcl.port.detect) when no box is given.
 
-The crop is `mcl.data.augment.crop_face` (the val/test crop the data preparation writes),
+The crop is `mcl.data.augment.box_crop` (the pixels of crop_face, the val/test crop the data preparation writes),
 the pixels `mcl.data.writers.network_input` ((p - 128) * 0.0078125), and the mapping back
 `mcl.evaluation.evaluate.to_image` through the crop's crop_to_image: the same functions the
 evaluation's numbers come from.
@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mcl.data.augment import DEFAULT_TEST_CROP, TEST_CROPS, crop_face
+from mcl.data.augment import DEFAULT_TEST_CROP, TEST_CROPS, box_crop, invert_affine
 from mcl.data.readers import DataError, Sample, check_box, decode_picture, load_image, write_pts
 from mcl.data.writers import network_input
 from mcl.evaluation.evaluate import to_image
@@ -95,9 +95,8 @@ class Predictor:
             check_box(box, "--box")
         except DataError as exc:
             raise PredictError(str(exc)) from None
-        sample = Sample("face", self.layout.name, np.zeros((self.layout.n_points, 2)), box)
-        crops = crop_face(image, sample, self.layout, self.crop_scale, self.test_crop)
-        return network_input(crops.images), crops.crop_to_image
+        crop, A = box_crop(image, box, self.crop_scale, self.test_crop)  # the evaluation's pixels (crop_face)
+        return network_input(crop[None]), invert_affine(A)[None]
 
     def predict(self, image: np.ndarray, box) -> np.ndarray:
         """(n, 2) landmarks in picture coordinates (0-based pixel centres) of the face in `box`."""

@@ -52,7 +52,7 @@ from mcl.data.augment import face_rng
 from mcl.data.synth import SynthSettings, generate_face
 from mcl.evaluation import evaluate
 from mcl.method.layouts import get_layout
-from mcl.port import convert
+from mcl.port import convert, quantize
 from mcl.port.detect import Detector
 from mcl.port.predict import Predictor
 
@@ -191,40 +191,6 @@ def faces(folder: Path, run=None, n_test: int = 100) -> tuple[dict, dict, str]:
             f"synthetic faces (data_prep/prepare.py --dataset synth, {n_test} test faces)")
 
 
-def first_conv(onnx_path: Path) -> list[str]:
-    """The convolution that reads the network input: one gray channel (K = 9 per output), where int8's
-    kernels gain nothing over fp32 and the quantize/dequantize steps around it cost (the 68-point AM's int8
-    forward, one core, side by side on a 2-core Intel Xeon: 0.65-0.67 ms, against 0.68-0.69 ms with it quantized)."""
-    import onnx  # deferred: only the int8 step reads the graph
-
-    graph = onnx.load(str(onnx_path)).graph
-    inputs = {i.name for i in graph.input}
-    return [n.name for n in graph.node if n.op_type == "Conv" and n.input[0] in inputs][:1]
-
-
-def quantize_int8(fp32_path: Path, out_path: Path, calib: np.ndarray) -> None:
-    """Static QDQ int8: u8 activations, s8 per-channel weights (VNNI's U8S8), MinMax calibration; the first
-    convolution (one input channel) stays fp32 (first_conv)."""
-    from onnxruntime.quantization import (  # deferred: ONNX Runtime is optional, only the int8 step needs it
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    class Faces(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter([{"data": calib[i:i + 1]} for i in range(len(calib))])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    quantize_static(str(fp32_path), str(out_path), Faces(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                    calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=first_conv(fp32_path))
-
-
 # ---- the child: one setting, every engine, taking turns --------------------------------------------
 
 def _engines(spec: dict) -> dict:
@@ -351,27 +317,6 @@ def run_child(spec: dict, threads: int) -> dict:
 
 # ---- the whole benchmark ---------------------------------------------------------------------
 
-def accuracy(files: dict, test: dict) -> dict:
-    """Mean error (inter-ocular) of fp32 and int8 ONNX on the test faces, and int8's shift from fp32."""
-    import onnxruntime as ort  # deferred: optional, as in the engines above
-    out = {}
-    preds = {}
-    for key in ("ort_fp32", "ort_int8"):
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 2
-        sess = ort.InferenceSession(files[key], so, providers=["CPUExecutionProvider"])
-        pred = np.concatenate([sess.run(None, {"data": test["data"][i:i + 64]})[0]
-                               for i in range(0, len(test["data"]), 64)])
-        preds[key] = evaluate.to_image(pred, test["crop_to_image"])
-        gt = test["landmarks_image"].reshape(preds[key].shape)
-        out[key] = float(evaluate.landmark_errors(preds[key], gt, test["iod_image"]).mean())
-    out["relative_change"] = (out["ort_int8"] - out["ort_fp32"]) / out["ort_fp32"]
-    shift = np.linalg.norm(preds["ort_int8"] - preds["ort_fp32"], axis=-1) / test["iod_image"][:, None]
-    out["int8_vs_fp32_shift"] = float(shift.mean())
-    out["faces"] = len(test["data"])
-    return out
-
-
 def benchmark(prototxt=None, caffemodel=None, run=None, rounds: int = 5, block: int = 40, batch: int = 64,
               engines=ENGINES, log=print) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="mcl-bench-port-"))
@@ -406,9 +351,10 @@ def benchmark(prototxt=None, caffemodel=None, run=None, rounds: int = 5, block: 
                              f"{face_points}: give --run with a run folder of its layout "
                              "(its data/val and data/test)")
         log("bench-port: int8 quantization (static QDQ, MinMax calibration)")
-        quantize_int8(tmp / "folded.onnx", tmp / "int8.onnx", calib["data"][:200])
+        quantize.quantize_int8(tmp / "folded.onnx", tmp / "int8.onnx", calib["data"][:quantize.CALIBRATION_FACES])
         files["ort_int8"] = str(tmp / "int8.onnx")
-        acc = accuracy(files, test)
+        acc = quantize.accuracy((tmp / "folded.onnx").read_bytes(), (tmp / "int8.onnx").read_bytes(), test,
+                                outputs[0])
         picture, box = face_picture()
         np.save(tmp / "picture.npy", picture)
         files.update(picture=str(tmp / "picture.npy"), dlib_model=DLIB_MODEL)
@@ -513,7 +459,7 @@ def markdown(rep: dict) -> str:
         lines += ["", f"not timed: {note}"]
     a = rep["int8_accuracy"]
     lines += ["", (f"int8 accuracy on {a['faces']} test faces ({rep['faces']}): mean error fp32 "
-              f"{100 * a['ort_fp32']:.3f}% of d, int8 {100 * a['ort_int8']:.3f}% of d, relative change "
+              f"{100 * a['mean_error_fp32']:.3f}% of d, int8 {100 * a['mean_error_int8']:.3f}% of d, relative change "
               f"{100 * a['relative_change']:+.3f}%; int8 points move {100 * a['int8_vs_fp32_shift']:.3f}% of d "
               "from fp32's on average"), "", "| target | measured | met |", "|---|---|---|"]
     for k, t in rep["targets"].items():

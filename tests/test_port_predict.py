@@ -102,3 +102,37 @@ def test_predict_tool_writes_json_pts_and_picture(run, tmp_path, capsys):
     assert tool.main([s.image_path, "--box", "10", "10", "5", "5", "--model",
                       str(root / "run" / "port" / "am.onnx"), "--out", str(tmp_path / "bad")]) == 2
     assert "degenerate face box" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_int8_model_of_a_port_with_its_card_and_cost(run, tmp_path):
+    """tools/port.py int8: <name>.int8.onnx beside the port, its card keeps the port's crop and layout and states
+    the calibration and the cost on the run's test faces; the predictor runs it; a port without a card is named."""
+    from mcl.port.predict import Predictor, read_gray
+    from mcl.port.quantize import int8_path
+    root, proto, am = run
+    onnx = root / "run" / "port" / "am.onnx"
+    port = load_tool("port")
+    assert port.main(["int8", "--onnx", str(onnx), "--prototxt", str(proto), "--caffemodel", str(am),
+                      "--run", str(root / "run")]) == 0
+    q = int8_path(onnx)
+    assert q.name == "am.int8.onnx" and q.is_file()
+    card, fp32_card = (json.loads(p.with_name(p.name + ".json").read_text()) for p in (q, onnx))
+    assert (card["layout"], card["crop_scale"], card["test_crop"]) == (fp32_card["layout"], fp32_card["crop_scale"],
+                                                                      fp32_card["test_crop"])
+    calib = card["quantization"]["calibration"]
+    assert calib["split"] == "val" and calib["faces"] == len(splits.load_split(root / "run", "val")["data"]) >= 1
+    cost = card["quantization"]["cost"]
+    assert cost["faces"] == 4 and cost["mean_error_int8"] > 0 and np.isfinite(cost["relative_change"])
+    _, test = read_dataset("synth", str(root / "raw"), "68", "challenging")
+    sample = test.samples[0]
+    a = Predictor.from_onnx(onnx).predict(read_gray(sample.image_path), sample.box)
+    b = Predictor.from_onnx(q).predict(read_gray(sample.image_path), sample.box)
+    assert a.shape == b.shape == (68, 2) and 0 < np.abs(a - b).max() < 0.05 * (sample.box[2] - sample.box[0])
+    # a port without its card: named, exit 2, nothing written
+    bare = tmp_path / "bare.onnx"
+    bare.write_bytes(onnx.read_bytes())
+    proc = subprocess.run([sys.executable, "tools/port.py", "int8", "--onnx", str(bare), "--prototxt", str(proto),
+                           "--caffemodel", str(am), "--run", str(root / "run")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2 and "bare.onnx.json: missing" in proc.stderr
+    assert not int8_path(bare).exists()

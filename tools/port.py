@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""Port a trained Caffe model out to NumPy, PyTorch and ONNX (`export`), or a PyTorch
-state_dict back into a caffemodel (`back`). Needs protobuf, torch, onnx and
+"""Port a trained Caffe model out to NumPy, PyTorch and ONNX (`export`), its int8 ONNX model
+(`int8`), or a PyTorch state_dict back into a caffemodel (`back`). Needs protobuf, torch, onnx and
 onnxruntime; Caffe only for the check against Caffe itself (else OpenCV dnn).
 
   tools/port.py export --prototxt runs/synth-68/models/am_deploy.prototxt \\
       --caffemodel runs/synth-68/models/am.caffemodel --out runs/synth-68/port
   tools/port.py back --prototxt port/am.prototxt --state-dict port/am.pt --out am_again.caffemodel
+  tools/port.py int8 --onnx runs/synth-68/port/am.onnx --prototxt runs/synth-68/models/am_deploy.prototxt \\
+      --caffemodel runs/synth-68/models/am.caffemodel --run runs/synth-68
 
 Bad input (unreadable or truncated caffemodel, a pair whose layer names or blob
 shapes disagree, an unsupported layer, a BatchNorm with scale factor 0) exits 2
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from mcl import torchnet
 from mcl.fileio import atomic_write
-from mcl.port import convert
+from mcl.port import convert, quantize
 from mcl.records.verify import check_creatable
 
 
@@ -54,6 +56,15 @@ def main(argv=None) -> int:
     e.add_argument("--crop-scale", type=float, help="test-crop scale recorded in the cards (overrides --run)")
     e.add_argument("--test-crop", choices=("ours", "authors"), help="test-crop protocol recorded in the cards "
                    "(overrides --run)")
+    q = sub.add_parser("int8", help="the int8 model of an ONNX port (<name>.int8.onnx + card), calibrated on a run's "
+                       "faces, its accuracy cost measured on the run's test faces (tools/predict.py --int8)")
+    q.add_argument("--onnx", required=True, help="the fp32 port (<name>.onnx, with its card <name>.onnx.json)")
+    q.add_argument("--prototxt", required=True, help="its deploy net")
+    q.add_argument("--caffemodel", required=True, help="its trained blobs (BatchNorm folded before quantizing)")
+    q.add_argument("--run", required=True, help="run folder of the model's layout and crop: data/val (calibration) "
+                   "and data/test (the measured cost)")
+    q.add_argument("--faces", type=int, default=quantize.CALIBRATION_FACES,
+                   help=f"validation faces to calibrate on (default {quantize.CALIBRATION_FACES})")
     b = sub.add_parser("back", help="PyTorch state_dict -> caffemodel")
     b.add_argument("--prototxt", required=True, help="the net the state_dict is of (e.g. the port's .prototxt)")
     b.add_argument("--state-dict", required=True, help=".pt holding the state_dict")
@@ -61,6 +72,15 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     try:
+        if args.command == "int8":
+            if args.faces < 1:
+                p.error("--faces must be at least 1")
+            out, card = quantize.int8_model(args.onnx, args.prototxt, args.caffemodel, args.run, faces=args.faces)
+            cost = card["quantization"]["cost"]
+            print(f"port: wrote {out} and its card; on {cost['faces']} {cost['split']} faces the mean error is "
+                  f"{100 * cost['mean_error_int8']:.3f}% of d against fp32's {100 * cost['mean_error_fp32']:.3f}% "
+                  f"({100 * cost['relative_change']:+.2f}% relative)")
+            return 0
         if args.command == "back":
             atomic_write(args.out, convert.back_to_caffe(args.prototxt, args.state_dict))
             print(f"port: wrote {args.out}")

@@ -8,6 +8,7 @@ Modules (import them by name; this package imports nothing by itself):
   convert  port(): every export checked against the reference, the model cards, write; re-exports the above
   torch_export  a PyTorch model trained by mcl.method.pytorch (the second architecture's AM) to ONNX, with its card
   predict  landmarks from an ONNX model with the evaluation's crop, no Caffe; the faces a detector finds
+  quantize the int8 model of a port (`tools/port.py int8`), calibrated on a run's faces, its cost measured
   inbox    the models in the box (models/<name>/): the real-trained AMs predict uses without --model,
            packaged with their model cards from `make paper` runs
   detect   face detectors (MediaPipe's BlazeFace, OpenCV's Haar cascade, dlib's HOG and CNN) and their boxes

@@ -8,6 +8,9 @@ Each folder is written by `package()` (`make models`) from a finished `make pape
                                        detector's box onto
   card.json, MODEL_CARD.md             the model card: data and its terms, schedule, seed, engine, the
                                        errors on every test split beside the peers' on the same faces
+  <name>.int8.onnx, .int8.onnx.json   its int8 version (tools/port.py int8, mcl.port.quantize; `tools/predict.py
+                                       --int8`), calibrated on validation faces of the same data, its card with
+                                       the mean error beside fp32's on the test faces
 
 The data sets are for non-commercial research; the models trained on them are shipped with a card
 that says so (DATA_TERMS).

@@ -60,7 +60,7 @@ help: | $(SETUP_STAMP)
 	@$(PY) -m mcl.method.stages
 	@echo; echo "targets: setup test demo clean-run (docs/SETUP.md, docs/TESTS.md)"
 	@echo "         data stage1 weights-bm stage2 stage3 weights-wm heads assemble evaluate audit verify port"
-	@echo "         bench-engine bench-threads bench-nets bench-data (docs/BENCHMARKS.md, docs/ENGINE.md), gpu-check (docs/GPU.md)"
+	@echo "         bench-engine bench-threads bench-candidates bench-nets bench-data (docs/BENCHMARKS.md, docs/ENGINE.md), gpu-check (docs/GPU.md)"
 	@echo "         sweep (docs/CLUSTER.md), audit-model (docs/METHOD_PYTORCH.md), peers setup-peers bench-port bench-detect (docs/PORT.md)"
 	@echo "         paper: the paper's experiment on real faces, beside its table (docs/REAL_DATA.md)"
 	@echo "         models: the in-box models tools/predict.py uses without --model, from the paper runs (models/)"
@@ -429,6 +429,15 @@ BENCH_THREADS ?=
 .PHONY: bench-threads
 bench-threads: | $(SETUP_STAMP)
 	$(PY) benchmarks/engine_threads.py --layouts 68,5 --precisions fp32,bf16 $(if $(BENCH_THREADS),--threads $(BENCH_THREADS))
+
+# Candidate speed-ups of the torch engine's fp32 CPU step (channels-last, torch.compile, compiled BatchNorm-Scale-ReLU
+# chains and pooling, a uint8 feed, prefetching, threads and OpenMP settings), each beside the engine's own step in the
+# same rounds, with its numerics against fp32 and float64 (docs/BENCHMARKS.md, "fp32 candidates").
+# BENCH_CANDIDATES_OUT: the JSON written (default none).
+BENCH_CANDIDATES_OUT ?=
+.PHONY: bench-candidates
+bench-candidates: | $(SETUP_STAMP)
+	$(PY) benchmarks/engine_candidates.py --layouts 68,5 $(if $(BENCH_CANDIDATES_OUT),--out $(BENCH_CANDIDATES_OUT))
 
 # The demo: Algorithm 1, the evaluation, the audit's controls, the port of AM to ONNX
 # (checked against Caffe), a real photo aligned by the in-box model, then one summary table.

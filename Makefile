@@ -509,6 +509,10 @@ models: | $(SETUP_STAMP)
 	  --box-convention mtfl --terms mtfl --data-title "MTFL (10,000 training faces: LFW and web pictures)"
 	$(PY) tools/package_model.py --run $(MODELS_RUN68) --name mcl-68-300w --splits "test=HELEN test" \
 	  --box-convention 300w --terms 300w --data-title "part of 300-W (AFW and 870 HELEN training pictures)"
+	$(PY) tools/port.py int8 --onnx models/mcl-5-mtfl/mcl-5-mtfl.onnx --prototxt models/mcl-5-mtfl/deploy.prototxt \
+	  --caffemodel models/mcl-5-mtfl/mcl-5-mtfl.caffemodel --run $(MODELS_RUN5)
+	$(PY) tools/port.py int8 --onnx models/mcl-68-300w/mcl-68-300w.onnx --prototxt models/mcl-68-300w/deploy.prototxt \
+	  --caffemodel models/mcl-68-300w/mcl-68-300w.caffemodel --run $(MODELS_RUN68)
 .PHONY: models
 
 # Every checksum of RUN/manifest.json and RUN/data/manifest.json, recomputed: names each

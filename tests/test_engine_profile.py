@@ -154,3 +154,23 @@ def test_the_benchmark_options_choose_or_skip_the_profile(monkeypatch):
     bench_engine.main(["--profile-layouts", "68"])
     bench_engine.main([])
     assert seen == [(), ["68"], ["5", "68"]]
+
+
+def test_the_bf16_projection_takes_each_stage_at_its_faster_precision():
+    """Hours by hand: stage 1 (240k iterations at 100 ms) and stage 2 (60k at 50 ms) twice as fast in bf16,
+    the heads (60k at 10 ms, plus their fixed pass of 1 ms over 1,000 rows) slower in bf16, so kept fp32."""
+    doc = {"precisions": ["fp32", "bf16"], "results": {"68": {"2": {
+        "stage1": {"fp32": {"ms_per_iter": 300.0}, "bf16": {"ms_per_iter": 150.0}},
+        "stage2": {"fp32": {"ms_per_iter": 100.0}, "bf16": {"ms_per_iter": 50.0}},
+        "heads": {"fp32": {"ms_per_iter": 4.0}, "bf16": {"ms_per_iter": 5.0}}}}}}
+    res = {"stage1": {"torch": 100.0, "fixed_ms_per_row": None}, "stage2": {"torch": 50.0, "fixed_ms_per_row": None},
+           "heads": {"torch": 10.0, "fixed_ms_per_row": 1.0}}
+    schedule = {"stage1": {"stage1": 180000, "stage3": 60000}, "stage2": {"stage2": 60000},
+                "heads": {"heads": 60000}}
+    p = bench_engine.bf16_projection(doc, "68", 2, res, schedule, rows=1000)
+    fp32 = (240000 * 100 + 60000 * 50 + 60000 * 10 + 1000) / 3.6e6
+    bf16 = (240000 * 50 + 60000 * 25 + 60000 * 10 + 1000) / 3.6e6
+    assert p["bf16_stages"] == ["stage1", "stage2"]
+    assert p["fp32"] == pytest.approx(fp32) and p["total"] == pytest.approx(bf16)
+    assert bench_engine.bf16_projection({**doc, "precisions": ["fp32"]}, "68", 2, res, schedule, 1000) is None
+    assert bench_engine.bf16_projection(doc, "5", 2, res, schedule, 1000) is None

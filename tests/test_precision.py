@@ -9,6 +9,8 @@ The tests that train in bf16 need the CPU's bfloat16 instructions and skip witho
 
 from __future__ import annotations
 
+import dataclasses
+
 import importlib.util
 import json
 
@@ -99,6 +101,35 @@ def test_bf16_runs_in_bfloat16_with_float32_weights_and_close_losses(run):
     assert any(not np.array_equal(x, y) for n in fp32.blobs() for x, y in zip(fp32.blobs()[n], bf16.blobs()[n]))
     for x, y in zip(l32, l16):
         assert np.isfinite(y) and abs(y - x) <= LOSS_RTOL * abs(x), (l32, l16)
+
+
+@needs_bf16
+def test_bf16_maps_are_channels_last_and_its_snapshots_resume_to_the_bit(run, tmp_path):
+    """On a CPU the bf16 path keeps its weights (so its maps) channels-last; fp32 stays NCHW. A bf16 snapshot
+    holds the blobs in Caffe's order whatever the memory layout: resumed, the run goes on as if not stopped."""
+    fp32 = Solver(run, "solvers/stage1_solver.prototxt", fillers="torch", precision="fp32")
+    bf16 = Solver(run, "solvers/stage1_solver.prototxt", fillers="torch", precision="bf16")
+    w32, w16 = fp32.net.layer("conv12").weight, bf16.net.layer("conv12").weight
+    assert w32.is_contiguous() and not w16.is_contiguous()
+    assert w16.is_contiguous(memory_format=torch.channels_last)
+    seen = {}
+    bf16.net.layer("conv12").register_forward_hook(lambda m, i, o: seen.setdefault("out", o))
+    bf16.step()
+    assert seen["out"].is_contiguous(memory_format=torch.channels_last) and seen["out"].shape[1] > 1
+    # the blobs as Caffe stores them: the same values the NCHW tensors would give, element by element
+    assert np.array_equal(bf16.blobs()["conv12"][0], w16.detach().contiguous().numpy())
+    a, _ = train(run, "bf16", steps=4)
+    b, _ = train(run, "bf16", steps=2)
+    prefix = tmp_path / "snap"
+    b.settings = dataclasses.replace(b.settings, snapshot_prefix=str(prefix))
+    b.snapshot()
+    c = Solver(run, "solvers/stage1_solver.prototxt", fillers="torch", precision="bf16")
+    c.restore(f"{prefix}_iter_2.solverstate")
+    for _ in range(2):
+        c.step()
+    for name, blobs in a.blobs().items():
+        for x, y in zip(blobs, c.blobs()[name]):
+            assert np.array_equal(x, y), name
 
 
 @needs_bf16

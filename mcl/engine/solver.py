@@ -12,7 +12,7 @@ reduction (fused.py); and where the shared layers are fixed (the heads), their
 outputs are computed once per training row (fixed.py). That changes only where float32
 results are rounded, never what is computed: tests/test_engine.py holds the engine to
 Caffe with all of it on.
-Channels-last maps were measured and refused: PyTorch's channels-last BatchNorm
+Channels-last maps were measured and refused in float32: PyTorch's channels-last BatchNorm
 sums in one pass (E[x^2] - E[x]^2 style), and its gradients lose up to all their
 digits where they cancel (the scale's gradient at initialisation).
 
@@ -22,7 +22,12 @@ runs under torch.autocast with bfloat16, so convolutions and matrix products com
 while the parameters (the master weights), their gradients, the SGD update and its history stay
 float32 tensors; BatchNorm casts its input back to float32, so the batch statistics and the
 running-statistics blobs are float32 sums, and the Eq. 4 losses are float32. The snapshots are
-the same float32 Caffe files.
+the same float32 Caffe files. On a CPU the bf16 maps are channels-last (the weights are, so every
+convolution's output is): oneDNN's bfloat16 kernels need no reorder then, and a 68-point stage-1
+step took 155 ms against 197 ms in NCHW (fp32: 308 ms), side by side on a 2-core Intel Xeon with
+AMX. Its BatchNorm then sums in one pass, which bf16 can afford: measured against float64 on one
+stage-1 step, the convolutions' weight gradients were off by a median 0.35 of their norm in bf16
+NCHW and 0.35 channels-last (fp32 NCHW: 1.2e-3), bfloat16's own rounding dominating.
 
 Snapshots are Caffe's own files: `<prefix>_iter_<N>.caffemodel` (a NetParameter
 with the blobs) and `<prefix>_iter_<N>.solverstate` (a SolverState with one
@@ -72,6 +77,11 @@ class Solver:
         # torchnet draws the fillers' distributions from torch's generator: the weights when pycaffe is missing.
         self.net = torchnet.from_netparameter(self.net_param, "TRAIN", input_shapes=shapes,
                                               seed=max(self.settings.random_seed, 0)).to(self.device)
+        if self.precision == "bf16" and self.device.type == "cpu":
+            # oneDNN's bfloat16 convolutions (AMX) work on channels-last maps: with the weights channels-last
+            # every convolution's output is, and no map is reordered (module docstring). Loading blobs copies
+            # into these tensors, so they stay so.
+            self.net.to(memory_format=torch.channels_last)
         self.init_source = self._initialise(fillers)
         self.loss_tops = list(self.net.loss_weights)
         self.loss_weights = [float(self.net.loss_weights[t]) for t in self.loss_tops]

@@ -67,14 +67,10 @@ from pathlib import Path
 
 import engine_profile  # benchmarks/: the step's profile beside its floor, printed after the table
 import engine_threads  # benchmarks/: fp32 and bf16 side by side, printed after the profile
-from mcl.caffe.runfiles import run_files
 from mcl.data.augment import AugmentSettings
 from mcl.data.pipeline import PrepareSettings
-from mcl.data.writers import write_random_train
 from mcl.engine.schedule import BENCHED, LABELS, paper_schedule, project
-from mcl.fileio import atomic_write
 from mcl.method import paper
-from mcl.method.layouts import get_layout
 from mcl.method.stages import BATCH_SIZE, STAGES
 
 TARGET = 2.5  # the torch engine's speed-up over Caffe at stage 1, on the CPU
@@ -89,12 +85,7 @@ def plan(device: str) -> dict:
     return {"engines": ("torch",), "measures": ("throughput", "latency"), "target": None}
 
 
-def write_run(run: Path, layout_name: str, batch: int, rows: int) -> None:
-    layout = get_layout(layout_name)
-    for rel, text in run_files(layout, scale=1.0, seed=0, source="hdf5", batch_size=batch).items():
-        atomic_write(run / rel, text)
-    write_random_train(run, layout.n_points, rows, seed=0)
-    (run / "snapshots").mkdir(exist_ok=True)
+write_run = engine_profile.write_run  # the run folder every engine benchmark times (defined below this module)
 
 
 def child(spec: dict) -> int:

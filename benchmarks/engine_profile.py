@@ -623,6 +623,21 @@ def child(job: dict) -> int:
     return 0
 
 
+def write_run(run: Path, layout_name: str, batch: int, rows: int) -> None:
+    """A run folder for the engine benchmarks: the layout's nets and solvers as `make nets` writes them
+    (scale 1, seed 0, HDF5) and `rows` random training rows (mcl.data.writers.write_random_train)."""
+    from mcl.caffe.runfiles import run_files  # deferred: the parent imports only what it runs
+    from mcl.data.writers import write_random_train
+    from mcl.fileio import atomic_write
+    from mcl.method.layouts import get_layout
+
+    layout = get_layout(layout_name)
+    for rel, text in run_files(layout, scale=1.0, seed=0, source="hdf5", batch_size=batch).items():
+        atomic_write(run / rel, text)
+    write_random_train(run, layout.n_points, rows, seed=0)
+    (Path(run) / "snapshots").mkdir(exist_ok=True)
+
+
 def profile(layouts, batch: int, threads: int, write_run, warmup: int = 2, iters: int = 6,
             stages=STAGES, quick: bool = False) -> dict:
     """The profile of each layout and stage, measured in one child process with `threads` CPU threads
@@ -663,7 +678,6 @@ def main(argv=None) -> int:
     ap.add_argument("--stages", default=",".join(STAGES), help="stage types (default stage1,stage2,heads)")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
-    from bench_engine import write_run  # deferred: bench_engine imports this module
     out = profile(parse_layouts(args.layouts), args.batch, args.threads, write_run, args.warmup, args.iters,
                   parse_layouts(args.stages))
     if args.json:

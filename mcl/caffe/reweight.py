@@ -80,9 +80,9 @@ def rewrite(net, doc: dict, path="weights") -> tuple[object, list[Change]]:
     return out, changes
 
 
-def rewrite_file(net_path, weights_path, out_path=None) -> list[Change]:
-    """Rewrite the loss weights of the prototxt at `net_path` (in place unless `out_path`),
-    keeping its comment header; written under a temporary name and renamed."""
+def rewritten_text(net_path, weights_path) -> tuple[str, list[Change]]:
+    """The prototxt at `net_path` with its loss weights from `weights_path`, its comment header kept, as
+    text, and the changes; WeightsError naming the file at fault."""
     text = Path(net_path).read_text()
     header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
     try:
@@ -94,7 +94,14 @@ def rewrite_file(net_path, weights_path, out_path=None) -> list[Change]:
     except ValueError as exc:  # the weights file's faults name it; the net's get the net's path
         msg = str(exc)
         raise WeightsError(msg if msg.startswith(f"{weights_path}:") else f"{net_path}: {msg}") from None
-    atomic_write(out_path or net_path, header + netgen.to_text(new))
+    return header + netgen.to_text(new), changes
+
+
+def rewrite_file(net_path, weights_path, out_path=None) -> list[Change]:
+    """Rewrite the loss weights of the prototxt at `net_path` (in place unless `out_path`),
+    keeping its comment header; written under a temporary name and renamed."""
+    text, changes = rewritten_text(net_path, weights_path)
+    atomic_write(out_path or net_path, text)
     return changes
 
 

@@ -151,20 +151,7 @@ def stage_files(run, stage: str, name: str | None = None, weights=None) -> tuple
     net_path, solver_path = stage_file_paths(run, stage, name, weights)
     if net_path == base_net:
         return net_path, solver_path, []
-    text = base_net.read_text()
-    changes = []
-    if weights is not None:
-        header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
-        try:
-            net = netgen.parse_net(text)
-        except Exception as exc:
-            raise reweight.WeightsError(f"{base_net}: not a net prototxt ({exc})") from None
-        try:
-            net, changes = reweight.rewrite(net, reweight.load(weights), weights)
-        except ValueError as exc:  # the weights file's faults name it; the net's get the net's path
-            msg = str(exc)
-            raise reweight.WeightsError(msg if msg.startswith(f"{weights}:") else f"{base_net}: {msg}") from None
-        text = header + netgen.to_text(net)
+    text, changes = reweight.rewritten_text(base_net, weights) if weights is not None else (base_net.read_text(), [])
     solver_text = base_solver.read_text()
     header = "".join(line + "\n" for line in solver_text.splitlines() if line.startswith("#"))
     sp = text_format.Parse(solver_text, caffe_pb2.SolverParameter())

@@ -8,9 +8,14 @@ mcl.engine.solver.Solver.step(): forward, backward and Caffe's SGD update. A can
 objects for itself only (its own Solver, wrapped, subclassed or with an attribute replaced); nothing
 under mcl/ is edited. The candidates:
 
-  baseline            Solver.step() as the engine runs it (fused BatchNorm-Scale-ReLU chains, NCHW maps)
+  baseline            Solver.step() as the engine runs it: channels-last maps, its own BatchNorm-Scale-ReLU
+                      and pooling kernels (mcl/engine/clkernels.py), the heap kept (device.keep_heap)
+  nchw_pytorch        the engine before its kernels: NCHW maps, PyTorch's fused BatchNorm and pooling.
+                      Every candidate below is a change to this one (as they were first measured)
+  nchw_kernels        NCHW maps with the engine's own kernels (MCL_FP32_MAPS=nchw): its convolutions
+                      NCHW, the chains and poolings the engine's
   channels_last       the conv weights and the batch in channels-last memory format, so oneDNN's
-                      convolutions, the BatchNorms and the poolings all run channels-last
+                      convolutions, PyTorch's BatchNorms and the poolings all run channels-last
   compile_step        torch.compile (inductor, its defaults) of the step: the forward pass and the loss
                       as one compiled graph, its backward compiled with it (AOTAutograd); the SGD update
                       stays eager (CaffeSGD.apply_update computes Caffe's float32 rate in NumPy, which
@@ -103,7 +108,7 @@ TARGET = 1.4  # the step at most this many times its floor
 MIN_ROUNDS = 3  # a verdict needs at least this many rounds
 
 # In-process candidates, in the order their changes are applied when stacked (`a+b`).
-IN_PROCESS = ("channels_last", "uint8_feed", "prefetch", "uint8_prefetch", "pool_channels_last", "bn_compiled",
+IN_PROCESS = ("nchw_pytorch", "nchw_kernels", "channels_last", "uint8_feed", "prefetch", "uint8_prefetch", "pool_channels_last", "bn_compiled",
               "bn_pool_compiled", "compile_step", "compile_step_nchw", "compile_step_aten_bn")
 STEP_COMPILES = ("compile_step", "compile_step_nchw", "compile_step_aten_bn")
 COMPILED = STEP_COMPILES + ("bn_compiled", "bn_pool_compiled")
@@ -119,7 +124,9 @@ def default_candidates(threads: int) -> str:
     return ",".join(DEFAULT_CANDIDATES + tuple(f"threads_{n}" for n in counts))
 
 
-LABELS = {"baseline": "the engine's step", "channels_last": "channels-last maps, oneDNN convolutions",
+LABELS = {"baseline": "the engine's step", "nchw_pytorch": "NCHW maps, PyTorch's kernels (the engine before)",
+          "nchw_kernels": "NCHW maps, the engine's kernels (MCL_FP32_MAPS=nchw)",
+          "channels_last": "channels-last maps, oneDNN convolutions, PyTorch's BatchNorm",
           "compile_step": "torch.compile of the step (inductor)",
           "compile_step_nchw": "torch.compile of the step, NCHW",
           "compile_step_aten_bn": "torch.compile of the step, NCHW, ATen BatchNorm",
@@ -389,8 +396,13 @@ def install(solver, name: str, backend: str) -> None:
     import torch
 
     parts = [p for p in IN_PROCESS if p in name.split("+")]
+    if parts:  # every candidate starts from the engine before its kernels (nchw_pytorch)
+        solver.net.to(memory_format=torch.contiguous_format)
+        solver.fused.kernels = False
     overrides: dict = {}
     for p in parts:
+        if p == "nchw_kernels":
+            solver.fused.kernels = True
         if p == "channels_last":
             solver.net.to(memory_format=torch.channels_last)
             solver.feeds = [MapFeed(f, lambda x: x.contiguous(memory_format=torch.channels_last))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mcl.engine import clkernels
 from mcl.torchnet import INPUT_TYPES, CaffeNet
 
 
@@ -42,6 +43,9 @@ class FusedNet:
         self.plan: list | None = None
         self.groups: list[dict] = []
         self.skip: frozenset = frozenset()  # layers the fused forward leaves out (their tops are given)
+        # The channels-last kernels (clkernels.py) for the chains and the poolings, where the maps are
+        # channels-last float32 (the solver sets this when it loaded them); elsewhere PyTorch's kernels.
+        self.kernels = False
         if fuse:
             net.require_setup("fuse")
             self.groups = _loss_groups(net)
@@ -80,6 +84,11 @@ class FusedNet:
             if kind == "layer":
                 if what.type in INPUT_TYPES or what.name in skip:
                     continue
+                if self.kernels and what.type == "Pooling" and len(what.bottoms) == 1 and len(what.tops) == 1:
+                    y = clkernels.pool(net.layer(what.name), blobs[what.bottoms[0]])
+                    if y is not None:
+                        blobs[what.tops[0]] = y
+                        continue
                 net.run_layer(what, blobs)
             elif kind == "losses":
                 a, b = blobs[what["a"]], blobs[what["b"]]
@@ -93,6 +102,14 @@ class FusedNet:
                     blobs[t] = vec[k]
             else:
                 bn, scale, relu, members = what
+                if self.kernels:
+                    x = blobs[members[0].bottoms[0]]
+                    x = x.float() if x.dtype == torch.bfloat16 else x  # (bf16: statistics in float32, as native())
+                    y = clkernels.chain(bn, x, scale.weight,
+                                        scale.bias if "bias" in scale.blob_names else None, relu)
+                    if y is not None:
+                        blobs[members[-1].tops[0]] = y
+                        continue
                 y = bn.native(blobs[members[0].bottoms[0]], scale.weight,
                               scale.bias if "bias" in scale.blob_names else None)
                 # BatchNorm, Scale and ReLU in one kernel: the same arithmetic as the three layers,

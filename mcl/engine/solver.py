@@ -12,9 +12,14 @@ reduction (fused.py); and where the shared layers are fixed (the heads), their
 outputs are computed once per training row (fixed.py). That changes only where float32
 results are rounded, never what is computed: tests/test_engine.py holds the engine to
 Caffe with all of it on.
-Channels-last maps were measured and refused in float32: PyTorch's channels-last BatchNorm
-sums in one pass (E[x^2] - E[x]^2 style), and its gradients lose up to all their
-digits where they cancel (the scale's gradient at initialisation).
+Maps (`maps`): in fp32 on a CPU the weights, so every map, are channels-last, and the
+BatchNorm-Scale-ReLU chains and the poolings run the engine's own kernels (clkernels.py,
+csrc/clkernels.c): oneDNN's convolutions need no reorder then. PyTorch's own channels-last
+BatchNorm sums in float32 in one pass, and its gradients lose digits where they cancel
+(docs/ENGINE.md); the engine's kernels sum in double (tests/test_clkernels.py).
+MCL_FP32_MAPS=nchw keeps NCHW maps with the same kernels (docs/ENGINE.md, "Channels-last kernels",
+compares the two); bf16 uses the kernels on its float32-cast BatchNorm inputs. Where the kernels cannot be built (no C compiler) the maps are NCHW with PyTorch's
+kernels, as before. The process keeps its freed memory (device.keep_heap): no page faults per step.
 
 Precision (`precision`): "fp32" (the default, Caffe's numerics) or "bf16", opt-in where the
 device has bfloat16 (device.check_precision, else PrecisionError): the forward pass of each step
@@ -38,6 +43,7 @@ assembly and the evaluation read them unchanged, and Caffe can resume from them.
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +53,7 @@ from google.protobuf import text_format
 from mcl import torchnet
 from mcl.caffe import caffemodel
 from mcl.caffe.proto import caffe_pb2
+from mcl.engine import clkernels
 from mcl.engine import feeds as feeding
 from mcl.engine import fixed as fixed_cache
 from mcl.engine.device import check_precision, configure_device
@@ -54,6 +61,9 @@ from mcl.engine.fillers import caffe_initial_blobs
 from mcl.engine.fused import FusedNet
 from mcl.engine.sgd import Blob, CaffeSGD, Settings
 from mcl.fileio import atomic_write
+
+
+FP32_MAPS = "MCL_FP32_MAPS"  # "nchw": fp32 maps NCHW (with the engine's kernels), else channels-last
 
 
 class Solver:
@@ -90,6 +100,15 @@ class Solver:
         # Speed (module docstring): fused BatchNorm-Scale-ReLU kernels and Eq. 4 groups.
         self.fast = fast
         self.fused = FusedNet(self.net, fuse=fast)
+        # fp32 on a CPU: channels-last maps with the engine's own BatchNorm-Scale-ReLU and pooling kernels
+        # (clkernels.py), where they build; else NCHW maps and PyTorch's kernels (`maps` says which).
+        self.maps = "channels-last" if self.precision == "bf16" and self.device.type == "cpu" else "NCHW"
+        if fast and self.device.type == "cpu" and clkernels.load() is not None:
+            self.fused.kernels = True
+            self.maps = "NCHW, mcl kernels"
+            if self.precision == "bf16" or os.environ.get(FP32_MAPS, "channels-last") != "nchw":
+                self.net.to(memory_format=torch.channels_last)
+                self.maps = "channels-last, mcl kernels"
         self.fixed_prefix = None
         if fast:
             self.fixed_prefix = fixed_cache.plan(self.net, self.feeds)

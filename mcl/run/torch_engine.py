@@ -18,7 +18,7 @@ import torch
 
 from mcl.caffe.caffemodel import ModelError
 from mcl.engine.device import (DeviceError, PrecisionError, check_device, check_precision, device_facts, gpu_lock_dir,
-                               pick_gpu)
+                               keep_heap, pick_gpu)
 from mcl.engine.solver import Solver
 from mcl.fileio import atomic_write
 from mcl.run.stage import SnapshotError, StageError, StageSpec, fillers_stamp
@@ -74,6 +74,9 @@ class TorchStage:
         self.facts = device_facts(self.solver.device, self.spec.tf32, self.spec.deterministic)
         self.facts["device"] = self.spec.device  # as asked (`cuda`); gpu_index says which one it took
         self.facts["precision"] = self.spec.precision
+        self.facts["maps"] = self.solver.maps  # channels-last with the engine's kernels, or NCHW (solver.py)
+        if self.solver.device.type == "cpu":
+            self.facts["allocator"] = keep_heap()
         if self.spec.init is None:  # iteration 0 came from the fillers: whose, from the run that started it
             stamp = fillers_stamp(self.spec)
             if not self.resumed:

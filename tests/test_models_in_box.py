@@ -26,7 +26,7 @@ from mcl.evaluation.evaluate import to_image
 from mcl.port.engines import caffe_forward, onnx_forward
 from mcl.port.inbox import IN_BOX, default_onnx, load_card, model_dir
 from mcl.port.predict import Predictor
-from mcl.port.quantize import int8_path
+from mcl.port.quantize import int8_path, torch_int8_path
 
 DATA = Path(os.environ.get("MCL_DATA", ROOT.parent / "shared" / "data"))
 
@@ -70,11 +70,13 @@ def test_in_box_onnx_equals_caffe(layout, caffe):
 _CROPS: dict = {}  # (layout, faces) -> the predictor's crops of them, shared by the fp32 and int8 tests
 
 
-def mean_error(layout: str, samples, norm_points: tuple[int, int], int8: bool = False) -> float:
+def mean_error(layout: str, samples, norm_points: tuple[int, int], int8: bool | str = False) -> float:
     """Mean over faces of the mean point-to-point error / the distance between two annotated points, each
-    face cropped by the predictor a user runs, the forwards batched. `int8`: the in-box int8 model."""
+    face cropped by the predictor a user runs, the forwards batched. `int8`: the in-box int8 model (ONNX
+    Runtime's; "torch": PyTorch's)."""
     onnx = default_onnx(layout)
-    predictor = Predictor.from_onnx(int8_path(onnx) if int8 else onnx)
+    model = (torch_int8_path(onnx) if int8 == "torch" else int8_path(onnx)) if int8 else onnx
+    predictor = Predictor.from_onnx(model)
     key = (layout, len(samples), predictor.crop_scale, predictor.test_crop)
     if key not in _CROPS:
         _CROPS[key] = [predictor.crop(load_image(s), s.box) for s in samples]
@@ -135,6 +137,25 @@ def test_in_box_int8_5_point_model_costs_what_its_card_says_on_aflw():
     assert abs(int8 - fp32) / fp32 <= 0.01
 
 
+@pytest.mark.parametrize("layout", sorted(IN_BOX))
+def test_in_box_torch_int8_model_costs_what_its_card_says(layout):
+    """The PyTorch int8 model (TorchScript) through the predictor on the card's test faces (AFLW, HELEN test):
+    the error its card states (AFLW), within 1% of fp32's."""
+    t = torch_int8_path(default_onnx(layout))
+    card = json.loads(t.with_name(t.name + ".json").read_text())
+    assert card["format"] == "torchscript" and card["sha256"] == hashlib.sha256(t.read_bytes()).hexdigest()
+    cost = card["quantization"]["cost"]
+    if layout == "5":
+        faces, norm = read_mtfl(str(data_folder("mtfl")), "test", "5").samples, (0, 1)
+    else:
+        faces, norm = read_300w(str(data_folder("300w")), "common", "68").samples, (36, 45)
+    assert cost["faces"] == len(faces)
+    int8, fp32 = mean_error(layout, faces, norm, int8="torch"), mean_error(layout, faces, norm)
+    if layout == "5":  # (the 68-point card's cost is taken on the run's crops with their own normaliser)
+        assert int8 == pytest.approx(cost["mean_error_int8"], abs=1e-5)
+    assert int8 != fp32 and abs(int8 - fp32) / fp32 <= 0.01
+
+
 def test_in_box_int8_68_point_model_within_1_percent_on_helen():
     helen = read_300w(str(data_folder("300w")), "common", "68").samples
     int8, fp32 = mean_error("68", helen, (36, 45), int8=True), mean_error("68", helen, (36, 45))
@@ -177,15 +198,18 @@ def test_predict_without_model_for_a_layout_with_none_in_the_box(astronaut, tmp_
 
 @pytest.mark.parametrize("layout", ["68", "5"])
 def test_predict_int8_uses_the_in_box_int8_model(astronaut, tmp_path, layout):
-    """--int8: the in-box int8 model, named in the output, its points within 2% of the box side of fp32's."""
+    """--int8 (ONNX Runtime's) and --int8 torch (PyTorch's): the in-box int8 models, named in the output, their
+    points within 2% of the box side of fp32's."""
     lay = ["--layout", layout] if layout != "68" else []
     tool("tools/predict.py", str(astronaut), "--out", str(tmp_path / "fp32"), *lay)
     tool("tools/predict.py", str(astronaut), "--out", str(tmp_path / "int8"), "--int8", *lay)
-    fp32, int8 = (json.loads((tmp_path / k / "astronaut.json").read_text()) for k in ("fp32", "int8"))
+    tool("tools/predict.py", str(astronaut), "--out", str(tmp_path / "torch"), "--int8", "torch", *lay)
+    fp32, int8, pt = (json.loads((tmp_path / k / "astronaut.json").read_text()) for k in ("fp32", "int8", "torch"))
     assert Path(int8["model"]).resolve() == int8_path(default_onnx(layout)).resolve()
-    a, b = (np.asarray(d["faces"][0]["landmarks"]) for d in (fp32, int8))
+    assert Path(pt["model"]).resolve() == torch_int8_path(default_onnx(layout)).resolve()
+    a, b, c = (np.asarray(d["faces"][0]["landmarks"]) for d in (fp32, int8, pt))
     side = fp32["faces"][0]["box"][2] - fp32["faces"][0]["box"][0]
-    assert 0 < np.abs(a - b).max() < 0.02 * side
+    assert 0 < np.abs(a - b).max() < 0.02 * side and 0 < np.abs(a - c).max() < 0.02 * side
 
 
 def test_predict_int8_without_an_int8_model_is_a_named_error(astronaut, tmp_path):

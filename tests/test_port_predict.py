@@ -4,6 +4,7 @@ crop (bit for bit), the same points in the picture, the same errors, without Caf
 from __future__ import annotations
 
 import importlib.util
+import hashlib
 import json
 import subprocess
 import sys
@@ -128,6 +129,14 @@ def test_int8_model_of_a_port_with_its_card_and_cost(run, tmp_path):
     a = Predictor.from_onnx(onnx).predict(read_gray(sample.image_path), sample.box)
     b = Predictor.from_onnx(q).predict(read_gray(sample.image_path), sample.box)
     assert a.shape == b.shape == (68, 2) and 0 < np.abs(a - b).max() < 0.05 * (sample.box[2] - sample.box[0])
+    # the PyTorch int8 model beside it (TorchScript), its card the same fields with its own method and cost
+    t = q.with_name("am.int8.pt")
+    tcard = json.loads(t.with_name(t.name + ".json").read_text())
+    assert tcard["format"] == "torchscript" and tcard["file"] == t.name and tcard["layout"] == card["layout"]
+    assert "PyTorch" in tcard["quantization"]["method"] and tcard["quantization"]["cost"]["faces"] == 4
+    assert tcard["sha256"] == hashlib.sha256(t.read_bytes()).hexdigest()
+    c = Predictor.from_onnx(t).predict(read_gray(sample.image_path), sample.box)
+    assert c.shape == (68, 2) and 0 < np.abs(a - c).max() < 0.05 * (sample.box[2] - sample.box[0])
     # a port without its card: named, exit 2, nothing written
     bare = tmp_path / "bare.onnx"
     bare.write_bytes(onnx.read_bytes())

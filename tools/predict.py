@@ -9,6 +9,7 @@ on real 300-W faces, or with --layout 5 the 5-point model trained on MTFL. Their
   tools/predict.py photo.jpg --out pred/                                  # the in-box 68-point model
   tools/predict.py photo.jpg --layout 5 --out pred/                       # the in-box 5-point model
   tools/predict.py photo.jpg --int8 --out pred/                           # its int8 version (card: its cost)
+  tools/predict.py photo.jpg --int8 torch --out pred/                     # the same in PyTorch (TorchScript)
   tools/predict.py face.jpg --model runs/demo/port/am.onnx --out pred/          # faces found by a detector
   tools/predict.py face.jpg --box 120 80 260 230 --model am.onnx --out pred/   # the face in this box
   tools/predict.py --list faces.txt --model am.onnx --out pred/      # lines: image [x1 y1 x2 y2]
@@ -38,7 +39,7 @@ from mcl.data.readers import DataError
 from mcl.port.detect import CONVENTIONS, DEFAULT_DETECTOR, DETECTORS
 from mcl.port.inbox import IN_BOX, InBoxError, default_onnx
 from mcl.port.predict import PredictError, predict_pictures
-from mcl.port.quantize import int8_path
+from mcl.port.quantize import int8_path, torch_int8_path
 from mcl.port.video import run_video
 
 
@@ -50,9 +51,11 @@ def main(argv=None) -> int:
     p.add_argument("--video", help="video file, or a camera index (0, 1, ...)")
     p.add_argument("--model", help="ONNX model written by tools/port.py (default: the in-box model of --layout, "
                    f"{', '.join(f'{k} points: models/{v}' for k, v in IN_BOX.items())}; 68 without --layout)")
-    p.add_argument("--int8", action="store_true", help="the model's int8 version (<model>.int8.onnx, written by "
-                   "tools/port.py int8; the in-box models have one): faster on one core, its accuracy cost measured "
-                   "on the test faces and stated in its card")
+    p.add_argument("--int8", nargs="?", const="onnx", choices=("onnx", "torch"),
+                   help="the model's int8 version, written by tools/port.py int8 (the in-box models have both): "
+                   "onnx (the default) <model>.int8.onnx in ONNX Runtime, torch <model>.int8.pt in PyTorch (faster "
+                   "where oneDNN has AMX); faster on one core than fp32, the accuracy cost measured on the test faces "
+                   "and stated in its card")
     p.add_argument("--out", required=True, help="folder for <image>.json, <image>.pts, <image>_landmarks.png")
     p.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR,
                    help=f"face detector where no box is given (default {DEFAULT_DETECTOR}; none: --box needed)")
@@ -78,7 +81,7 @@ def main(argv=None) -> int:
     try:
         model = args.model or default_onnx(args.layout)
         if args.int8:
-            model = int8_path(model)
+            model = int8_path(model) if args.int8 == "onnx" else torch_int8_path(model)
             if not model.is_file():
                 raise PredictError(f"{model}: missing: the int8 model (tools/port.py int8 --onnx "
                                    f"{args.model or default_onnx(args.layout)} ... writes it)")

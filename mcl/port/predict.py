@@ -10,6 +10,7 @@ evaluation's numbers come from.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from mcl.data.writers import network_input
 from mcl.evaluation.evaluate import to_image
 from mcl.fileio import atomic_write, durable_replace
 from mcl.method.datasets import DATASETS
-from mcl.method.layouts import Layout, get_layout
+from mcl.method.layouts import INPUT_SIZE, Layout, get_layout
 from mcl.port.detect import CONVENTIONS, DetectError, Detector, convention_of, map_box
 
 DEFAULT_CROP_SCALE = DATASETS["ibug"].crop_scale  # data_prep's default for 300-W and the synthetic set
@@ -53,20 +54,25 @@ class Predictor:
     def from_onnx(cls, path, crop_scale: float | None = None, layout: str | None = None,
                   output: str | None = None, threads: int = 1, test_crop: str | None = None) -> Predictor:
         """The model and its card (`<model>.json`, written by the port): layout, output, crop scale
-        and test-crop protocol (the run's, recorded by the port)."""
-        import onnxruntime as ort
+        and test-crop protocol (the run's, recorded by the port). A `.pt` file is a TorchScript model
+        (`<name>.int8.pt`, mcl.port.quantize), run by PyTorch on `threads` threads."""
         path = Path(path)
         if not path.exists():
-            raise PredictError(f"{path}: missing ONNX model")
+            raise PredictError(f"{path}: missing model (ONNX, or TorchScript .pt)")
         card_path = path.with_name(path.name + ".json")
         card = json.loads(card_path.read_text()) if card_path.exists() else {}
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        try:
-            sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises several kinds for a bad file
-            raise PredictError(f"{path}: not an ONNX model ONNX Runtime can load ({exc})") from None
+        if path.suffix == ".pt":
+            sess = TorchSession(path, threads, card)
+        else:
+            import onnxruntime as ort
+
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+            try:
+                sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises several kinds for a bad file
+                raise PredictError(f"{path}: not an ONNX model ONNX Runtime can load ({exc})") from None
         outputs = [o.name for o in sess.get_outputs()]
         output = output or outputs[0]
         if output not in outputs:
@@ -103,6 +109,43 @@ class Predictor:
         x, crop_to_image = self.crop(image, box)
         pred = self.session.run([self.output], {self.input_name: x})[0]
         return to_image(pred, crop_to_image)[0]
+
+
+class TorchSession:
+    """A TorchScript landmark model behind the part of ONNX Runtime's session the predictor uses: one input
+    (`data`, the card's), one output (its name and width from the card, else `shape_pred` and the model's)."""
+
+    class _Port:
+        def __init__(self, name, shape):
+            self.name, self.shape = name, shape
+
+    def __init__(self, path: Path, threads: int, card: dict):
+        import torch
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # (TorchScript: deprecated in PyTorch 2.13)
+                self.module = torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:  # noqa: BLE001 - torch.jit.load raises several kinds for a bad file
+            raise PredictError(f"{path}: not a TorchScript model PyTorch can load ({exc})") from None
+        torch.set_num_threads(threads)
+        self.torch = torch
+        outputs = card.get("outputs") or [{}]
+        name = outputs[0].get("name", "shape_pred")
+        with torch.no_grad():
+            width = int(self.module(torch.zeros(1, 1, INPUT_SIZE, INPUT_SIZE)).shape[-1])
+        self.inputs, self.outputs = [self._Port("data", [1, 1, INPUT_SIZE, INPUT_SIZE])], [self._Port(name, [1, width])]
+
+    def get_inputs(self):
+        return self.inputs
+
+    def get_outputs(self):
+        return self.outputs
+
+    def run(self, names, feeds: dict) -> list:
+        (x,) = feeds.values()
+        with self.torch.no_grad():
+            return [self.module(self.torch.from_numpy(x)).numpy()]
 
 
 def _run_dataset(model: Path) -> str | None:

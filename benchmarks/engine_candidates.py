@@ -274,7 +274,7 @@ def _plan_net_class():
         other entry runs through FusedNet's own loop, one entry at a time."""
 
         def __init__(self, base, overrides: dict):
-            self.net, self.groups, self.skip = base.net, base.groups, base.skip
+            self.net, self.groups, self.skip, self.kernels = base.net, base.groups, base.skip, base.kernels
             self.full_plan, self.plan, self.overrides = base.plan, base.plan, overrides
 
         def _run(self, blobs: dict) -> dict:

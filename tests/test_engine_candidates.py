@@ -80,9 +80,15 @@ def test_the_numerics_are_checked(measured):
         for key in ("grad_vs_fp32", "grad_vs_float64", "bn_scale_grad_vs_float64", "blobs_after_step_vs_fp32"):
             assert {"relerr", "relerr_blob", "max_abs", "max_abs_blob"} <= set(n[key]), (name, key)
         assert isinstance(n["within_bar"], bool) and isinstance(n["identical"], bool)
-    # The feed's changes and dynamo's eager backend compute what the baseline computes, bit for bit.
+    # Each candidate is a change to the engine before its kernels (nchw_pytorch): the feed's changes and
+    # dynamo's eager backend compute what that computes, bit for bit, so they differ from the baseline (the
+    # channels-last kernels) exactly as it does; the kernels on NCHW maps do not.
+    before = res["candidates"]["nchw_pytorch"]["numerics"]
     for name in ("uint8_feed", "prefetch", "uint8_prefetch", "bn_compiled", "compile_step"):
-        assert res["candidates"][name]["numerics"]["identical"], name
+        n = res["candidates"][name]["numerics"]
+        for key in ("grad_vs_fp32", "grad_vs_float64", "blobs_after_step_vs_fp32"):
+            assert n[key] == before[key], (name, key)
+    assert res["candidates"]["nchw_kernels"]["numerics"]["grad_vs_fp32"] != before["grad_vs_fp32"]
     # Another thread count sums in another order: close, not identical.
     t1 = res["candidates"]["threads_1"]["numerics"]
     assert t1["blobs_after_step_vs_fp32"]["relerr"] <= ec.BAR

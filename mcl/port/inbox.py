@@ -11,6 +11,7 @@ Each folder is written by `package()` (`make models`) from a finished `make pape
   <name>.int8.onnx, .int8.onnx.json   its int8 version (tools/port.py int8, mcl.port.quantize; `tools/predict.py
                                        --int8`), calibrated on validation faces of the same data, its card with
                                        the mean error beside fp32's on the test faces
+  <name>.int8.pt, .int8.pt.json       the same in PyTorch (TorchScript, `tools/predict.py --int8 torch`)
 
 The data sets are for non-commercial research; the models trained on them are shipped with a card
 that says so (DATA_TERMS).

@@ -105,12 +105,13 @@ def test_bf16_runs_in_bfloat16_with_float32_weights_and_close_losses(run):
 
 @needs_bf16
 def test_bf16_maps_are_channels_last_and_its_snapshots_resume_to_the_bit(run, tmp_path):
-    """On a CPU the bf16 path keeps its weights (so its maps) channels-last with PyTorch's BatchNorm (fp32:
-    channels-last only with the engine's own kernels, tests/test_clkernels.py). A bf16 snapshot holds the
-    blobs in Caffe's order whatever the memory layout: resumed, the run goes on as if not stopped."""
+    """On a CPU the bf16 path keeps its weights (so its maps) channels-last, its BatchNorm chains and poolings in
+    the engine's kernels on float32 (tests/test_clkernels.py), or PyTorch's where those did not build. A bf16
+    snapshot holds the blobs in Caffe's order whatever the memory layout: resumed, the run goes on as if not
+    stopped."""
     bf16 = Solver(run, "solvers/stage1_solver.prototxt", fillers="torch", precision="bf16")
     w16 = bf16.net.layer("conv12").weight
-    assert bf16.maps == "channels-last" and not bf16.fused.kernels
+    assert bf16.maps == ("channels-last, mcl kernels" if bf16.fused.kernels else "channels-last")
     assert not w16.is_contiguous() and w16.is_contiguous(memory_format=torch.channels_last)
     seen = {}
     bf16.net.layer("conv12").register_forward_hook(lambda m, i, o: seen.setdefault("out", o))

@@ -26,15 +26,40 @@ static void row_range(int64_t m, int64_t *r0, int64_t *r1)
     *r1 = m * (t + 1) / nt;
 }
 
+/* Zeroed room for two sums per channel per thread, each thread's on cache lines of its own (`stride`
+ * doubles apart); NULL without memory. */
+static double *parts_alloc(int nt, int64_t c, int64_t *stride)
+{
+    *stride = (2 * c + 7) / 8 * 8;
+    double *part = aligned_alloc(64, (size_t)(nt * *stride) * sizeof(double));
+    if (part)
+        memset(part, 0, (size_t)(nt * *stride) * sizeof(double));
+    return part;
+}
+
+/* The threads' two sums per channel added (in thread order) into u and v; frees `part`. */
+static void parts_reduce(double *part, int nt, int64_t stride, int64_t c, double *u, double *v)
+{
+    for (int64_t j = 0; j < c; j++) {
+        double a = 0.0, b = 0.0;
+        for (int t = 0; t < nt; t++) {
+            a += part[t * stride + j];
+            b += part[t * stride + c + j];
+        }
+        u[j] = a;
+        v[j] = b;
+    }
+    free(part);
+}
+
 /* Per channel: sum of x and sum of x*x over the m rows, in double. Returns 0, or -1 without memory. */
 int mcl_bn_stats(const float *x, int64_t m, int64_t c, double *sum, double *sumsq)
 {
     int nt = omp_get_max_threads();
-    int64_t stride = (2 * c + 7) / 8 * 8;  /* each thread's sums on cache lines of their own */
-    double *part = aligned_alloc(64, (size_t)(nt * stride) * sizeof(double));
+    int64_t stride;
+    double *part = parts_alloc(nt, c, &stride);
     if (!part)
         return -1;
-    memset(part, 0, (size_t)(nt * stride) * sizeof(double));
 #pragma omp parallel num_threads(nt)
     {
         int t = omp_get_thread_num();
@@ -51,16 +76,7 @@ int mcl_bn_stats(const float *x, int64_t m, int64_t c, double *sum, double *sums
             }
         }
     }
-    for (int64_t j = 0; j < c; j++) {
-        double s = 0.0, q = 0.0;
-        for (int t = 0; t < nt; t++) {
-            s += part[t * stride + j];
-            q += part[t * stride + c + j];
-        }
-        sum[j] = s;
-        sumsq[j] = q;
-    }
-    free(part);
+    parts_reduce(part, nt, stride, c, sum, sumsq);
     return 0;
 }
 
@@ -125,11 +141,10 @@ int mcl_bn_backward_sums(const float *dy, int64_t rep, const float *x, int64_t m
                          const float *a, const float *b, int relu, double *s1, double *s2)
 {
     int nt = omp_get_max_threads();
-    int64_t stride = (2 * c + 7) / 8 * 8;  /* each thread's sums on cache lines of their own */
-    double *part = aligned_alloc(64, (size_t)(nt * stride) * sizeof(double));
+    int64_t stride;
+    double *part = parts_alloc(nt, c, &stride);
     if (!part)
         return -1;
-    memset(part, 0, (size_t)(nt * stride) * sizeof(double));
 #pragma omp parallel num_threads(nt)
     {
         int t = omp_get_thread_num();
@@ -141,16 +156,7 @@ int mcl_bn_backward_sums(const float *dy, int64_t rep, const float *x, int64_t m
         else
             sums_rows(dy, rep, x, r0, r1, c, mean, a, b, 0, p1, p2);
     }
-    for (int64_t j = 0; j < c; j++) {
-        double u = 0.0, v = 0.0;
-        for (int t = 0; t < nt; t++) {
-            u += part[t * stride + j];
-            v += part[t * stride + c + j];
-        }
-        s1[j] = u;
-        s2[j] = v;
-    }
-    free(part);
+    parts_reduce(part, nt, stride, c, s1, s2);
     return 0;
 }
 

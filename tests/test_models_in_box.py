@@ -219,3 +219,13 @@ def test_predict_int8_without_an_int8_model_is_a_named_error(astronaut, tmp_path
              check=False)
     assert r.returncode == 2 and "m.int8.onnx: missing" in r.stderr and "tools/port.py int8" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("content, why", [(b"", "not a TorchScript model"), (b"PK\x03\x04 cut short", "not a TorchScript")])
+def test_a_broken_torchscript_model_is_named(astronaut, tmp_path, content, why):
+    """--model with a .pt file PyTorch cannot load: exit 2, the file named, nothing written."""
+    model = tmp_path / "m.int8.pt"
+    model.write_bytes(content)
+    r = tool("tools/predict.py", str(astronaut), "--model", str(model), "--out", str(tmp_path / "o"), check=False)
+    assert r.returncode == 2 and f"{model}: {why}" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists()

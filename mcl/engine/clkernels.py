@@ -1,19 +1,20 @@
-"""Channels-last float32 CPU kernels for the training step: BatchNorm -> Scale (-> ReLU) and MAX pooling.
+"""float32 CPU kernels for the training step, on channels-last and NCHW maps: BatchNorm -> Scale (-> ReLU)
+and pooling.
 
-The torch engine's fp32 CPU step keeps its maps channels-last where these kernels load (solver.py):
-oneDNN's convolutions then need no reorder, and the two kernels below replace the BatchNorm and
-pooling ones PyTorch has for that format. PyTorch's channels-last BatchNorm sums in float32 in one
+The torch engine's fp32 CPU step keeps its maps channels-last where these kernels load (solver.py;
+MCL_FP32_MAPS=nchw keeps them NCHW): oneDNN's convolutions then need no reorder, and the kernels below
+replace PyTorch's BatchNorm and pooling. PyTorch's channels-last BatchNorm sums in float32 in one
 pass, and its gradients lose digits where they cancel (docs/ENGINE.md); these sum every statistic
-and every gradient sum in double per thread (csrc/clkernels.c), so they stay nearer float64 than
-the NCHW kernels they replace (tests/test_clkernels.py holds both to float64).
+and every gradient sum in double per thread (csrc/clkernels.c), so they stay nearer float64
+(tests/test_clkernels.py holds them to float64).
 
   chain(bn, x, weight, bias, relu)   the fused BatchNorm-Scale-ReLU chain (fused.py), batch statistics,
                                      the BatchNorm's running blobs moved as BatchNorm.native moves them
   pool(layer, x)                     a MAX Pooling layer whose stride equals its kernel, no padding;
                                      a global AVE one (its gradient kept one value per image and channel)
 
-Both return None where they do not apply (not float32, not channels-last, not on the CPU, another
-pooling), and the caller runs its own path. The C source is compiled once per machine with the C
+Both return None where they do not apply (not float32, neither NCHW- nor channels-last-dense, not on the
+CPU, another pooling), and the caller runs its own path. The C source is compiled once per machine with the C
 compiler (`CC`, else cc) into the cache directory (MCL_KERNEL_CACHE, else ~/.cache/mcl-caffe/kernels),
 named after the source, the flags and the CPU: a second user or process finds it there or builds
 its own copy under a temporary name renamed into place. Without a compiler, `load()` says why

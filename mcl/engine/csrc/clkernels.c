@@ -1,4 +1,4 @@
-/* Channels-last CPU kernels of the torch engine's training step (mcl/engine/clkernels.py).
+/* CPU kernels of the torch engine's training step (mcl/engine/clkernels.py): channels-last maps first, NCHW below.
  *
  * A map of N x C x H x W in channels-last memory is a matrix of M = N*H*W rows and C contiguous
  * columns. BatchNorm -> Scale (-> ReLU) (METHOD §2, batch statistics as batch_norm_layer.cpp) runs

@@ -193,8 +193,11 @@ def test_ctrl_c_snapshots_and_resumes(tmp_path):
     import time
     layout = get_layout(5)
     run = new_run(tmp_path / "r", layout, scale=0.001)  # 180 iterations: long enough to interrupt
+    # As from a terminal: SIGINT at its default in the tool even where this suite runs in the background
+    # (an asynchronous command of a non-interactive shell starts with SIGINT ignored, and so its children).
     proc = subprocess.Popen([PY, str(ROOT / "tools/run_stage.py"), "--run", str(run), "--stage", "stage1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 600  # the first snapshot ends the wait; a loaded machine may take minutes to it
     while not list((run / "snapshots").glob("stage1_iter_*.solverstate")) and time.time() < deadline:
         time.sleep(0.2)

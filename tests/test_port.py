@@ -8,8 +8,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,8 +30,8 @@ ATOL = 1e-4
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
+def load_tool(name, folder: str = "tools"):
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / folder / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -410,3 +412,39 @@ def test_bench_port_refuses_a_model_and_faces_of_other_layouts():
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "mcl-5-mtfl.caffemodel: a model of 5 landmarks" in proc.stderr and "have 68" in proc.stderr
     assert "give --run" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bench_port_int8_floor_and_whether_dlib_is_within_its_reach():
+    """The int8 floor: the first convolution at the fp32 peak, the rest at the VNNI peak (by hand: 2 MFLOP at
+    100 GFLOP/s is 0.02 ms, 4.001 GOP at 400 GOP/s 10.0025 ms); the report says where dlib is below it."""
+    bp = load_tool("bench_port", "benchmarks")
+    flops = {"conv11": 2_000_000, "conv12": 4_000_000_000, "fc": 1_000_000}
+    peak = {"peak_gflops": 100.0, "int8_gops": 400.0, "int8_how": "by hand"}
+    assert bp.int8_floor_ms(flops, peak) == pytest.approx(10.0225)
+    assert bp.int8_floor_ms(flops, {"peak_gflops": 100.0}) is None  # no VNNI: no int8 floor
+    single = {k: {"cpu_median_s": ms / 1e3, "median_s": ms / 1e3}
+              for k, ms in (("ort_int8", 12.0), ("face_int8", 13.0), ("dlib_ert", 8.0))}
+    acc = {"relative_change": 0.002, "mean_error_fp32": 0.08, "mean_error_int8": 0.0802, "int8_vs_fp32_shift": 0.004,
+           "faces": 10}
+    rep = bp.report({"single_core_batch1": single, "two_threads_batch64": {}}, flops, sum(flops.values()),
+                    {**peak, "measured_gflops": 100.0, "measured_how": "by hand", "nominal_gflops": 90.0,
+                     "nominal_how": "by hand"}, 0.04, acc, "m", "f", 64)
+    face = rep["targets"]["face_int8_at_most_dlib"]
+    assert not face["met"] and face["value"] == pytest.approx(13 / 8)
+    assert face["int8_floor_over_dlib"] == pytest.approx(10.0225 / 8)
+    assert {r["engine"]: round(r["vs_int8_floor"], 4) for r in rep["engines"] if "vs_int8_floor" in r} == \
+        {"ort_int8": round(12 / 10.0225, 4), "face_int8": round(13 / 10.0225, 4)}
+    text = bp.markdown({**rep, "load_average": [1.0, 1.0, 1.0]})
+    assert "int8 floor: 10.02" in text and "1.25x dlib's time" in text
+    assert "could not reach dlib here" in text
+
+
+@pytest.mark.skipif(not (shutil.which("cc") and "avx512_vnni" in Path("/proc/cpuinfo").read_text()),
+                    reason="needs a C compiler and a CPU with AVX-512 VNNI")
+def test_peak_kernels_build_and_run():
+    """Both of benchmarks/peaks.py's kernels build and print a figure, on one core and on two at once."""
+    peaks = load_tool("peaks", "benchmarks")
+    for kernel in (peaks.FP32_KERNEL, peaks.INT8_KERNEL):
+        for cores in ((0,), (0, 0)):
+            runs = peaks.kernel_runs(kernel.replace("20000000L", "200000L"), ("-march=native",), 2, cores)
+            assert runs is not None and len(runs) == 2 and all(r > 0 for r in runs)

@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""The cores' measured peaks, fp32 and int8, for the benchmarks' floors (`benchmarks/peaks.py` prints them).
+
+Two small C kernels, built with the machine's C compiler (`cc -O3 -march=native`): independent chains of
+AVX-512 FMAs (fp32: 16 lanes x 2 flops an instruction) and of AVX-512 VNNI dot products (int8: vpdpbusd,
+64 u8 x s8 multiply-adds x 2 ops an instruction), each chain long enough that only the units' throughput
+limits it. Each runs in the thread's CPU time, so other processes sharing a core do not lower the figure;
+on several cores one copy runs pinned to each core at once and the figures add up (the clock all of them
+hold together). `make bench-port` takes one core's fp32 and int8 peaks; `make bench-engine`'s profile
+takes the fp32 one on its threads' cores where it is above what torch.mm and a convolution reach.
+Where no C compiler or no AVX-512 (VNNI) is at hand there is no figure (None), and the callers say so.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+FP32_KERNEL = r"""
+#include <immintrin.h>
+#include <stdio.h>
+#include <time.h>
+/* 24 independent chains of 16-lane FMAs: enough to keep two FMA pipes busy. Timed in the
+   thread's CPU time, so that other processes sharing the core do not lower the figure. */
+int main(void) {
+  const long iters = 20000000L;
+  __m512 acc[24]; __m512 a = _mm512_set1_ps(1.0000001f), b = _mm512_set1_ps(0.9999999f);
+  for (int i = 0; i < 24; i++) acc[i] = _mm512_set1_ps((float)i);
+  struct timespec t0, t1; clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
+  for (long k = 0; k < iters; k++) {
+#pragma GCC unroll 24
+    for (int i = 0; i < 24; i++) acc[i] = _mm512_fmadd_ps(acc[i], a, b);
+  }
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
+  __m512 s = acc[0]; for (int i = 1; i < 24; i++) s = _mm512_add_ps(s, acc[i]);
+  double dt = (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
+  printf("%.3f %g\n", iters * 24.0 * 16 * 2 / dt / 1e9, _mm512_reduce_add_ps(s));
+  return 0;
+}
+"""
+
+INT8_KERNEL = r"""
+#include <immintrin.h>
+#include <stdio.h>
+#include <time.h>
+/* 16 independent chains of VNNI dot products (vpdpbusd: 64 u8 x s8 multiply-adds into 16 int32
+   lanes each), the instruction of the int8 convolutions; in the thread's CPU time, as above. The
+   chains are named variables: an array of them is kept on the stack, and its stores halve the figure. */
+#define CHAINS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15)
+#define DECL(i) __m512i c##i = _mm512_set1_epi32(i);
+#define STEP(i) c##i = _mm512_dpbusd_epi32(c##i, a, b);
+#define SUM(i) s = _mm512_add_epi32(s, c##i);
+int main(void) {
+  const long iters = 20000000L;
+  const __m512i a = _mm512_set1_epi8(1), b = _mm512_set1_epi8(-1);
+  CHAINS(DECL)
+  struct timespec t0, t1; clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
+  for (long k = 0; k < iters; k++) { CHAINS(STEP) }
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
+  __m512i s = _mm512_setzero_si512(); CHAINS(SUM)
+  double dt = (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
+  printf("%.3f %d\n", iters * 16.0 * 64 * 2 / dt / 1e9, _mm512_reduce_add_epi32(s));
+  return 0;
+}
+"""
+
+
+def kernel_runs(source: str, flags: tuple[str, ...], tries: int, cores: tuple[int, ...] = (0,)) -> list[float] | None:
+    """The figure a peak kernel prints (its first word) in each of `tries` runs, summed over one copy
+    pinned to each of `cores` at once; None where no C compiler builds it with any of `flags`."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        src, exe = Path(tmp) / "peak.c", Path(tmp) / "peak"
+        src.write_text(source)
+        if not any(subprocess.run([cc, "-O3", flag, "-o", str(exe), str(src)], capture_output=True,
+                                  check=False).returncode == 0 for flag in flags):
+            return None
+        pin = shutil.which("taskset")
+        runs = []
+        for _ in range(tries):
+            procs = [subprocess.Popen(["taskset", "-c", str(c), str(exe)] if pin else [str(exe)],
+                                      stdout=subprocess.PIPE, text=True) for c in cores]
+            runs.append(sum(float(p.communicate()[0].split()[0]) for p in procs))
+        return runs
+
+
+def fp32_gflops(cores: tuple[int, ...] = (0,), tries: int = 5) -> float | None:
+    """The best of `tries` runs of the FMA kernel on `cores` (GFLOP/s), or None."""
+    runs = kernel_runs(FP32_KERNEL, ("-march=native", "-mavx512f"), tries, cores)
+    return max(runs) if runs else None
+
+
+def int8_gops(cores: tuple[int, ...] = (0,), tries: int = 5) -> float | None:
+    """The best of `tries` runs of the VNNI kernel on `cores` (GOP/s), or None."""
+    runs = kernel_runs(INT8_KERNEL, ("-march=native", "-mavx512vnni"), tries, cores)
+    return max(runs) if runs else None
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cores", default="0", help="comma-separated cores to run a copy on at once (default 0)")
+    p.add_argument("--tries", type=int, default=5, help="runs of each kernel; the best is kept (default 5)")
+    args = p.parse_args(argv)
+    try:
+        cores = tuple(int(c) for c in args.cores.split(",") if c != "")
+    except ValueError:
+        p.error(f"--cores {args.cores!r}: comma-separated core numbers")
+    print(json.dumps({"cores": list(cores), "fp32_gflops": fp32_gflops(cores, args.tries),
+                      "int8_gops": int8_gops(cores, args.tries)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -42,6 +42,8 @@ from pathlib import Path
 from mcl.caffe.speed import cpu_name
 from mcl.engine import PRECISIONS  # torch-free: the parent loads no torch before it must
 
+import peaks  # benchmarks/: the cores' vector peaks
+
 STAGES = ("stage1", "stage2", "heads")
 INIT_STEPS = 3  # stage-1 steps before the model stage 2 and the heads start from, where stage 1 is not timed
 
@@ -149,6 +151,8 @@ def measure(layouts, threads, stages, precisions, batch, warmup, iters, block, t
                     "lists neither " + " nor ".join(CPU_BF16_FLAGS)) if want_bf16 else "not asked for",
            "batch": batch, "warmup": warmup, "iters": iters, "threads": threads, "stages": stages,
            "precisions": used, "results": {}}
+    if "bf16" in used:  # one core's vector peaks: the ceiling of bf16's gain on the convolutions (AMX aside)
+        doc["peaks"] = {"fp32_gflops": peaks.fp32_gflops(), "bf16_gflops": peaks.bf16_gflops()}
     with tempfile.TemporaryDirectory(prefix="mcl-threads-") as tmp:
         for layout in layouts:
             doc["results"][layout] = {}
@@ -165,7 +169,13 @@ def measure(layouts, threads, stages, precisions, batch, warmup, iters, block, t
 def table(doc: dict) -> str:
     lines = [f"CPU: {doc['cpu']}, {doc['cores']} cores, torch {doc['torch']}; load average "
              f"{doc['load_average_start'][0]:.2f} at the start, {doc['load_average_end'][0]:.2f} at the end",
-             f"bf16: {doc['bf16']}", ""]
+             f"bf16: {doc['bf16']}"]
+    pk = doc.get("peaks") or {}
+    if pk.get("fp32_gflops") and pk.get("bf16_gflops"):
+        lines.append(f"one core's vector peaks (benchmarks/peaks.py): fp32 FMA {pk['fp32_gflops']:.1f} GFLOP/s, AVX-512 "
+                     f"BF16 {pk['bf16_gflops']:.1f} ({pk['bf16_gflops'] / pk['fp32_gflops']:.2f}x): the most bf16 can "
+                     "gain on the convolutions without AMX; BatchNorm, pooling and the update stay fp32")
+    lines.append("")
     bf16 = "bf16" in doc["precisions"]
     head = "| layout | stage | threads | fp32 ms/iter | speed-up vs 1 | efficiency |"
     head += " bf16 ms/iter | fp32 / bf16 |" if bf16 else ""

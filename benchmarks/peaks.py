@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """The cores' measured peaks, fp32 and int8, for the benchmarks' floors (`benchmarks/peaks.py` prints them).
 
-Two small C kernels, built with the machine's C compiler (`cc -O3 -march=native`): independent chains of
-AVX-512 FMAs (fp32: 16 lanes x 2 flops an instruction) and of AVX-512 VNNI dot products (int8: vpdpbusd,
-64 u8 x s8 multiply-adds x 2 ops an instruction), each chain long enough that only the units' throughput
-limits it. Each runs in the thread's CPU time, so other processes sharing a core do not lower the figure;
+Small C kernels, built with the machine's C compiler (`cc -O3 -march=native`): independent chains of
+AVX-512 FMAs (fp32: 16 lanes x 2 flops an instruction), of AVX-512 BF16 dot products (vdpbf16ps: 32 pairs
+x 2 flops) and of AVX-512 VNNI dot products (int8: vpdpbusd, 64 u8 x s8 multiply-adds x 2 ops), enough
+chains that only the units' throughput limits them. Each runs in the thread's CPU time, so other processes sharing a core do not lower the figure;
 on several cores one copy runs pinned to each core at once and the figures add up (the clock all of them
 hold together). `make bench-port` takes one core's fp32 and int8 peaks; `make bench-engine`'s profile
-takes the fp32 one on its threads' cores where it is above what torch.mm and a convolution reach.
-Where no C compiler or no AVX-512 (VNNI) is at hand there is no figure (None), and the callers say so.
+takes the fp32 one on its threads' cores where it is above what torch.mm and a convolution reach, and its
+fp32-beside-bf16 table one core's fp32 and bf16 peaks (the ceiling of bf16's gain on the convolutions).
+Where no C compiler or no AVX-512 (BF16, VNNI) is at hand there is no figure (None), and the callers say so.
 """
 from __future__ import annotations
 
@@ -68,6 +69,31 @@ int main(void) {
 """
 
 
+BF16_KERNEL = r"""
+#include <immintrin.h>
+#include <stdio.h>
+#include <time.h>
+/* 16 independent chains of AVX-512 BF16 dot products (vdpbf16ps: 32 bfloat16 pairs into 16 fp32
+   lanes, 2 flops a pair), the instruction of bfloat16 convolutions without AMX; as above. */
+#define CHAINS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15)
+#define DECL(i) __m512 c##i = _mm512_set1_ps((float)i);
+#define STEP(i) c##i = _mm512_dpbf16_ps(c##i, a, b);
+#define SUM(i) s = _mm512_add_ps(s, c##i);
+int main(void) {
+  const long iters = 20000000L;
+  const __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80), b = (__m512bh)_mm512_set1_epi16(0x3f80);
+  CHAINS(DECL)
+  struct timespec t0, t1; clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
+  for (long k = 0; k < iters; k++) { CHAINS(STEP) }
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
+  __m512 s = _mm512_setzero_ps(); CHAINS(SUM)
+  double dt = (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
+  printf("%.3f %g\n", iters * 16.0 * 32 * 2 / dt / 1e9, _mm512_reduce_add_ps(s));
+  return 0;
+}
+"""
+
+
 def kernel_runs(source: str, flags: tuple[str, ...], tries: int, cores: tuple[int, ...] = (0,)) -> list[float] | None:
     """The figure a peak kernel prints (its first word) in each of `tries` runs, summed over one copy
     pinned to each of `cores` at once; None where no C compiler builds it with any of `flags`."""
@@ -101,6 +127,13 @@ def int8_gops(cores: tuple[int, ...] = (0,), tries: int = 5) -> float | None:
     return max(runs) if runs else None
 
 
+def bf16_gflops(cores: tuple[int, ...] = (0,), tries: int = 5) -> float | None:
+    """The best of `tries` runs of the AVX-512 BF16 kernel on `cores` (GFLOP/s), or None. AMX's tiles, where a
+    CPU has them, go faster still: this is the peak of the vector path only."""
+    runs = kernel_runs(BF16_KERNEL, ("-march=native", "-mavx512bf16"), tries, cores)
+    return max(runs) if runs else None
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cores", default="0", help="comma-separated cores to run a copy on at once (default 0)")
@@ -111,7 +144,7 @@ def main(argv=None) -> int:
     except ValueError:
         p.error(f"--cores {args.cores!r}: comma-separated core numbers")
     print(json.dumps({"cores": list(cores), "fp32_gflops": fp32_gflops(cores, args.tries),
-                      "int8_gops": int8_gops(cores, args.tries)}))
+                      "bf16_gflops": bf16_gflops(cores, args.tries), "int8_gops": int8_gops(cores, args.tries)}))
     return 0
 
 

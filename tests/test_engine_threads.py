@@ -32,6 +32,9 @@ def test_the_table_does_the_arithmetic():
     # 300 / 200 = 1.50x from 1 to 2 threads, 1.50 / 2 = 75% efficiency; fp32 / bf16 = 200 / 80 = 2.50x.
     assert "| 68 | stage1 | 2 | 200.0 | 1.50x | 75% | 80.0 | 2.50x |" in text
     assert "| 68 | stage1 | 1 | 300.0 | 1.00x | 100% | 150.0 | 2.00x |" in text
+    assert "vector peaks" not in text  # none measured: no line
+    text = et.table({**doc, "peaks": {"fp32_gflops": 100.0, "bf16_gflops": 190.0}})
+    assert "fp32 FMA 100.0 GFLOP/s, AVX-512 BF16 190.0 (1.90x)" in text  # 190 / 100
 
 
 @pytest.fixture(scope="module")

@@ -279,20 +279,27 @@ def test_free_running_equals_caffe(run, caffe_runs, stage):
 def test_fused_net_is_the_layer_by_layer_net(run, caffe_runs, stage, chains, groups):
     """Every BatchNorm -> Scale -> ReLU chain and every Eq. 4 group of the generated nets is fused,
     and the fused net trains as the layer-by-layer one: the same losses, blobs and statistics up to
-    float32 rounding, over 6 iterations (a learning-rate change included)."""
+    float32 rounding, over 6 iterations (a learning-rate change included). A blob may differ by 1e-3,
+    or by as much as the layer-by-layer net's own blob moves when its weights move by one ulp (as in
+    test_free_running_equals_caffe, factor 1): the Scale biases come from sums that cancel, and after 6
+    steps an ulp moves them by 2-4e-2 (stage 1; channels-last maps then differ from NCHW by 3e-3 on
+    an AMD EPYC, under 1e-3 on an Intel Xeon)."""
     init = caffe_runs[stage]["init"]
-    slow = Solver(run, run / "solvers" / f"{stage}_solver.prototxt", fast=False)
-    fast = Solver(run, run / "solvers" / f"{stage}_solver.prototxt")
-    for s in (slow, fast):
+
+    def solver(fast):
+        s = Solver(run, run / "solvers" / f"{stage}_solver.prototxt", fast=fast)
         if init is not None:
             s.copy_from(init)
+        return s
+    slow, fast = solver(False), solver(True)
+    selves = [perturbed(solver(False), seed) for seed in range(PERTURB_RUNS)]
     kinds = [k for k, _ in fast.fused.plan]
     assert (kinds.count("fused"), kinds.count("losses")) == (chains, groups)
     assert slow.fused.plan is None
     skip = inert(caffe_runs[stage]["net"])
     for k in range(6):
-        slow.step()
-        fast.step()
+        for s in [slow, fast] + selves:
+            s.step()
         assert fast.loss == pytest.approx(slow.loss, rel=1e-5), f"iteration {k}"
         assert fast.last_losses.shape == (len(fast.loss_tops),)
         np.testing.assert_allclose(fast.last_losses.numpy(), slow.last_losses.numpy(), rtol=1e-5)
@@ -302,7 +309,9 @@ def test_fused_net_is_the_layer_by_layer_net(run, caffe_runs, stage, chains, gro
             if (name, i) in skip:
                 assert np.abs(x - y).max() <= INERT_ABS, (name, i)
             else:
-                assert relerr(x, y) <= 1e-3, f"{name}[{i}] differs by {relerr(x, y):.1e}"
+                self_err = max(relerr(o.blobs()[name][i], y) for o in selves)
+                assert relerr(x, y) <= max(1e-3, self_err), \
+                    f"{name}[{i}] differs by {relerr(x, y):.1e} (the layer-by-layer net against itself {self_err:.1e})"
 
 
 def test_fixed_prefix_runs_once_per_row(run, caffe_runs):

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from conftest import ROOT, new_run
 
 from mcl.engine import clkernels
+from mcl.engine.device import bf16_support
 from mcl.engine.solver import Solver
 
 torch.set_num_threads(2)
@@ -77,12 +78,12 @@ def maps(seed=0, n=16, c=16, h=32, w=32, offset=8.0):
     return x, gamma, beta, dy
 
 
-def run_chain(x, gamma, beta, dy, relu, bn=None, fmt=CL):
+def run_chain(x, gamma, beta, dy, relu, bn=None, fmt=CL, out_bf16=False):
     bn = bn or fake_bn(x.shape[1])
     x = x.contiguous(memory_format=fmt).requires_grad_()
     g = gamma.clone().requires_grad_()
     b = beta.clone().requires_grad_() if beta is not None else None
-    y = clkernels.chain(bn, x, g, b, relu)
+    y = clkernels.chain(bn, x, g, b, relu, out_bf16=out_bf16)
     assert y is not None and y.is_contiguous(memory_format=fmt)
     y.backward(dy.contiguous(memory_format=fmt))
     return {"y": y.detach(), "dx": x.grad, "dgamma": g.grad, "dbeta": None if b is None else b.grad}, bn
@@ -107,6 +108,31 @@ def test_chain_matches_float64_where_float32_sums_cancel(relu, bias, fmt):
         y = F.relu(F.batch_norm(xc, torch.zeros(16), torch.ones(16), g, b, True, 1.0, EPS))
         y.backward(dy.contiguous(memory_format=CL))
         assert max(rel(xc.grad, ref["dx"]), rel(g.grad, ref["dgamma"])) > 10 * TOL
+
+
+@pytest.mark.parametrize("out_bf16", [False, True], ids=["out_float32", "out_bfloat16"])
+@pytest.mark.parametrize("relu,bias", [(True, True), (False, False)])
+def test_chain_on_bfloat16_maps_is_the_float32_chain_on_their_cast(relu, bias, out_bf16):
+    """bf16 training's maps: the chain reads them as they are and gives, bit for bit, what the float32 chain gives
+    on x.float() (its output, its running blobs, the Scale's gradients), and x's gradient as PyTorch's cast
+    rounds that one to bfloat16 (nearest even; 262,144 values, so about four exact ties among them). With
+    out_bf16 its output is that output cast to bfloat16, and it takes its gradient in bfloat16."""
+    needs_kernels()
+    x, gamma, beta, dy = maps()
+    beta = beta if bias else None
+    x16 = x.to(torch.bfloat16)
+    dy = dy.to(torch.bfloat16) if out_bf16 else dy
+    want, bn_want = run_chain(x16.float(), gamma, beta, dy.float(), relu)
+    got, bn_got = run_chain(x16, gamma, beta, dy, relu, out_bf16=out_bf16)
+    assert got["y"].dtype == (torch.bfloat16 if out_bf16 else torch.float32) and got["dx"].dtype == torch.bfloat16
+    assert got["dx"].is_contiguous(memory_format=CL)
+    assert torch.equal(got["y"], want["y"].to(got["y"].dtype)) and torch.equal(got["dgamma"], want["dgamma"])
+    assert torch.equal(got["dx"], want["dx"].to(torch.bfloat16))
+    if bias:
+        assert torch.equal(got["dbeta"], want["dbeta"])
+    assert torch.equal(bn_got.mean_sum, bn_want.mean_sum) and torch.equal(bn_got.var_sum, bn_want.var_sum)
+    # NCHW bfloat16 maps are not read (the engine's bf16 maps are channels-last; others go through a cast)
+    assert clkernels.chain(fake_bn(16), x16.contiguous(), gamma, beta, relu) is None
 
 
 def test_chain_declines_what_it_does_not_do():
@@ -180,8 +206,8 @@ def run(tmp_path_factory):
     return new_run(tmp_path_factory.mktemp("clkernels") / "run", scale=0.0002, batch=8, n_train=32)
 
 
-def train(run, steps=3, kernels=True):
-    s = Solver(run, "solvers/stage1_solver.prototxt", fillers="torch")
+def train(run, steps=3, kernels=True, precision="fp32"):
+    s = Solver(run, "solvers/stage1_solver.prototxt", fillers="torch", precision=precision)
     if not kernels:  # the engine as it was before: NCHW maps, PyTorch's kernels
         s.net.to(memory_format=torch.contiguous_format)
         s.fused.kernels = False
@@ -202,6 +228,32 @@ def test_the_engine_trains_with_them_deterministically(run):
     for name, blobs in a.blobs().items():
         for x, y in zip(blobs, before.blobs()[name]):
             assert np.allclose(x, y, rtol=1e-4, atol=1e-6), name
+
+
+@pytest.mark.skipif(bf16_support("cpu") is None, reason="this CPU has no bfloat16 instructions")
+def test_bf16_training_reads_its_maps_as_they_are_and_keeps_its_bits(run, monkeypatch):
+    """PRECISION=bf16 with the chain reading bfloat16 maps (and writing bfloat16 ones where convolutions alone
+    read them) gives the same blobs, to the bit, as the chain fed through a float32 cast with a float32
+    output (the engine before: its conversions round the same way)."""
+    needs_kernels()
+    plain, read = clkernels.chain, []
+
+    def spy(bn, x, *rest, **kw):
+        y = plain(bn, x, *rest, **kw)
+        read.append(x.dtype == torch.bfloat16 and y is not None)
+        return y
+    monkeypatch.setattr(clkernels, "chain", spy)
+    now = train(run, precision="bf16")
+    assert read and all(read)  # every chain read its bfloat16 map itself
+    assert now.fused.conv_read == {"conv11", "conv21", "conv31", "conv41", "conv42"}  # (5 points: conv43 -> pool)
+
+    def through_a_cast(bn, x, *rest, **kw):  # (float32 out: autocast casts it for the convolution)
+        return None if x.dtype == torch.bfloat16 else plain(bn, x, *rest)
+    monkeypatch.setattr(clkernels, "chain", through_a_cast)
+    before = train(run, precision="bf16")
+    for name, blobs in now.blobs().items():
+        for x, y in zip(blobs, before.blobs()[name]):
+            assert np.array_equal(x, y), name
 
 
 def test_nchw_maps_keep_the_kernels(run, monkeypatch):

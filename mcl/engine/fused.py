@@ -46,10 +46,12 @@ class FusedNet:
         # The channels-last kernels (clkernels.py) for the chains and the poolings, where the maps are
         # channels-last float32 (the solver sets this when it loaded them); elsewhere PyTorch's kernels.
         self.kernels = False
+        self.conv_read: frozenset = frozenset()  # chains' tops that convolutions alone read
         if fuse:
             net.require_setup("fuse")
             self.groups = _loss_groups(net)
             self.plan = _plan(net, self.groups)
+            self.conv_read = _read_by_convolutions_only(net, self.plan)
 
     def __call__(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Every blob by top name, as net(inputs) gives them (inputs may hold the skipped layers' tops)."""
@@ -104,9 +106,13 @@ class FusedNet:
                 bn, scale, relu, members = what
                 if self.kernels:
                     x = blobs[members[0].bottoms[0]]
-                    x = x.float() if x.dtype == torch.bfloat16 else x  # (bf16: statistics in float32, as native())
-                    y = clkernels.chain(bn, x, scale.weight,
-                                        scale.bias if "bias" in scale.blob_names else None, relu)
+                    bias = scale.bias if "bias" in scale.blob_names else None
+                    # bf16: channels-last maps read as they are (statistics in double, as native()'s in float32);
+                    # others the kernels cannot read go through a float32 cast
+                    top = members[-1].tops[0]  # (bf16: in bfloat16 where convolutions alone read it)
+                    y = clkernels.chain(bn, x, scale.weight, bias, relu, out_bf16=top in self.conv_read)
+                    if y is None and x.dtype == torch.bfloat16:
+                        y = clkernels.chain(bn, x.float(), scale.weight, bias, relu)
                     if y is not None:
                         blobs[members[-1].tops[0]] = y
                         continue
@@ -117,6 +123,19 @@ class FusedNet:
                 # ReLU in place: batch_norm keeps its input for the backward pass, not its output.
                 blobs[members[-1].tops[0]] = F.relu_(y) if relu else y
         return blobs
+
+
+def _read_by_convolutions_only(net: CaffeNet, plan: list) -> frozenset:
+    """The tops of the plan's chains that only Convolution layers read (none written in place after)."""
+    out = set()
+    for kind, what in plan:
+        if kind == "fused":
+            members = what[3]
+            top = members[-1].tops[0]
+            readers = [s for s in net.specs if top in s.bottoms and all(s is not m for m in members)]
+            if readers and all(s.type == "Convolution" for s in readers):
+                out.add(top)
+    return frozenset(out)
 
 
 def _plan(net: CaffeNet, groups: list[dict]) -> list:

@@ -10,6 +10,11 @@
  * ceil-mode ones clipped at the edge): the first maximum of a window in row-major order is the
  * one the gradient reaches, as in Caffe.
  * The products and sums that decide the ReLU's mask are fmaf in both passes, so they round alike.
+ * bfloat16 maps (the engine's bf16 training): the channels-last chain also reads x as bfloat16 (`x16`:
+ * each value widened exactly to float, so every figure is the one the float32 kernels give on x cast to
+ * float32) and writes the input's gradient as bfloat16, rounded to nearest even as PyTorch rounds a cast;
+ * with `y16` as well, it writes its output as bfloat16 (rounded alike) and reads the output's gradient as
+ * bfloat16: what a convolution under bfloat16 autocast would cast the output to, and gives back.
  * Threads: OpenMP, the same runtime as PyTorch's (libgomp, loaded by torch first).
  */
 #include <float.h>
@@ -52,8 +57,46 @@ static void parts_reduce(double *part, int nt, int64_t stride, int64_t c, double
     free(part);
 }
 
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+/* Element i of a map of float (x16 0) or of bfloat16 (x16 1: the top 16 bits of a float). */
+ALWAYS_INLINE float load(const void *x, int64_t i, const int x16)
+{
+    if (!x16)
+        return ((const float *)x)[i];
+    uint32_t bits = (uint32_t)((const uint16_t *)x)[i] << 16;
+    float v;
+    memcpy(&v, &bits, sizeof v);
+    return v;
+}
+
+/* v stored as float, or as bfloat16 rounded to nearest even (a NaN stays a quiet NaN), as c10::BFloat16. */
+ALWAYS_INLINE void store(void *y, int64_t i, float v, const int x16)
+{
+    if (!x16) {
+        ((float *)y)[i] = v;
+        return;
+    }
+    uint32_t bits;
+    memcpy(&bits, &v, sizeof bits);
+    uint16_t h = (uint16_t)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+    ((uint16_t *)y)[i] = v != v ? (uint16_t)0x7FC0 : h;
+}
+
+ALWAYS_INLINE void stats_rows(const void *x, int64_t r0, int64_t r1, int64_t c, double *s, double *q, const int x16)
+{
+    for (int64_t r = r0; r < r1; r++) {
+#pragma omp simd
+        for (int64_t j = 0; j < c; j++) {
+            double v = load(x, r * c + j, x16);
+            s[j] += v;
+            q[j] += v * v;
+        }
+    }
+}
+
 /* Per channel: sum of x and sum of x*x over the m rows, in double. Returns 0, or -1 without memory. */
-int mcl_bn_stats(const float *x, int64_t m, int64_t c, double *sum, double *sumsq)
+int mcl_bn_stats(const void *x, int x16, int64_t m, int64_t c, double *sum, double *sumsq)
 {
     int nt = omp_get_max_threads();
     int64_t stride;
@@ -66,15 +109,10 @@ int mcl_bn_stats(const float *x, int64_t m, int64_t c, double *sum, double *sums
         double *s = part + t * stride, *q = s + c;
         int64_t r0, r1;
         row_range(m, &r0, &r1);
-        for (int64_t r = r0; r < r1; r++) {
-            const float *row = x + r * c;
-#pragma omp simd
-            for (int64_t j = 0; j < c; j++) {
-                double v = row[j];
-                s[j] += v;
-                q[j] += v * v;
-            }
-        }
+        if (x16)
+            stats_rows(x, r0, r1, c, s, q, 1);
+        else
+            stats_rows(x, r0, r1, c, s, q, 0);
     }
     parts_reduce(part, nt, stride, c, sum, sumsq);
     return 0;
@@ -87,27 +125,46 @@ static inline float chain_value(float x, float mean, float a, float b, int relu)
     return (relu && !(y > 0.0f)) ? 0.0f : y;
 }
 
-void mcl_bn_apply(const float *x, int64_t m, int64_t c, const float *mean, const float *a, const float *b,
-                  int relu, float *y)
+/* The three kinds of maps a chain runs on, each its own inlined loop: float32; bfloat16 x (and dx);
+ * bfloat16 x, y and both gradients. `call(relu, x16, y16)`. */
+#define BY_KIND(call, relu, x16, y16)                     \
+    do {                                                  \
+        if (relu && x16 && y16) call(1, 1, 1);            \
+        else if (relu && x16) call(1, 1, 0);              \
+        else if (relu) call(1, 0, 0);                     \
+        else if (x16 && y16) call(0, 1, 1);               \
+        else if (x16) call(0, 1, 0);                      \
+        else call(0, 0, 0);                               \
+    } while (0)
+
+ALWAYS_INLINE void apply_rows(const void *x, int64_t r0, int64_t r1, int64_t c, const float *mean, const float *a,
+                              const float *b, const int relu, void *y, const int x16, const int y16)
+{
+    for (int64_t r = r0; r < r1; r++) {
+#pragma omp simd
+        for (int64_t j = 0; j < c; j++)
+            store(y, r * c + j, chain_value(load(x, r * c + j, x16), mean[j], a[j], b[j], relu), y16);
+    }
+}
+
+/* The chain's output y from x: float, or bfloat16 where x16 (x) and y16 (y). */
+void mcl_bn_apply(const void *x, int x16, int y16, int64_t m, int64_t c, const float *mean, const float *a,
+                  const float *b, int relu, void *y)
 {
 #pragma omp parallel
     {
         int64_t r0, r1;
         row_range(m, &r0, &r1);
-        for (int64_t r = r0; r < r1; r++) {
-            const float *xr = x + r * c;
-            float *yr = y + r * c;
-#pragma omp simd
-            for (int64_t j = 0; j < c; j++)
-                yr[j] = chain_value(xr[j], mean[j], a[j], b[j], relu);
-        }
+#define APPLY(R, X, Y) apply_rows(x, r0, r1, c, mean, a, b, R, y, X, Y)
+        BY_KIND(APPLY, relu, x16, y16);
+#undef APPLY
     }
 }
 
 /* g: dy where the chain's output was positive (every dy without relu), the output recomputed from x
  * exactly as mcl_bn_apply computed it. Row r's dy is dy's row r / rep: rep 1, or the h*w rows of one
- * image sharing one gradient row (the backward of a global average pooling, its 1/(h*w) folded in). `relu` is a constant where these are inlined (one loop each). */
-#define ALWAYS_INLINE static inline __attribute__((always_inline))
+ * image sharing one gradient row (the backward of a global average pooling, its 1/(h*w) folded in). `relu`
+ * and `x16` are constants where these are inlined (one loop each). */
 
 /* v where keep, else +0.0 (a bit mask, so the loops stay free of branches and vectorize). */
 ALWAYS_INLINE float masked(float v, int keep)
@@ -119,16 +176,16 @@ ALWAYS_INLINE float masked(float v, int keep)
     return v;
 }
 
-ALWAYS_INLINE void sums_rows(const float *dy, int64_t rep, const float *x, int64_t r0, int64_t r1, int64_t c,
+ALWAYS_INLINE void sums_rows(const void *dy, int64_t rep, const void *x, int64_t r0, int64_t r1, int64_t c,
                              const float *mean, const float *a, const float *b, const int relu,
-                             double *p1, double *p2)
+                             double *p1, double *p2, const int x16, const int y16)
 {
     for (int64_t r = r0; r < r1; r++) {
-        const float *xr = x + r * c, *dr = dy + (r / rep) * c;
+        int64_t dr = (r / rep) * c;
 #pragma omp simd
         for (int64_t j = 0; j < c; j++) {
-            float xc = xr[j] - mean[j];
-            float d = dr[j];
+            float xc = load(x, r * c + j, x16) - mean[j];
+            float d = load(dy, dr + j, y16);
             float g = relu ? masked(d, fmaf(xc, a[j], b[j]) > 0.0f) : d;
             p1[j] += (double)g;
             p2[j] += (double)g * (double)xc;
@@ -137,8 +194,8 @@ ALWAYS_INLINE void sums_rows(const float *dy, int64_t rep, const float *x, int64
 }
 
 /* Per channel: s1 = sum of g, s2 = sum of g * (x - mean), in double. Returns 0, or -1 without memory. */
-int mcl_bn_backward_sums(const float *dy, int64_t rep, const float *x, int64_t m, int64_t c, const float *mean,
-                         const float *a, const float *b, int relu, double *s1, double *s2)
+int mcl_bn_backward_sums(const void *dy, int64_t rep, const void *x, int x16, int y16, int64_t m, int64_t c,
+                         const float *mean, const float *a, const float *b, int relu, double *s1, double *s2)
 {
     int nt = omp_get_max_threads();
     int64_t stride;
@@ -151,45 +208,43 @@ int mcl_bn_backward_sums(const float *dy, int64_t rep, const float *x, int64_t m
         double *p1 = part + t * stride, *p2 = p1 + c;
         int64_t r0, r1;
         row_range(m, &r0, &r1);
-        if (relu)
-            sums_rows(dy, rep, x, r0, r1, c, mean, a, b, 1, p1, p2);
-        else
-            sums_rows(dy, rep, x, r0, r1, c, mean, a, b, 0, p1, p2);
+#define SUMS(R, X, Y) sums_rows(dy, rep, x, r0, r1, c, mean, a, b, R, p1, p2, X, Y)
+        BY_KIND(SUMS, relu, x16, y16);
+#undef SUMS
     }
     parts_reduce(part, nt, stride, c, s1, s2);
     return 0;
 }
 
-ALWAYS_INLINE void input_rows(const float *dy, int64_t rep, const float *x, int64_t r0, int64_t r1, int64_t c,
+ALWAYS_INLINE void input_rows(const void *dy, int64_t rep, const void *x, int64_t r0, int64_t r1, int64_t c,
                               const float *mean, const float *a, const float *b, const int relu,
-                              const float *ka, const float *kb, const float *kc, float *dx)
+                              const float *ka, const float *kb, const float *kc, void *dx, const int x16,
+                              const int y16)
 {
     for (int64_t r = r0; r < r1; r++) {
-        const float *xr = x + r * c, *dr = dy + (r / rep) * c;
-        float *out = dx + r * c;
+        int64_t dr = (r / rep) * c;
 #pragma omp simd
         for (int64_t j = 0; j < c; j++) {
-            float xc = xr[j] - mean[j];
-            float d = dr[j];
+            float xc = load(x, r * c + j, x16) - mean[j];
+            float d = load(dy, dr + j, y16);
             float g = relu ? masked(d, fmaf(xc, a[j], b[j]) > 0.0f) : d;
-            out[j] = fmaf(ka[j], g, fmaf(kb[j], xc, kc[j]));
+            store(dx, r * c + j, fmaf(ka[j], g, fmaf(kb[j], xc, kc[j])), x16);
         }
     }
 }
 
-/* dx = ka * g + kb * (x - mean) + kc. */
-void mcl_bn_backward_input(const float *dy, int64_t rep, const float *x, int64_t m, int64_t c, const float *mean,
-                           const float *a, const float *b, int relu, const float *ka, const float *kb,
-                           const float *kc, float *dx)
+/* dx = ka * g + kb * (x - mean) + kc; x and dx float, or both bfloat16 where x16 (dy: where y16). */
+void mcl_bn_backward_input(const void *dy, int64_t rep, const void *x, int x16, int y16, int64_t m, int64_t c,
+                           const float *mean, const float *a, const float *b, int relu, const float *ka,
+                           const float *kb, const float *kc, void *dx)
 {
 #pragma omp parallel
     {
         int64_t r0, r1;
         row_range(m, &r0, &r1);
-        if (relu)
-            input_rows(dy, rep, x, r0, r1, c, mean, a, b, 1, ka, kb, kc, dx);
-        else
-            input_rows(dy, rep, x, r0, r1, c, mean, a, b, 0, ka, kb, kc, dx);
+#define INPUT(R, X, Y) input_rows(dy, rep, x, r0, r1, c, mean, a, b, R, ka, kb, kc, dx, X, Y)
+        BY_KIND(INPUT, relu, x16, y16);
+#undef INPUT
     }
 }
 

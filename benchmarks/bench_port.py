@@ -123,7 +123,7 @@ def fp32_peak(tries: int = 10) -> dict:
     runs = peaks.kernel_runs(peaks.FP32_KERNEL, ("-march=native", "-mavx512f"), tries) if info["avx512f"] else None
     if runs:
         out.update(measured_gflops=max(runs), measured_runs=runs,
-                   measured_how="24 independent chains of AVX-512 FMAs (16 lanes x 2 flops each) on one "
+                   measured_how="16 independent chains of AVX-512 FMAs (16 lanes x 2 flops each) on one "
                                 f"core, in thread CPU time, best of {tries} runs")
     runs = peaks.kernel_runs(peaks.INT8_KERNEL, ("-march=native", "-mavx512vnni"), tries) if info["avx512_vnni"] else None
     if runs:

@@ -20,78 +20,46 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-FP32_KERNEL = r"""
+KERNEL = r"""
 #include <immintrin.h>
 #include <stdio.h>
 #include <time.h>
-/* 24 independent chains of 16-lane FMAs: enough to keep two FMA pipes busy. Timed in the
-   thread's CPU time, so that other processes sharing the core do not lower the figure. */
-int main(void) {
-  const long iters = 20000000L;
-  __m512 acc[24]; __m512 a = _mm512_set1_ps(1.0000001f), b = _mm512_set1_ps(0.9999999f);
-  for (int i = 0; i < 24; i++) acc[i] = _mm512_set1_ps((float)i);
-  struct timespec t0, t1; clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
-  for (long k = 0; k < iters; k++) {
-#pragma GCC unroll 24
-    for (int i = 0; i < 24; i++) acc[i] = _mm512_fmadd_ps(acc[i], a, b);
-  }
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
-  __m512 s = acc[0]; for (int i = 1; i < 24; i++) s = _mm512_add_ps(s, acc[i]);
-  double dt = (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
-  printf("%.3f %g\n", iters * 24.0 * 16 * 2 / dt / 1e9, _mm512_reduce_add_ps(s));
-  return 0;
-}
-"""
-
-INT8_KERNEL = r"""
-#include <immintrin.h>
-#include <stdio.h>
-#include <time.h>
-/* 16 independent chains of VNNI dot products (vpdpbusd: 64 u8 x s8 multiply-adds into 16 int32
-   lanes each), the instruction of the int8 convolutions; in the thread's CPU time, as above. The
-   chains are named variables: an array of them is kept on the stack, and its stores halve the figure. */
+/* 16 independent chains of one AVX-512 instruction (%(what)s), enough that only the units' throughput
+   limits them, timed in the thread's CPU time, so that other processes sharing the core do not lower
+   the figure. The chains are named variables: an array of them is kept on the stack, and its stores
+   can halve the figure. */
 #define CHAINS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15)
-#define DECL(i) __m512i c##i = _mm512_set1_epi32(i);
-#define STEP(i) c##i = _mm512_dpbusd_epi32(c##i, a, b);
-#define SUM(i) s = _mm512_add_epi32(s, c##i);
+#define DECL(i) %(acc)s c##i = %(init)s;
+#define STEP(i) c##i = %(step)s;
+#define SUM(i) s = %(add)s(s, c##i);
 int main(void) {
   const long iters = 20000000L;
-  const __m512i a = _mm512_set1_epi8(1), b = _mm512_set1_epi8(-1);
+  %(operands)s
   CHAINS(DECL)
   struct timespec t0, t1; clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
   for (long k = 0; k < iters; k++) { CHAINS(STEP) }
   clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
-  __m512i s = _mm512_setzero_si512(); CHAINS(SUM)
+  %(acc)s s = %(zero)s; CHAINS(SUM)
   double dt = (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
-  printf("%.3f %d\n", iters * 16.0 * 64 * 2 / dt / 1e9, _mm512_reduce_add_epi32(s));
+  printf("%%.3f %%g\n", iters * 16.0 * %(ops)d / dt / 1e9, (double)%(reduce)s(s));
   return 0;
 }
 """
-
-
-BF16_KERNEL = r"""
-#include <immintrin.h>
-#include <stdio.h>
-#include <time.h>
-/* 16 independent chains of AVX-512 BF16 dot products (vdpbf16ps: 32 bfloat16 pairs into 16 fp32
-   lanes, 2 flops a pair), the instruction of bfloat16 convolutions without AMX; as above. */
-#define CHAINS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15)
-#define DECL(i) __m512 c##i = _mm512_set1_ps((float)i);
-#define STEP(i) c##i = _mm512_dpbf16_ps(c##i, a, b);
-#define SUM(i) s = _mm512_add_ps(s, c##i);
-int main(void) {
-  const long iters = 20000000L;
-  const __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80), b = (__m512bh)_mm512_set1_epi16(0x3f80);
-  CHAINS(DECL)
-  struct timespec t0, t1; clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
-  for (long k = 0; k < iters; k++) { CHAINS(STEP) }
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
-  __m512 s = _mm512_setzero_ps(); CHAINS(SUM)
-  double dt = (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
-  printf("%.3f %g\n", iters * 16.0 * 32 * 2 / dt / 1e9, _mm512_reduce_add_ps(s));
-  return 0;
-}
-"""
+FP32_KERNEL = KERNEL % {  # 16 lanes x 2 flops
+    "what": "FMA, 16 fp32 lanes", "acc": "__m512", "init": "_mm512_set1_ps((float)i)",
+    "step": "_mm512_fmadd_ps(c##i, a, b)", "add": "_mm512_add_ps", "zero": "_mm512_setzero_ps()", "ops": 32,
+    "operands": "const __m512 a = _mm512_set1_ps(1.0000001f), b = _mm512_set1_ps(0.9999999f);",
+    "reduce": "_mm512_reduce_add_ps"}
+BF16_KERNEL = KERNEL % {  # vdpbf16ps: 32 bfloat16 pairs into 16 fp32 lanes, 2 flops a pair (no AMX)
+    "what": "vdpbf16ps, the bfloat16 dot product", "acc": "__m512", "init": "_mm512_set1_ps((float)i)",
+    "step": "_mm512_dpbf16_ps(c##i, a, b)", "add": "_mm512_add_ps", "zero": "_mm512_setzero_ps()", "ops": 64,
+    "operands": "const __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80), b = a;",
+    "reduce": "_mm512_reduce_add_ps"}
+INT8_KERNEL = KERNEL % {  # vpdpbusd: 64 u8 x s8 multiply-adds into 16 int32 lanes, 2 ops each
+    "what": "vpdpbusd, the VNNI int8 dot product", "acc": "__m512i", "init": "_mm512_set1_epi32(i)",
+    "step": "_mm512_dpbusd_epi32(c##i, a, b)", "add": "_mm512_add_epi32", "zero": "_mm512_setzero_si512()",
+    "ops": 128, "operands": "const __m512i a = _mm512_set1_epi8(1), b = _mm512_set1_epi8(-1);",
+    "reduce": "_mm512_reduce_add_epi32"}
 
 
 def kernel_runs(source: str, flags: tuple[str, ...], tries: int, cores: tuple[int, ...] = (0,)) -> list[float] | None:

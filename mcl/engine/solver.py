@@ -18,8 +18,9 @@ csrc/clkernels.c): oneDNN's convolutions need no reorder then. PyTorch's own cha
 BatchNorm sums in float32 in one pass, and its gradients lose digits where they cancel
 (docs/ENGINE.md); the engine's kernels sum in double (tests/test_clkernels.py).
 MCL_FP32_MAPS=nchw keeps NCHW maps with the same kernels (docs/ENGINE.md, "Channels-last kernels",
-compares the two); bf16 uses the kernels on its float32-cast BatchNorm inputs. Where the kernels cannot be built (no C compiler) the maps are NCHW with PyTorch's
-kernels, as before. The process keeps its freed memory (device.keep_heap): no page faults per step.
+compares the two); bf16 uses the kernels too, which read its bfloat16 maps as they are (the same
+figures as on their float32 cast, clkernels.py). Where the kernels cannot be built (no C compiler)
+the maps are NCHW with PyTorch's kernels, as before. The process keeps its freed memory (device.keep_heap): no page faults per step.
 
 Precision (`precision`): "fp32" (the default, Caffe's numerics) or "bf16", opt-in where the
 device has bfloat16 (device.check_precision, else PrecisionError): the forward pass of each step

@@ -17,6 +17,7 @@ import argparse
 import json
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -62,9 +63,14 @@ INT8_KERNEL = KERNEL % {  # vpdpbusd: 64 u8 x s8 multiply-adds into 16 int32 lan
     "reduce": "_mm512_reduce_add_epi32"}
 
 
+class PeakError(RuntimeError):
+    """A kernel that built but did not run (a core that is not there, say); exit status 2 from main()."""
+
+
 def kernel_runs(source: str, flags: tuple[str, ...], tries: int, cores: tuple[int, ...] = (0,)) -> list[float] | None:
     """The figure a peak kernel prints (its first word) in each of `tries` runs, summed over one copy
-    pinned to each of `cores` at once; None where no C compiler builds it with any of `flags`."""
+    pinned to each of `cores` at once; None where no C compiler builds it with any of `flags`; PeakError
+    where it built and did not run."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if not cc:
         return None
@@ -78,8 +84,14 @@ def kernel_runs(source: str, flags: tuple[str, ...], tries: int, cores: tuple[in
         runs = []
         for _ in range(tries):
             procs = [subprocess.Popen(["taskset", "-c", str(c), str(exe)] if pin else [str(exe)],
-                                      stdout=subprocess.PIPE, text=True) for c in cores]
-            runs.append(sum(float(p.communicate()[0].split()[0]) for p in procs))
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in cores]
+            total = 0.0
+            for c, proc in zip(cores, procs):
+                out, err = proc.communicate()
+                if proc.returncode != 0 or not out.split():
+                    raise PeakError(f"the peak kernel did not run on core {c}: {(err or out).strip()[-300:]}")
+                total += float(out.split()[0])
+            runs.append(total)
         return runs
 
 
@@ -111,8 +123,12 @@ def main(argv=None) -> int:
         cores = tuple(int(c) for c in args.cores.split(",") if c != "")
     except ValueError:
         p.error(f"--cores {args.cores!r}: comma-separated core numbers")
-    print(json.dumps({"cores": list(cores), "fp32_gflops": fp32_gflops(cores, args.tries),
-                      "bf16_gflops": bf16_gflops(cores, args.tries), "int8_gops": int8_gops(cores, args.tries)}))
+    try:
+        print(json.dumps({"cores": list(cores), "fp32_gflops": fp32_gflops(cores, args.tries),
+                          "bf16_gflops": bf16_gflops(cores, args.tries), "int8_gops": int8_gops(cores, args.tries)}))
+    except PeakError as exc:
+        print(f"peaks.py: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -452,3 +452,12 @@ def test_peak_kernels_build_and_run():
         for cores in ((0,), (0, 0)):
             runs = peaks.kernel_runs(kernel.replace("20000000L", "200000L"), ("-march=native",), 2, cores)
             assert runs is not None and len(runs) == 2 and all(r > 0 for r in runs)
+
+
+@pytest.mark.skipif(not (shutil.which("cc") and " avx512f " in Path("/proc/cpuinfo").read_text()),
+                    reason="needs a C compiler and a CPU with AVX-512")
+def test_peaks_on_a_core_that_is_not_there_exit_2_naming_it():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peaks.py"), "--cores", "4095", "--tries", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "core 4095" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout == ""

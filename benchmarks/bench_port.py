@@ -2,8 +2,9 @@
 """Forward speed of the ported model beside Caffe (`make bench-port`): single-core batch-1
 latency for Caffe, OpenCV dnn, PyTorch and ONNX Runtime (fp32, fp32 folded, int8) in one
 run, batch-64 throughput on 2 threads, the fp32 floor from the net's FLOP count and the
-core's measured fp32 peak, and int8's accuracy cost on test faces; beside them dlib's 68-point ERT per face (where
-`make setup-peers` installed it), our whole per-face cost (crop + forward + points back),
+core's measured fp32 peak, the int8 floor from its VNNI peak (benchmarks/peaks.py), and int8's accuracy
+cost on test faces; beside them dlib's 68-point ERT per face (where `make setup-peers` installed it), our
+whole per-face cost (crop + forward + points back), whether dlib's time is within the int8 floor's reach,
 and the face detectors' cost per picture size.
 
 Model: --prototxt/--caffemodel, else RUN/models/am.caffemodel, else the 68-point AM
